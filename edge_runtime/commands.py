@@ -1,0 +1,194 @@
+"""`reachsafe edge run | status | rollback | install | doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from edge_runtime.bundles import BundleRejected, BundleStore
+from edge_runtime.config import EdgeConfig
+from edge_runtime.runtime import STATUS_FILE, EdgeRuntime, write_json_atomically
+from protocol.bundle import load_bundle
+from protocol.config import ConfigError, add_config_arguments, load_config, load_config_file
+from protocol.errors import BundleError
+from protocol.keys import load_trusted_keys
+
+log = logging.getLogger(__name__)
+
+#: A status file older than this (seconds) means the runtime is not running any more.
+STATUS_STALE_S = 5.0
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
+
+    run = verbs.add_parser(
+        "run", help="run the control loop (until SIGINT/SIGTERM, --max-episodes or --duration)"
+    )
+    run.add_argument(
+        "--bundle", type=Path, help="bundle directory to start with (default: the installed current one)"
+    )
+    run.add_argument("--trainer", required=True, help="trainer endpoint, e.g. tcp://127.0.0.1:5555")
+    run.add_argument(
+        "--hardware", required=True, help="sim:tcp://HOST:PORT[/robot_id] or a robot config YAML"
+    )
+    run.add_argument("--rate", type=float, help="control rate in Hz (same as --rate-hz)")
+    run.add_argument(
+        "--keys",
+        type=Path,
+        help="key directory: signing.pub (bundles), robot.key_secret + trainer.key (CURVE)",
+    )
+    run.add_argument("--spool", type=Path, help="spool directory (same as --spool-dir)")
+    run.add_argument(
+        "--config", type=Path, help="EdgeConfig YAML (kind: edge); options given here override it"
+    )
+    limits = run.add_mutually_exclusive_group()
+    limits.add_argument("--max-episodes", type=int, help="stop after this many episodes")
+    limits.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--summary", type=Path, help="also write the run summary as JSON to this file")
+    add_config_arguments(run, EdgeConfig)
+    run.set_defaults(func=cmd_run)
+
+    for name, func, helptext in (
+        ("status", cmd_status, "show the running (or last) runtime's status and metrics"),
+        (
+            "rollback",
+            cmd_rollback,
+            "make the previous bundle current (a running runtime follows within ~1 s)",
+        ),
+        ("install", cmd_install, "verify a bundle directory (e.g. from a USB stick) and make it current"),
+    ):
+        p = verbs.add_parser(name, help=helptext)
+        p.add_argument(
+            "--state-dir", type=Path, default=EdgeConfig().state_dir, help="runtime state directory"
+        )
+        p.set_defaults(func=func)
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="print the raw status JSON")
+        if name == "install":
+            p.add_argument("source", type=Path, help="bundle directory to install")
+            p.add_argument(
+                "--keys", type=Path, required=True, help="directory (or file) with the trusted signing.pub"
+            )
+
+    _add_doctor(verbs)
+
+
+def _add_doctor(verbs: argparse._SubParsersAction) -> None:
+    """`doctor` is the hardware engineer's module (edge_runtime/doctor.py); the verb exists once it does."""
+    try:
+        from edge_runtime.doctor import add_doctor_arguments, doctor_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "edge_runtime.doctor":
+            raise
+        log.debug("edge_runtime.doctor is not installed; `reachsafe edge doctor` is unavailable")
+        return
+    doctor = verbs.add_parser("doctor", help="check this robot: hardware, providers, keys, trainer link")
+    add_doctor_arguments(doctor)
+    doctor.set_defaults(func=doctor_main)
+
+
+def _load_edge_config(args: argparse.Namespace) -> EdgeConfig:
+    cfg = load_config(EdgeConfig, args.config, args)
+    if args.rate is not None:
+        cfg = cfg.replace(rate_hz=args.rate)
+    if args.spool is not None:
+        cfg = cfg.replace(spool_dir=args.spool)
+    return cfg
+
+
+def _make_robot(spec: str):  # -> hardware.factory.Robot
+    from hardware.factory import make_robot
+
+    if spec.endswith((".yaml", ".yml")):
+        return make_robot(load_config_file(spec))
+    return make_robot(spec)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load_edge_config(args)
+    except ConfigError as exc:
+        print(f"reachsafe edge run: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.warning("%s: stopping (brake, flush the spool, close)", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    runtime = EdgeRuntime(cfg, _make_robot(args.hardware), args.trainer, args.keys, args.bundle)
+    try:
+        summary = runtime.run(stop, max_episodes=args.max_episodes, duration=args.duration)
+    except (BundleError, BundleRejected) as exc:
+        print(f"reachsafe edge run: cannot start: {exc}", file=sys.stderr)
+        return 2
+    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
+    if args.summary is not None:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(args.summary, clean)
+    print("edge summary: " + json.dumps(clean, sort_keys=True), flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = args.state_dir / STATUS_FILE
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"no runtime status at {path}; is `reachsafe edge run --state-dir {args.state_dir}` running?")
+        return 1
+    age = time.time() - status.get("time_unix", 0)
+    status["stale"] = bool(status.get("running")) and age > STATUS_STALE_S
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    state = "running" if status.get("running") and not status["stale"] else "not running"
+    print(f"robot {status['robot_id']} ({state}; status {age:.1f} s old, pid {status['pid']})")
+    print(
+        f"  bundle v{status['bundle_version']} on {', '.join(status['providers'])}; seen {status['bundle_versions_seen']}"
+    )
+    print(
+        f"  mode {status['mode']} at {status['rate_hz']} Hz; {status['episodes']} episodes, {status['steps']} steps"
+    )
+    for key, value in sorted(status["metrics"].items()):
+        print(f"  {key:40s} {value:.4g}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store = BundleStore(args.state_dir / "bundles", trusted_keys=[])
+    try:
+        bad, good = store.rollback()
+    except BundleRejected as exc:
+        print(f"reachsafe edge rollback: {exc}", file=sys.stderr)
+        return 1
+    print(f"rolled back v{bad} -> v{good}; a running runtime switches within ~1 s, v{bad} is marked bad")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    trusted = load_trusted_keys(args.keys)
+    store = BundleStore(args.state_dir / "bundles", trusted)
+    current = store.pointer()["current"]
+    spec: tuple[tuple[int, ...] | None, int | None] = (None, None)
+    if current is not None:
+        running = load_bundle(store.path(current), trusted)
+        spec = (running.obs_shape, running.action_dim)
+    try:
+        bundle = load_bundle(args.source, trusted, *spec)
+    except BundleError as exc:
+        print(f"reachsafe edge install: rejected {args.source}: {exc}", file=sys.stderr)
+        return 1
+    store.store(bundle)
+    store.set_current(bundle.version)
+    print(f"installed bundle v{bundle.version} from {args.source}; a running runtime loads it within ~1 s")
+    return 0

@@ -1,0 +1,334 @@
+"""The control loop: one fixed-rate scheduler, per-stage timing, deadlines, brake fallbacks, watchdog.
+
+Every tick: camera → inference → select → shield → drive → signals → uplink (DESIGN.md §5). All
+timing goes through the injected `Clock` and `Metrics`; nothing else in the runtime keeps time.
+A stale frame, an inference failure (NaN/inf included), a drive error, a held emergency stop
+(`Signals.estop`) or a streak of missed deadlines brakes the robot (Simplex fallback) and is counted under `edge/brakes/<reason>`. A
+separate watchdog thread brakes the drive when no tick completes for `watchdog_periods` periods.
+Brake ticks are recorded too (policy = fallback), so rewards, costs and episode ends are never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge_runtime.config import EdgeConfig
+from edge_runtime.inference import AgentSession, InferenceError, NonFiniteOutputError
+from edge_runtime.metrics import Metrics
+from edge_runtime.select import select
+from edge_runtime.shield import shield
+from edge_runtime.steps import Step
+from hardware.errors import HardwareError, StaleFrameError
+from hardware.factory import Robot
+from protocol.constants import POLICY_FALLBACK
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        """Sleep up to `seconds`, returning early (True) when `stop` is set."""
+        ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        return stop.wait(max(0.0, seconds))
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """The policy the loop runs this tick."""
+
+    session: AgentSession
+    version: int
+    shield_threshold: float
+
+
+class PolicySource(Protocol):
+    def at_tick_boundary(self) -> ActivePolicy | None:
+        """Swap in a pending policy if one is ready; return the one to run (None: brake)."""
+        ...
+
+    def observe(self, step: Step) -> None:
+        """See every executed step (rollback monitoring)."""
+        ...
+
+
+class StepSink(Protocol):
+    def add(self, step: Step) -> None:
+        """Take a step without blocking."""
+        ...
+
+
+@dataclass
+class EpisodeStats:
+    """Returns and costs of finished episodes, and of the one in progress."""
+
+    returns: list[float]
+    costs: list[float]
+    current_return: float = 0.0
+    current_cost: float = 0.0
+    steps: int = 0
+
+    def add(self, step: Step) -> None:
+        self.steps += 1
+        self.current_return += step.reward
+        self.current_cost += step.cost
+        if step.terminated or step.truncated:
+            self.returns.append(self.current_return)
+            self.costs.append(self.current_cost)
+            self.current_return = self.current_cost = 0.0
+
+    @property
+    def episodes(self) -> int:
+        return len(self.returns)
+
+
+class ControlLoop:
+    """Runs ticks at `cfg.rate_hz` until stopped, a number of episodes is done or time is up."""
+
+    def __init__(
+        self,
+        robot: Robot,
+        policies: PolicySource,
+        sink: StepSink,
+        cfg: EdgeConfig,
+        metrics: Metrics,
+        clock: Clock | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.robot = robot
+        self.policies = policies
+        self.sink = sink
+        self.cfg = cfg
+        self.metrics = metrics
+        self.clock = clock or MonotonicClock()
+        self.rng = rng or np.random.default_rng()
+        self.stats = EpisodeStats([], [])
+        self.drive_lock = threading.Lock()
+        self.last_tick_end = self.clock.now()
+        self._miss_streak = 0
+        self._estop = False
+        self._episode = 0
+        self._obs_shape = tuple(robot.camera.features.get("image_shape", (64, 64, 3)))
+        self._action_dim = int(robot.drive.features["action_dim"])
+        self._last_image = np.zeros(self._obs_shape, np.uint8)
+
+    # ----- one tick -------------------------------------------------------------------
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        t0 = self.clock.now()
+        try:
+            yield
+        finally:
+            self.metrics.timing(f"edge/stage/{name}_ms", (self.clock.now() - t0) * 1e3)
+
+    def brake(self, reason: str, detail: object = "") -> None:
+        """Stop the drive now and count why (never raises: braking is the last resort)."""
+        self.metrics.count(f"edge/brakes/{reason}")
+        log.warning("brake (%s)%s", reason, f": {detail}" if detail else "")
+        try:
+            with self.drive_lock:
+                self.robot.drive.stop()
+        except Exception as exc:  # a failed brake must not kill the loop; it is logged loudly
+            self.metrics.count("edge/errors/brake_failed")
+            log.error("braking failed: %s", exc)
+
+    def tick(self) -> Step | None:
+        """One control step; returns the recorded step (None if the signals could not be read)."""
+        t_start = self.clock.now()
+        zeros = np.zeros(self._action_dim, np.float32)
+        policy = self.policies.at_tick_boundary()
+        image, t_obs, brake_reason, detail = self._last_image, t_start, None, ""
+        proposed, action, policy_id, shielded = zeros, zeros, POLICY_FALLBACK, False
+        with self._stage("camera"):
+            try:
+                frame = self.robot.camera.read_latest(self.cfg.max_frame_age)
+                image, t_obs = frame.image, frame.t
+                self._last_image = image
+            except StaleFrameError as exc:
+                brake_reason, detail = "stale_frame", exc
+            except HardwareError as exc:
+                brake_reason, detail = "camera_error", exc
+        if brake_reason is None and self._estop:
+            brake_reason, detail = "estop", "emergency stop held"
+        if brake_reason is None and policy is None:
+            brake_reason, detail = "no_policy", "no bundle loaded"
+        if brake_reason is None:
+            assert policy is not None
+            try:
+                with self._stage("inference"):
+                    noise = (
+                        self.rng.standard_normal(self._action_dim).astype(np.float32) * self.cfg.noise_scale
+                        if self.cfg.mode == "explore"
+                        else None
+                    )
+                    out = policy.session.act(image, noise)
+            except NonFiniteOutputError as exc:
+                brake_reason, detail = "nonfinite", exc
+            except InferenceError as exc:
+                brake_reason, detail = "inference_error", exc
+            else:
+                with self._stage("select"):
+                    sel = select(out, self.cfg.mode, self.cfg.kappa_t, self.cfg.kappa_c, self.rng)
+                with self._stage("shield"):
+                    if self.cfg.shield_enabled:
+                        threshold = (
+                            self.cfg.shield_threshold
+                            if self.cfg.shield_threshold is not None
+                            else policy.shield_threshold
+                        )
+                        decision = shield(out, sel.policy, threshold)
+                        action, shielded = decision.action, decision.shielded
+                    else:
+                        action = sel.action
+                proposed, policy_id = sel.action, sel.policy
+                if shielded:
+                    self.metrics.count("edge/interventions")
+        with self._stage("drive"):
+            if brake_reason is None:
+                try:
+                    with self.drive_lock:
+                        self.robot.drive.apply(action)
+                except (HardwareError, ValueError) as exc:
+                    brake_reason, detail = "drive_error", exc
+            if brake_reason is not None:
+                self.brake(brake_reason, detail)
+                proposed, action, policy_id, shielded = zeros, zeros, POLICY_FALLBACK, False
+            t_act = self.clock.now()
+        with self._stage("signals"):
+            try:
+                sig = self.robot.signals.read()
+            except HardwareError as exc:
+                self.metrics.count("edge/errors/signals")
+                log.warning("could not read task signals (%s); they carry over to the next read", exc)
+                sig = None
+        if sig is not None and sig.estop != self._estop:
+            self._estop = sig.estop
+            log.warning("emergency stop %s", "pressed: braking until it clears" if sig.estop else "cleared")
+            if sig.estop and brake_reason is None:
+                self.brake("estop", "emergency stop pressed")
+        step = None
+        if sig is not None:
+            step = Step(
+                obs=image,
+                action=np.asarray(action, np.float32),
+                proposed=np.asarray(proposed, np.float32),
+                reward=float(sig.reward),
+                cost=float(sig.cost),
+                terminated=bool(sig.terminated),
+                truncated=bool(sig.truncated),
+                policy=int(policy_id),
+                shielded=bool(shielded),
+                bundle_version=policy.version if policy is not None else -1,
+                episode=self._episode,
+                t_obs=float(t_obs),
+                t_act=float(t_act),
+            )
+            with self._stage("uplink"):
+                self.sink.add(step)
+                self.policies.observe(step)
+            self.stats.add(step)
+            if step.terminated or step.truncated:
+                self._episode += 1
+        self._finish_tick(t_start)
+        return step
+
+    def _finish_tick(self, t_start: float) -> None:
+        end = self.clock.now()
+        self.last_tick_end = end
+        tick_ms = (end - t_start) * 1e3
+        self.metrics.timing("edge/tick_ms", tick_ms)
+        self.metrics.count("edge/ticks")
+        if tick_ms > self.cfg.period * self.cfg.deadline_fraction * 1e3:
+            self._miss_streak += 1
+            self.metrics.count("edge/deadline_misses")
+            if self._miss_streak >= self.cfg.deadline_streak:
+                self.brake(
+                    "deadline_streak", f"{self._miss_streak} ticks over the deadline, last {tick_ms:.1f} ms"
+                )
+        else:
+            self._miss_streak = 0
+
+    # ----- scheduling -----------------------------------------------------------------
+    def run(
+        self,
+        stop: threading.Event,
+        max_episodes: int | None = None,
+        duration: float | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Tick at the fixed rate until `stop` is set, `max_episodes` finish or `duration` passes.
+
+        A tick that overruns by more than a whole period skips the missed slots (counted in
+        `edge/skipped_ticks`) instead of bursting to catch up.
+        """
+        period = self.cfg.period
+        start = next_t = self.clock.now()
+        self.last_tick_end = start
+        while not stop.is_set():
+            if max_episodes is not None and self.stats.episodes >= max_episodes:
+                break
+            if duration is not None and self.clock.now() - start >= duration:
+                break
+            self.tick()
+            if on_tick is not None:
+                on_tick()
+            next_t += period
+            now = self.clock.now()
+            if now > next_t + period:
+                skipped = int((now - next_t) // period)
+                next_t += skipped * period
+                self.metrics.count("edge/skipped_ticks", skipped)
+            self.clock.wait(next_t - now, stop)
+
+
+class Watchdog:
+    """Brakes the drive (once per stall) when the loop has not finished a tick for `periods` periods."""
+
+    def __init__(self, loop: ControlLoop, periods: float) -> None:
+        self.loop = loop
+        self.limit = periods * loop.cfg.period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        braked_for = None
+        while not self._stop.wait(self.limit / 4):
+            last = self.loop.last_tick_end
+            stalled = self.loop.clock.now() - last
+            if stalled > self.limit and braked_for != last:
+                braked_for = last
+                self.loop.metrics.count("edge/brakes/watchdog")
+                log.error("watchdog: no tick for %.0f ms; braking", stalled * 1e3)
+                if self.loop.drive_lock.acquire(timeout=self.limit):
+                    try:
+                        self.loop.robot.drive.stop()
+                    except Exception as exc:  # keep watching even if this brake failed
+                        log.error("watchdog brake failed: %s", exc)
+                    finally:
+                        self.loop.drive_lock.release()
+                else:
+                    log.error("watchdog: the drive is busy in a stalled call; cannot brake")

@@ -1,0 +1,49 @@
+"""The post-posed reachability shield (DESIGN.md §3, "The shield on the robot").
+
+Q_h(z, a) ≤ 0 means the robot can stay out of hazards after taking a. If the chosen policy's
+candidate has Q_h above the threshold, the candidate with the lowest Q_h is executed instead and
+the step is marked as shielded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.inference import AgentOutput
+from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
+
+#: Index of each policy's own action in the graph's candidate list [a_on, a_off, brake, ...].
+CANDIDATE_INDEX = {POLICY_ONLINE: 0, POLICY_OFFLINE: 1}
+BRAKE_CANDIDATE = 2
+
+
+@dataclass(frozen=True)
+class ShieldDecision:
+    """What the shield executes: `action`, whether it replaced the proposal, and why."""
+
+    action: np.ndarray
+    shielded: bool
+    candidate: int
+    q_h_proposed: float
+    q_h_executed: float
+
+
+def shield(out: AgentOutput, policy: int, threshold: float) -> ShieldDecision:
+    """Keep the policy's action if Q_h(chosen) ≤ threshold, else execute argmin-Q_h candidate."""
+    chosen = CANDIDATE_INDEX[policy]
+    q_h = np.asarray(out.q_h)
+    q_chosen = float(q_h[chosen])
+    if q_chosen <= threshold:
+        return ShieldDecision(
+            np.asarray(out.candidates[chosen], np.float32), False, chosen, q_chosen, q_chosen
+        )
+    best = int(np.argmin(q_h))
+    return ShieldDecision(
+        action=np.asarray(out.candidates[best], np.float32),
+        shielded=best != chosen,
+        candidate=best,
+        q_h_proposed=q_chosen,
+        q_h_executed=float(q_h[best]),
+    )

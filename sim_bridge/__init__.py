@@ -1,0 +1,7 @@
+"""PyBullet stand-in for the robot: safe-navigation tasks, datasets and a hardware server."""
+
+from sim_bridge.registration import register_envs
+
+register_envs()
+
+__all__ = ["register_envs"]

@@ -1,0 +1,113 @@
+"""``reachsafe sim collect|serve|view``: the sim part's verbs for the lead's dispatcher."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from sim_bridge.policies import POLICIES
+from sim_bridge.tasks import SPLITS, TASKS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK = "reachsafe/SafeGoal1-v0"
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS), help="task id")
+    p.add_argument("--split", default="train", choices=SPLITS, help="layout split")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from sim_bridge.collect import CollectConfig, collect, summarize
+    from sim_bridge.plots import scatter_png
+
+    cfg = CollectConfig(
+        task=args.task,
+        policy=args.policy,
+        episodes=args.episodes,
+        split=args.split,
+        obs_mode=args.obs_mode,
+        seed=args.seed,
+        episode_steps=args.episode_steps,
+        compression=args.compression,
+    )
+    out = Path(args.out)
+    stats = collect(cfg, out, workers=args.workers)
+    summary = summarize(stats)
+    png = scatter_png(stats, out.with_suffix(".png"), f"{args.task} [{args.split}] policy={args.policy}")
+    print(json.dumps({"dataset": str(out), "scatter": str(png), **summary}, indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sim_bridge.server import ServerConfig, serve
+
+    cfg = ServerConfig(
+        bind=args.bind,
+        task=args.task,
+        split=args.split,
+        robots=args.robots,
+        speed=args.speed,
+        seed=args.seed,
+        episode_steps=args.episode_steps,
+    )
+    return serve(cfg)
+
+
+def _view(args: argparse.Namespace) -> int:
+    from sim_bridge.view import ViewConfig, view
+
+    cfg = ViewConfig(
+        task=args.task,
+        out=Path(args.out),
+        split=args.split,
+        seed=args.seed,
+        steps=args.steps,
+        policy=args.policy,
+        bundle=Path(args.bundle) if args.bundle else None,
+        keys=Path(args.keys) if args.keys else None,
+        every=args.every,
+    )
+    summary = view(cfg)
+    print(json.dumps({"animation": str(cfg.out), **summary}))
+    return 0
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """Add the ``collect``, ``serve`` and ``view`` verbs (each sets ``func``)."""
+    sub = parser.add_subparsers(dest="sim_command", required=True, metavar="{collect,serve,view}")
+
+    p = sub.add_parser("collect", help="collect an offline dataset (HDF5, DSRL keys) with scripted policies")
+    _task_args(p)
+    p.add_argument("--policy", default="mixed", choices=POLICIES, help="behaviour policy")
+    p.add_argument("--episodes", type=int, default=20, help="number of episodes")
+    p.add_argument(
+        "--out", required=True, help="output .h5 file (a reward-cost scatter .png is written beside it)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--obs-mode", default="image", choices=("image", "state"), help="observation stored")
+    p.add_argument("--episode-steps", type=int, default=300, help="steps per episode")
+    p.add_argument("--compression", default="lzf", choices=("lzf", "gzip"), help="HDF5 compression")
+    p.set_defaults(func=_collect)
+
+    p = sub.add_parser("serve", help="run simulated robots as hardware servers (real-time paced)")
+    _task_args(p)
+    p.add_argument("--bind", required=True, help="ROUTER endpoint, e.g. tcp://127.0.0.1:5600")
+    p.add_argument("--robots", type=int, default=1, help="number of robots (ids robot0..robotN-1)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--episode-steps", type=int, default=300, help="steps per episode")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("view", help="render one episode as an animation (camera + top-down view)")
+    _task_args(p)
+    p.add_argument("--out", required=True, help="output .gif (or .mp4, needs ffmpeg)")
+    p.add_argument("--bundle", help="run this bundle's policy (through edge_runtime's inference wrapper)")
+    p.add_argument("--keys", help="directory/file of trusted signing keys (*.pub) to verify --bundle")
+    p.add_argument("--policy", default="careful", choices=POLICIES, help="scripted policy when no --bundle")
+    p.add_argument("--steps", type=int, default=300, help="episode length")
+    p.add_argument("--every", type=int, default=2, help="keep every n-th step as a frame")
+    p.set_defaults(func=_view)

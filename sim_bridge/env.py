@@ -1,0 +1,249 @@
+"""``SafeNavEnv``: the gymnasium env behind every reachsafe task.
+
+A differential-drive robot moved kinematically (forward speed, turn rate) with 2-D collision
+handling against walls, pillars and buttons; PyBullet only draws the egocentric camera.
+Reward = progress toward the goal (metres) + ``GOAL_BONUS`` on reaching it, after which a new
+goal appears; ``info["cost"]`` = 1 for a step that ends or passes inside a hazard, touches a pillar
+or a wrong button, else 0. Episodes never terminate early; they truncate after ``episode_steps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from sim_bridge.layout import (
+    BUTTON_RADIUS,
+    GOAL_RADIUS,
+    PILLAR_RADIUS,
+    ROBOT_RADIUS,
+    next_goal,
+    sample_layout,
+)
+from sim_bridge.scene import CAMERA_FOV_DEG, Scene
+from sim_bridge.sensors import STATE_DIM, state_vector
+from sim_bridge.tasks import task_spec
+
+log = logging.getLogger(__name__)
+
+OBS_MODES = ("image", "state", "both")
+CONTROL_HZ = 20.0  # env steps per second of simulated time
+MAX_SPEED = 1.0  # m/s at action[0] = 1
+MAX_TURN = 2.5  # rad/s at action[1] = 1
+GOAL_BONUS = 1.0
+SIGHT_RANGE = 6.0
+
+
+@dataclass(frozen=True)
+class NavState:
+    """Privileged ground truth for scripted policies and drawing (not an observation)."""
+
+    xy: np.ndarray
+    yaw: float
+    goal_xy: np.ndarray
+    hazards: np.ndarray
+    hazard_radii: np.ndarray
+    obstacles: np.ndarray  # pillars and wrong buttons: solid, costly to touch
+    obstacle_radii: np.ndarray
+    arena_half: float
+
+
+def _wrap(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+class SafeNavEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_HZ)}
+
+    def __init__(
+        self,
+        task_id: str = "reachsafe/SafeGoal1-v0",
+        split: str = "train",
+        obs_mode: str = "image",
+        image_size: int = 64,
+        episode_steps: int = 300,
+        action_repeat: int = 2,
+        render_mode: str | None = None,
+    ) -> None:
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode {obs_mode!r} is not one of {OBS_MODES}")
+        self.spec_ = task_spec(task_id)
+        self.task_id = task_id
+        self.split = split
+        self.params = self.spec_.params(split)
+        self.obs_mode = obs_mode
+        self.image_size = image_size
+        self.episode_steps = episode_steps
+        self.action_repeat = action_repeat
+        self.render_mode = render_mode
+        self.control_hz = CONTROL_HZ
+        self._dt = 1.0 / (CONTROL_HZ * action_repeat)
+
+        image_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        state_space = gym.spaces.Box(-1.0, 1.0, (STATE_DIM,), np.float32)
+        self.observation_space = {
+            "image": image_space,
+            "state": state_space,
+            "both": gym.spaces.Dict({"image": image_space, "state": state_space}),
+        }[obs_mode]
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+        self._scene = Scene(self.params, image_size)
+        self._layout = sample_layout(np.random.default_rng(0), self.params)
+        self._xy = np.zeros(2)
+        self._yaw = 0.0
+        self._velocity = np.zeros(2, dtype=np.float32)
+        self._steps = 0
+        self._prev_dist = 0.0
+        self._goals = 0
+        self._seen_at: int | None = None
+
+    # -- gymnasium API --------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._layout = sample_layout(self.np_random, self.params)
+        self._scene.load_layout(self._layout)
+        self._xy = self._layout.start_xy.astype(np.float64).copy()
+        self._yaw = float(self._layout.start_yaw)
+        self._velocity[:] = 0.0
+        self._steps = 0
+        self._goals = 0
+        self._new_goal_started()
+        return self._observe(), {"cost": 0.0, "goals_reached": 0}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
+        v, w = a[0] * MAX_SPEED, a[1] * MAX_TURN
+        in_hazard = collided = False
+        for _ in range(self.action_repeat):
+            self._yaw = _wrap(self._yaw + w * self._dt)
+            self._xy += v * self._dt * np.array([math.cos(self._yaw), math.sin(self._yaw)])
+            collided |= self._resolve_collisions()
+            in_hazard |= self.in_hazard()
+        self._velocity[:] = a
+        self._steps += 1
+
+        dist = float(np.linalg.norm(self._layout.goal_xy - self._xy))
+        reward = self._prev_dist - dist
+        goal_met = dist < self._reach_distance()
+        if goal_met:
+            reward += GOAL_BONUS
+            self._goals += 1
+            next_goal(self.np_random, self.params, self._layout, self._xy)
+            self._new_goal_started()
+        else:
+            self._prev_dist = dist
+        cost = float(in_hazard or collided)
+        truncated = self._steps >= self.episode_steps
+        info = {
+            "cost": cost,
+            "cost_hazard": float(in_hazard),
+            "cost_collision": float(collided),
+            "goal_met": goal_met,
+            "goals_reached": self._goals,
+        }
+        return self._observe(), float(reward), False, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        self._sync_scene(self.goal_visibility())
+        return self._scene.top_down()
+
+    def close(self) -> None:
+        self._scene.close()
+
+    # -- ground truth and manual placement (policies, tests, drawing) ----------------------
+    def nav_state(self) -> NavState:
+        lay = self._layout
+        wrong = [b for i, b in enumerate(lay.buttons) if i != lay.goal_button]
+        obstacles = np.concatenate([lay.pillars.reshape(-1, 2), np.array(wrong).reshape(-1, 2)])
+        radii = np.concatenate([np.full(len(lay.pillars), PILLAR_RADIUS), np.full(len(wrong), BUTTON_RADIUS)])
+        return NavState(
+            xy=self._xy.copy(),
+            yaw=self._yaw,
+            goal_xy=lay.goal_xy.copy(),
+            hazards=lay.hazards.copy(),
+            hazard_radii=lay.hazard_radii.copy(),
+            obstacles=obstacles,
+            obstacle_radii=radii,
+            arena_half=self.params.arena_half,
+        )
+
+    def place_robot(self, xy: np.ndarray, yaw: float) -> None:
+        """Put the robot somewhere by hand (tests, demos); progress is measured from there."""
+        self._xy = np.asarray(xy, dtype=np.float64).copy()
+        self._yaw = float(yaw)
+        self._prev_dist = float(np.linalg.norm(self._layout.goal_xy - self._xy))
+
+    def in_hazard(self) -> bool:
+        d = np.linalg.norm(self._layout.hazards - self._xy, axis=1)
+        return bool(np.any(d < self._layout.hazard_radii))
+
+    def goal_visibility(self) -> float:
+        if self.params.fade_steps <= 0 or self._seen_at is None:
+            return 1.0
+        return float(np.clip(1.0 - (self._steps - self._seen_at) / self.params.fade_steps, 0.0, 1.0))
+
+    # -- internals ------------------------------------------------------------------------
+    def _reach_distance(self) -> float:
+        return ROBOT_RADIUS + BUTTON_RADIUS + 0.05 if self.params.n_buttons else GOAL_RADIUS
+
+    def _new_goal_started(self) -> None:
+        self._prev_dist = float(np.linalg.norm(self._layout.goal_xy - self._xy))
+        self._seen_at = None
+
+    def _resolve_collisions(self) -> bool:
+        """Push the robot out of walls and solid objects; True if it touched a costly one."""
+        lim = self.params.arena_half - ROBOT_RADIUS
+        np.clip(self._xy, -lim, lim, out=self._xy)  # walls stop the robot but cost nothing
+        lay = self._layout
+        solids = [(p, PILLAR_RADIUS, True) for p in lay.pillars]
+        solids += [(b, BUTTON_RADIUS, i != lay.goal_button) for i, b in enumerate(lay.buttons)]
+        touched = False
+        for centre, radius, costly in solids:
+            rel = self._xy - centre
+            d = float(np.hypot(rel[0], rel[1]))
+            if d < ROBOT_RADIUS + radius:
+                self._xy = centre + rel / max(d, 1e-9) * (ROBOT_RADIUS + radius + 1e-6)
+                touched |= costly
+        return touched
+
+    def _update_fading(self) -> float:
+        if self.params.fade_steps > 0 and self._seen_at is None:
+            rel = self._layout.goal_xy - self._xy
+            bearing = abs(_wrap(math.atan2(rel[1], rel[0]) - self._yaw))
+            if bearing < math.radians(CAMERA_FOV_DEG) / 2 and np.hypot(*rel) < SIGHT_RANGE:
+                self._seen_at = self._steps
+        return self.goal_visibility()
+
+    def _sync_scene(self, visibility: float) -> None:
+        self._scene.set_goal(self._layout, visibility)
+        self._scene.set_robot(self._xy, self._yaw)
+
+    def _observe(self) -> Any:
+        visibility = self._update_fading()
+        obs: dict[str, np.ndarray] = {}
+        if self.obs_mode in ("image", "both"):
+            self._sync_scene(visibility)
+            obs["image"] = self._scene.camera(self._xy, self._yaw)
+        if self.obs_mode in ("state", "both"):
+            ns = self.nav_state()
+            obs["state"] = state_vector(
+                ns.xy,
+                ns.yaw,
+                self._velocity,
+                ns.goal_xy,
+                visibility,
+                ns.hazards,
+                ns.hazard_radii,
+                ns.obstacles,
+                ns.obstacle_radii,
+                ns.arena_half,
+            )
+        return obs if self.obs_mode == "both" else obs[self.obs_mode]

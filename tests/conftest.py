@@ -1,0 +1,91 @@
+"""Shared test helpers: free ports, polling with a deadline, and processes that always end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Call ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Processes:
+    """Starts ``reachsafe`` (or any) subprocesses for a test and ends every one of them."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = self.logdir / f"{name}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(
+            list(args), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
+            start_new_session=True,
+        )
+        self.procs.append((proc, log))
+        return proc
+
+    def reachsafe(self, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start(sys.executable, "-m", "edge_runtime.cli", *args, name=name, env=env)
+
+    def log(self, proc: subprocess.Popen) -> str:
+        for p, log in self.procs:
+            if p is proc:
+                return log.read_text(errors="replace")
+        raise KeyError(proc)
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()

@@ -1,0 +1,209 @@
+"""The trainer daemon as a real subprocess on a free port, with a DEALER client standing in for a robot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from conftest import REPO, free_tcp_port, poll_until
+
+from protocol.codec import decode, encode
+from protocol.constants import ARRAY_EXT_TYPE
+from protocol.messages import Ack, BundleMessage, ErrorMessage, Hello, Message, Steps
+from protocol.sockets import client_socket
+from trainer.replay_synthetic import synthetic_columns
+from trainer.store import StepStore
+
+OBS = (16, 16, 3)
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline run (16×16 frames, 10 updates) for the daemon to start from."""
+    from trainer.config import OfflineConfig
+    from trainer.synthetic import make_point_dataset, write_hdf5
+    from trainer.train_offline import train_offline
+
+    root = tmp_path_factory.mktemp("offline")
+    dataset = make_point_dataset(episodes=8, length=20, image_size=OBS[0])
+    write_hdf5(dataset, root / "ds.h5")
+    from trainer.dataset import load_dataset
+
+    cfg = OfflineConfig(steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False)
+    train_offline(load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False)
+    return root / "run"
+
+
+class Robot:
+    """A DEALER speaking the trainer link like a runtime would."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, robot_id: str = "r1", stream_id: str = "s1") -> None:
+        self.sock = client_socket(ctx, zmq.DEALER, endpoint)
+        self.robot_id, self.stream_id = robot_id, stream_id
+
+    def send(self, msg: Message | bytes) -> None:
+        self.sock.send(msg if isinstance(msg, bytes) else encode(msg))
+
+    def hello(self, resume_seq: int = 0) -> None:
+        self.send(Hello(robot_id=self.robot_id, stream_id=self.stream_id, runtime_version="test", bundle_version=1,
+                        obs_shape=OBS, action_dim=2, resume_seq=resume_seq))  # fmt: skip
+
+    def steps(self, seq: int) -> Steps:
+        return Steps(robot_id=self.robot_id, stream_id=self.stream_id, seq=seq, first_step=seq * BATCH,
+                     columns=synthetic_columns(BATCH, seq * BATCH, obs_shape=OBS, episode_len=20))  # fmt: skip
+
+    def recv(self, timeout_s: float = 10.0) -> Message | None:
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        return decode(self.sock.recv())
+
+    def recv_until(self, pred, timeout_s: float = 15.0) -> Message:  # noqa: ANN001
+        return poll_until(lambda: (lambda m: m if m is not None and pred(m) else None)(self.recv(0.2)), timeout_s)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def fresh_run(offline_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(offline_run, run)
+    return run
+
+
+def start_daemon(processes, run: Path, port: int, *extra: str) -> subprocess.Popen:  # noqa: ANN001
+    return processes.reachsafe(
+        "trainer", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
+        "--warmup-steps", "8", *extra, name=f"daemon-{port}-{len(processes.procs)}",
+    )  # fmt: skip
+
+
+def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    run = fresh_run(offline_run, tmp_path)
+    port = free_tcp_port()
+    daemon = start_daemon(processes, run, port, "--ship-every-updates", "5", "--vpa.steps", "3")
+    ctx = zmq.Context()
+    robot = Robot(ctx, f"tcp://127.0.0.1:{port}")
+    try:
+        robot.hello()
+        for seq in range(4):
+            robot.send(robot.steps(seq))
+        ack = robot.recv_until(lambda m: isinstance(m, Ack) and m.seq == 3, 60.0)
+        assert ack.stream_id == "s1"
+        robot.send(robot.steps(1))  # a resend of an ACKed batch: stored once, ACKed again
+        robot.recv_until(lambda m: isinstance(m, Ack) and m.seq == 3)
+        for seq in range(4, 8):
+            robot.send(robot.steps(seq))
+        robot.recv_until(lambda m: isinstance(m, Ack) and m.seq == 7)
+        bundle = robot.recv_until(lambda m: isinstance(m, BundleMessage), 60.0)
+        assert bundle.version >= 2 and bundle.parent == bundle.version - 1
+        status = poll_until(lambda: _status_if(run, lambda s: s.get("duplicates") == 1 and s["updates"] > 0), 20.0)
+        assert status["steps_stored"] == 8 * BATCH
+        assert status["robots"]["r1"]["steps"] == 8 * BATCH
+        out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "trainer", "status", "--run", str(run)],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+        assert out.returncode == 0 and "r1" in out.stdout and "lambda" in out.stdout, out.stdout + out.stderr
+    finally:
+        robot.close()
+        ctx.term()
+    assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0, processes.log(daemon)
+    assert (run / "online" / "latest.pt").is_file()
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    assert sorted(p.name for p in (run / "bundles").iterdir())[0].startswith("v0000")
+
+
+def _status_if(run: Path, pred) -> dict | None:  # noqa: ANN001
+    try:
+        s = json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return s if pred(s) else None
+
+
+def _raw(body: dict) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def test_malformed_messages_get_typed_errors_and_daemon_keeps_serving(processes, offline_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    run = fresh_run(offline_run, tmp_path)
+    port = free_tcp_port()
+    daemon = start_daemon(processes, run, port, "--vpa.enabled", "false")
+    ctx = zmq.Context()
+    robot = Robot(ctx, f"tcp://127.0.0.1:{port}", robot_id="bad", stream_id="x")
+    good = encode(robot.steps(0))
+    huge_array = msgpack.ExtType(ARRAY_EXT_TYPE, bytes([1, 5]) + b"uint8" + (1 << 40).to_bytes(8, "little") + bytes(1))
+    cases = {
+        "decode": good[: len(good) // 2],  # truncated msgpack
+        "field": _raw({"v": 1, "type": "steps", "robot_id": 7, "stream_id": "x", "seq": "zero", "first_step": 0,
+                       "columns": {}}),  # fmt: skip
+        "version": _raw({"v": 99, "type": "hello"}),
+        "unknown_type": _raw({"v": 1, "type": "launch_missiles"}),
+        "oversize": _raw({"v": 1, "type": "steps", "robot_id": "bad", "stream_id": "x", "seq": 0, "first_step": 0,
+                          "columns": {"obs": huge_array}}),  # fmt: skip
+    }
+    try:
+        for code, frame in cases.items():
+            robot.send(frame)
+            err = robot.recv_until(lambda m: isinstance(m, ErrorMessage), 60.0)
+            assert err.code == code, (code, err)
+        wrong_shape = Steps(robot_id="bad", stream_id="x", seq=0, first_step=0,
+                            columns=synthetic_columns(4, 0, obs_shape=(8, 8, 3)))  # fmt: skip
+        robot.send(wrong_shape)
+        assert robot.recv_until(lambda m: isinstance(m, ErrorMessage)).code == "field"
+        robot.send(good)  # the daemon still serves
+        assert robot.recv_until(lambda m: isinstance(m, Ack)).seq == 0
+        status = poll_until(lambda: _status_if(run, lambda s: s["errors"] >= 6), 10.0)
+        assert status["errors_by_code"]["field"] >= 2
+    finally:
+        robot.close()
+        ctx.term()
+    assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0
+
+
+def test_kill9_mid_stream_loses_and_duplicates_nothing(processes, offline_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    run = fresh_run(offline_run, tmp_path)
+    port = free_tcp_port()
+    n_batches, window = 60, 6
+    daemon = start_daemon(processes, run, port, "--vpa.enabled", "false")
+    ctx = zmq.Context()
+    robot = Robot(ctx, f"tcp://127.0.0.1:{port}")
+    frames = {seq: encode(robot.steps(seq)) for seq in range(n_batches)}
+    acked, sent, killed = -1, 0, False
+    try:
+        robot.hello()
+        while acked < n_batches - 1:
+            while sent < n_batches and sent - acked <= window:
+                robot.send(frames[sent])
+                sent += 1
+            msg = robot.recv(0.5)
+            if isinstance(msg, Ack):
+                acked = max(acked, msg.seq)
+            if not killed and acked >= n_batches // 3:
+                daemon.send_signal(signal.SIGKILL)  # mid-stream: batches are in flight
+                daemon.wait(10)
+                killed = True
+                daemon = start_daemon(processes, run, port, "--vpa.enabled", "false")
+                robot.hello(resume_seq=acked + 1)
+                sent = acked + 1  # resend everything not ACKed, like the runtime's spool
+            elif msg is None and killed:
+                robot.hello(resume_seq=acked + 1)
+                sent = acked + 1
+    finally:
+        robot.close()
+        ctx.term()
+    assert killed
+    assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0
+    store = StepStore(run / "online" / "steps")
+    index = store.step_index()
+    store.close()
+    steps = sorted(first + i for _, _, first, n in index for i in range(n))
+    assert steps == list(range(n_batches * BATCH)), "every step exactly once"
+    assert np.all(np.diff([first for _, _, first, _ in index]) == BATCH)

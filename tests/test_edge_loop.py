@@ -1,0 +1,125 @@
+"""The control loop with real onnxruntime sessions and in-memory hardware fakes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from test_edge_support import FakeCamera, FakeDrive, FakeSignals, make_agent_onnx
+
+from edge_runtime.config import EdgeConfig
+from edge_runtime.inference import AgentSession, SessionOptions
+from edge_runtime.loop import ActivePolicy, ControlLoop, Watchdog
+from edge_runtime.metrics import Metrics
+from edge_runtime.steps import Step, to_columns
+from hardware.factory import Robot
+from protocol.constants import POLICY_FALLBACK, validate_step_columns
+
+CPU = SessionOptions(providers=("cpu",), warmup_runs=1)
+
+
+class FixedPolicy:
+    def __init__(self, policy: ActivePolicy | None) -> None:
+        self.policy = policy
+        self.seen: list[Step] = []
+
+    def at_tick_boundary(self) -> ActivePolicy | None:
+        return self.policy
+
+    def observe(self, step: Step) -> None:
+        self.seen.append(step)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def add(self, step: Step) -> None:
+        self.steps.append(step)
+
+
+def make_loop(model: bytes | None = None, cfg: EdgeConfig | None = None, **signals_kw):
+    robot = Robot(FakeCamera(), FakeDrive(), FakeSignals(**signals_kw))
+    robot.connect()
+    session = AgentSession(model or make_agent_onnx(), CPU)
+    policy = FixedPolicy(ActivePolicy(session, version=7, shield_threshold=0.0))
+    sink = ListSink()
+    cfg = cfg or EdgeConfig(rate_hz=200.0, max_frame_age=1.0)
+    loop = ControlLoop(robot, policy, sink, cfg, Metrics(), rng=np.random.default_rng(0))
+    return loop, robot, sink
+
+
+def test_ticks_drive_the_robot_and_record_steps_with_episodes() -> None:
+    loop, robot, sink = make_loop(episode_len=5)
+    loop.run(threading.Event(), max_episodes=2)
+    assert loop.stats.episodes == 2 and len(sink.steps) == 10
+    assert [s.episode for s in sink.steps] == [0] * 5 + [1] * 5
+    assert all(s.bundle_version == 7 and s.policy in (0, 1) for s in sink.steps)
+    applied = [a for kind, a in robot.drive.commands if kind == "apply"]
+    assert len(applied) == 10
+    np.testing.assert_allclose(applied[-1], sink.steps[-1].action)
+    cols = to_columns(sink.steps)
+    assert validate_step_columns(cols, obs_shape=(16, 16, 3), action_dim=2) == 10
+    assert loop.metrics.snapshot()["edge/tick_ms_p99"] > 0
+
+
+def test_nan_bundle_brakes_and_is_counted() -> None:
+    loop, robot, sink = make_loop(model=make_agent_onnx(nan_above=0.0))  # NaN on any non-black frame
+    for _ in range(3):
+        step = loop.tick()
+        assert step.policy == POLICY_FALLBACK and not step.action.any()
+    assert loop.metrics.counter("edge/brakes/nonfinite") == 3
+    assert robot.drive.stops == 3 and not any(kind == "apply" for kind, _ in robot.drive.commands)
+
+
+def test_stale_camera_brakes_but_still_records_signals() -> None:
+    loop, robot, sink = make_loop(
+        cfg=EdgeConfig(rate_hz=100.0, max_frame_age=0.02), episode_len=1000, cost=1.0
+    )
+    loop.tick()
+    robot.camera.stall()
+    deadline = time.monotonic() + 2
+    while loop.metrics.counter("edge/brakes/stale_frame") < 2 and time.monotonic() < deadline:
+        loop.tick()
+    assert loop.metrics.counter("edge/brakes/stale_frame") >= 2
+    assert robot.drive.commands[-1][0] == "stop"
+    assert sink.steps[-1].policy == POLICY_FALLBACK and sink.steps[-1].cost == 1.0
+
+
+def test_shield_intervenes_on_unsafe_online_actions() -> None:
+    model = make_agent_onnx(q_h_bias=(5.0, 5.0, -3.0, 1.0, 1.0))
+    loop, robot, sink = make_loop(model=model)
+    for _ in range(5):
+        loop.tick()
+    assert all(s.shielded for s in sink.steps)
+    assert all(not s.action.any() for s in sink.steps)  # the brake candidate has the lowest Q_h
+    assert all(s.proposed.any() for s in sink.steps)
+    assert loop.metrics.counter("edge/interventions") == 5
+
+
+def test_missed_deadline_streak_brakes() -> None:
+    class SlowSink(ListSink):
+        def add(self, step: Step) -> None:
+            time.sleep(0.012)
+            super().add(step)
+
+    loop, robot, _ = make_loop(cfg=EdgeConfig(rate_hz=100.0, max_frame_age=1.0, deadline_streak=3))
+    loop.sink = SlowSink()
+    for _ in range(4):
+        loop.tick()
+    assert loop.metrics.counter("edge/deadline_misses") == 4
+    assert loop.metrics.counter("edge/brakes/deadline_streak") == 2
+
+
+def test_watchdog_brakes_a_stalled_loop() -> None:
+    loop, robot, _ = make_loop(cfg=EdgeConfig(rate_hz=100.0, max_frame_age=1.0))
+    loop.tick()
+    dog = Watchdog(loop, periods=2).start()
+    try:
+        deadline = time.monotonic() + 2
+        while robot.drive.stops == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        dog.stop()
+    assert robot.drive.stops == 1 and loop.metrics.counter("edge/brakes/watchdog") == 1

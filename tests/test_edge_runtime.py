@@ -1,0 +1,162 @@
+"""The assembled runtime in-process: fake hardware, real onnxruntime, real ZeroMQ to a stub trainer."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import free_tcp_port, poll_until
+from test_edge_support import FakeCamera, FakeDrive, FakeSignals, StubTrainer, make_test_bundle
+
+from edge_runtime.config import EdgeConfig, RollbackConfig
+from edge_runtime.runtime import EdgeRuntime
+from hardware.factory import Robot
+from protocol.bundle import load_bundle
+from protocol.keys import generate_keys, load_signing_key, load_trusted_keys
+from protocol.messages import BundleMessage
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, object]:
+    generate_keys(tmp_path / "allkeys")
+    robot_keys = tmp_path / "robot_keys"  # only the bundle key: the stub trainer speaks plain loopback
+    robot_keys.mkdir()
+    shutil.copy(tmp_path / "allkeys" / "signing.pub", robot_keys / "signing.pub")
+    return robot_keys, load_signing_key(tmp_path / "allkeys" / "signing.key")
+
+
+class Running:
+    """An EdgeRuntime on a thread, stopped by the test."""
+
+    def __init__(
+        self, tmp_path: Path, keys_dir: Path, bundle: Path, trainer: StubTrainer, cfg: EdgeConfig, **sig_kw
+    ) -> None:
+        self.robot = Robot(FakeCamera(), FakeDrive(), FakeSignals(**sig_kw))
+        self.runtime = EdgeRuntime(cfg, self.robot, trainer.endpoint, keys_dir, bundle)
+        self.stop = threading.Event()
+        self.summary: dict | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.summary = self.runtime.run(self.stop)
+
+    def finish(self) -> dict:
+        self.stop.set()
+        self.thread.join(30)
+        assert self.summary is not None
+        return self.summary
+
+
+def _cfg(tmp_path: Path, **kw) -> EdgeConfig:
+    base = dict(
+        rate_hz=100.0,
+        max_frame_age=1.0,
+        state_dir=tmp_path / "state",
+        spool_fsync=False,
+        batch_size=8,
+        batch_max_age=0.1,
+        heartbeat_interval=0.2,
+        ack_timeout=1.0,
+        drain_timeout=5.0,
+    )
+    base.update(kw)
+    return EdgeConfig(**base)
+
+
+def _message(path: Path) -> BundleMessage:
+    return load_bundle(
+        path, load_trusted_keys(path.parent.parent / "robot_keys" / "signing.pub")
+    ).to_message()
+
+
+def test_steps_flow_a_new_bundle_swaps_in_and_a_tampered_one_is_rejected(tmp_path, keys) -> None:
+    keys_dir, signing = keys
+    v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
+    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, seed=3)
+    trainer = StubTrainer(free_tcp_port()).start()
+    try:
+        run = Running(tmp_path, keys_dir, v1, trainer, _cfg(tmp_path))
+        poll_until(lambda: trainer.hellos and len(trainer.steps_of()) >= 16, 10, what="steps at the trainer")
+        hello = trainer.hellos[0]
+        assert (hello.robot_id, hello.bundle_version, hello.obs_shape, hello.action_dim) == (
+            "robot0",
+            1,
+            (16, 16, 3),
+            2,
+        )
+
+        tampered = _message(v2)
+        files = dict(tampered.files)
+        files["agent.onnx"] = files["agent.onnx"][:-1] + bytes([files["agent.onnx"][-1] ^ 1])
+        trainer.push(
+            "robot0",
+            BundleMessage(tampered.version, tampered.parent, tampered.manifest, tampered.signature, files),
+        )
+        poll_until(lambda: trainer.statuses, 10, what="a bundle status")
+        assert trainer.statuses[0].status == "rejected" and "sha256" in trainer.statuses[0].reason
+
+        trainer.push("robot0", _message(v2))
+        poll_until(lambda: any(s.status == "loaded" for s in trainer.statuses), 10, what="v2 loaded")
+        poll_until(
+            lambda: run.runtime.metrics.snapshot().get("edge/bundle_version") == 2, 5, what="swap to v2"
+        )
+        summary = run.finish()
+    finally:
+        trainer.stop()
+    assert summary["bundle_versions_seen"] == [1, 2]
+    assert summary["all_acked"] and summary["steps_acked"] == summary["steps_sent"] == summary["steps"]
+    assert trainer.steps_of() == list(range(summary["steps"])) and trainer.duplicates == 0
+    assert trainer.heartbeats and "edge/tick_ms_p99" in trainer.heartbeats[-1].metrics
+    status = (tmp_path / "state" / "status.json").read_text()
+    assert '"bundle_version": 2' in status
+
+
+def test_unsafe_bundle_is_rolled_back_automatically(tmp_path, keys) -> None:
+    keys_dir, signing = keys
+    v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
+    # v2's Q_h says its own actions are unsafe: the shield intervenes on every step
+    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, q_h_bias=(5.0, 5.0, -3.0, 1.0, 1.0))
+    trainer = StubTrainer(free_tcp_port()).start()
+    cfg = _cfg(tmp_path, rollback=RollbackConfig(window_steps=100, min_steps=20, max_intervention_rate=0.5))
+    try:
+        run = Running(tmp_path, keys_dir, v1, trainer, cfg)
+        poll_until(lambda: trainer.hellos, 10, what="HELLO")
+        trainer.push("robot0", _message(v2))
+        poll_until(lambda: any(s.status == "rolled_back" for s in trainer.statuses), 15, what="rollback")
+        summary = run.finish()
+    finally:
+        trainer.stop()
+    assert summary["bundle_versions_seen"] == [1, 2, 1]
+    assert 20 <= summary["interventions"] < 60
+    rolled = next(s for s in trainer.statuses if s.status == "rolled_back")
+    assert rolled.version == 2 and "intervention rate" in rolled.reason
+    assert '"bad": [2]' in (tmp_path / "state" / "bundles" / "current.json").read_text()
+
+
+def test_trainer_outage_loses_and_duplicates_nothing(tmp_path, keys) -> None:
+    keys_dir, signing = keys
+    v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
+    port = free_tcp_port()
+    trainer = StubTrainer(port).start()
+    try:
+        run = Running(tmp_path, keys_dir, v1, trainer, _cfg(tmp_path))
+        poll_until(lambda: len(trainer.steps_of()) >= 16, 10, what="first steps")
+        trainer.stop()
+        sent_before = run.runtime.metrics.counter("edge/ticks")
+        poll_until(
+            lambda: run.runtime.metrics.counter("edge/ticks") > sent_before + 100,
+            10,
+            what="ticks during outage",
+        )
+        trainer.start()
+        poll_until(
+            lambda: run.runtime.metrics.snapshot().get("edge/unacked_steps", 1e9) < 20, 15, what="catch-up"
+        )
+        summary = run.finish()
+    finally:
+        trainer.stop()
+    assert summary["all_acked"]
+    assert trainer.steps_of() == list(range(summary["steps"]))

@@ -1,0 +1,449 @@
+"""Codec: round trips of every message type and typed errors for every kind of bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from protocol import codec
+from protocol import messages as m
+from protocol.constants import (
+    ARRAY_EXT_TYPE,
+    PROTOCOL_VERSION,
+    STEP_COLUMNS,
+    WIRE_DTYPES,
+    validate_step_columns,
+)
+from protocol.errors import (
+    DecodeError,
+    FieldError,
+    OversizeError,
+    ProtocolError,
+    UnknownTypeError,
+    VersionError,
+)
+
+
+def step_columns(
+    n: int = 3, obs_shape=(8, 8, 3), action_dim: int = 2, seed: int = 0
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cols = {}
+    for name, spec in STEP_COLUMNS.items():
+        shape = {"obs": (n, *obs_shape), "action": (n, action_dim)}.get(spec.kind, (n,))
+        if spec.dtype == "bool":
+            cols[name] = rng.random(shape) < 0.5
+        elif spec.dtype.startswith("float"):
+            cols[name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            cols[name] = rng.integers(0, 3, shape).astype(spec.dtype)
+    return cols
+
+
+def sample_messages() -> list[m.Message]:
+    return [
+        m.Hello(
+            robot_id="r1", stream_id="s-1", runtime_version="0.1.0", bundle_version=-1,
+            obs_shape=(64, 64, 3), action_dim=2, resume_seq=0,
+        ),
+        m.Steps(robot_id="r1", stream_id="s-1", seq=7, first_step=700, columns=step_columns()),
+        m.Ack(stream_id="s-1", seq=7),
+        m.BundleMessage(version=2, parent=1, manifest=b"{}", signature=bytes(64), files={"agent.onnx": b"\x00\x01"}),
+        m.BundleMessage(version=1, parent=None, manifest=b"{}", signature=bytes(64), files={}),
+        m.BundleStatus(robot_id="r1", version=2, status="rejected", reason="bad signature"),
+        m.Heartbeat(sender_id="trainer", time=12.5, metrics={"train/steps": 3.0, "edge/tick_ms": 1.25}),
+        m.ErrorMessage(code="decode", message="garbage", ref_type=""),
+        m.HwHello(robot="r1"),
+        m.HwSpec(robot="r1", obs_shape=(64, 64, 3), action_dim=2, rate_hz=20.0),
+        m.HwReadFrame(robot="r1"),
+        m.HwFrame(image=np.arange(48, dtype=np.uint8).reshape(4, 4, 3), t_capture=1.0, t_now=1.01, frame_id=5),
+        m.HwDrive(robot="r1", action=np.array([0.5, -1.0], np.float32)),
+        m.HwOk(),
+        m.HwStop(robot="r1"),
+        m.HwReadSignals(robot="r1"),
+        m.HwSignals(reward=0.5, cost=1.0, terminated=False, truncated=True, episode=3, step=99),
+    ]  # fmt: skip
+
+
+def assert_same(a: m.Message, b: m.Message) -> None:
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+        elif f.name == "columns":
+            assert x.keys() == y.keys()
+            for k in x:
+                assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k])
+        else:
+            assert x == y and type(x) is type(y), f.name
+
+
+def raw(body: dict) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def valid_body(msg: m.Message) -> dict:
+    return msgpack.unpackb(codec.encode(msg), raw=False, ext_hook=lambda c, d: msgpack.ExtType(c, d))
+
+
+def test_every_message_type_is_covered_and_round_trips():
+    samples = sample_messages()
+    assert {type(s).TYPE for s in samples} == set(m.MESSAGE_TYPES)
+    for msg in samples:
+        data = codec.encode(msg)
+        body = msgpack.unpackb(data, raw=False, ext_hook=lambda c, d: msgpack.ExtType(c, d))
+        assert body["v"] == PROTOCOL_VERSION and body["type"] == msg.TYPE
+        assert_same(codec.decode(data), msg)
+
+
+def test_decoded_arrays_are_readonly_views():
+    out = codec.decode(codec.encode(sample_messages()[1]))
+    obs = out.columns["obs"]
+    assert not obs.flags.writeable and obs.flags.c_contiguous
+    assert out.n_steps == 3
+
+
+def test_numpy_scalars_are_accepted_and_converted():
+    msg = m.Ack(stream_id="s", seq=np.int64(4))
+    assert type(msg.seq) is int
+    assert codec.decode(codec.encode(msg)) == msg
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from(sorted(WIRE_DTYPES)).map(np.dtype),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
+    )
+)
+def test_array_ext_round_trip(arr):
+    out = codec.unpack_array(codec.pack_array(arr))
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    assert np.array_equal(out, arr, equal_nan=arr.dtype.kind == "f")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 6),
+    h=st.integers(1, 9),
+    action_dim=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+    seq=st.integers(0, 2**63 - 1),
+)
+def test_steps_round_trip_property(n, h, action_dim, seed, seq):
+    cols = step_columns(n, (h, h + 1, 3), action_dim, seed)
+    msg = m.Steps(robot_id="r", stream_id="s", seq=seq, first_step=seq, columns=cols)
+    out = codec.decode(codec.encode(msg))
+    assert_same(out, msg)
+    assert validate_step_columns(out.columns, (h, h + 1, 3), action_dim) == n
+
+
+def test_big_endian_input_is_sent_little_endian():
+    arr = np.arange(6, dtype=">f4").reshape(2, 3)
+    out = codec.unpack_array(codec.pack_array(arr))
+    assert out.dtype == np.dtype("<f4") and np.array_equal(out, arr)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_only_raise_protocol_errors(data):
+    try:
+        codec.decode(data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_corrupted_valid_messages_only_raise_protocol_errors(data):
+    encoded = bytearray(codec.encode(data.draw(st.sampled_from(sample_messages()))))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[i] = data.draw(st.integers(0, 255))
+    try:
+        codec.decode(bytes(encoded))
+    except ProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20])
+def test_truncated_message_is_decode_error(cut):
+    data = codec.encode(sample_messages()[0])
+    with pytest.raises(DecodeError):
+        codec.decode(data[:-cut])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        b"\x91" * 5000 + b"\x00",
+        raw([1, 2, 3]),
+        raw("hello"),
+        raw({1: 2}),
+        raw({"v": 1, "type": "ack"}) + b"\x00",
+        raw({"v": 1, "type": "ack", b"k": 1, "z": 2}),
+    ],
+    ids=["empty", "reserved-byte", "deep-nesting", "array", "string", "int-key", "trailing-bytes", "bin-key"],
+)
+def test_malformed_msgpack_is_decode_error(data):
+    with pytest.raises(DecodeError):
+        codec.decode(data)
+
+
+@pytest.mark.parametrize("v", [None, 0, 2, "1", 1.0, True])
+def test_wrong_version_is_version_error(v):
+    body = valid_body(m.Ack(stream_id="s", seq=1))
+    if v is None:
+        del body["v"]
+    else:
+        body["v"] = v
+    with pytest.raises(VersionError) as info:
+        codec.decode(raw(body))
+    assert info.value.code == "version"
+
+
+def test_unknown_type_is_unknown_type_error():
+    with pytest.raises(UnknownTypeError) as info:
+        codec.decode(raw({"v": 1, "type": "launch_missiles"}))
+    assert info.value.msg_type == "launch_missiles"
+
+
+def test_non_string_type_is_field_error():
+    with pytest.raises(FieldError):
+        codec.decode(raw({"v": 1, "type": 3}))
+
+
+@pytest.mark.parametrize(
+    "msg, field, value",
+    [
+        (m.Ack(stream_id="s", seq=1), "seq", "1"),
+        (m.Ack(stream_id="s", seq=1), "seq", -1),
+        (m.Ack(stream_id="s", seq=1), "seq", True),
+        (m.Ack(stream_id="s", seq=1), "stream_id", b"s"),
+        (
+            m.HwSignals(reward=0.0, cost=0.0, terminated=False, truncated=False, episode=0, step=0),
+            "terminated",
+            1,
+        ),
+        (sample_messages()[0], "obs_shape", [64, 64]),
+        (sample_messages()[0], "obs_shape", [64, 0, 3]),
+        (sample_messages()[5], "status", "exploded"),
+        (sample_messages()[6], "metrics", {"a": "x"}),
+        (sample_messages()[6], "metrics", [1.0]),
+        (sample_messages()[3], "files", {"agent.onnx": "text"}),
+        (sample_messages()[3], "parent", 0),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_wrong_field_type_is_field_error(msg, field, value):
+    body = valid_body(msg)
+    body[field] = value
+    with pytest.raises(FieldError) as info:
+        codec.decode(raw(body))
+    assert field in str(info.value) and info.value.msg_type == msg.TYPE
+
+
+def test_array_where_scalar_expected_is_field_error():
+    body = valid_body(m.Ack(stream_id="s", seq=1))
+    body["seq"] = msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(np.zeros(3, np.int64)))
+    with pytest.raises(FieldError):
+        codec.decode(raw(body))
+
+
+def test_missing_and_extra_fields_are_field_errors():
+    body = valid_body(m.Ack(stream_id="s", seq=1))
+    del body["seq"]
+    with pytest.raises(FieldError, match="missing fields \\['seq'\\]"):
+        codec.decode(raw(body))
+    body = valid_body(m.Ack(stream_id="s", seq=1))
+    body["surprise"] = 1
+    with pytest.raises(FieldError, match="unexpected fields \\['surprise'\\]"):
+        codec.decode(raw(body))
+
+
+def test_bad_step_columns_are_field_errors():
+    for mutate in (
+        lambda c: c.pop("cost"),
+        lambda c: c.update(extra=np.zeros(3, np.float32)),
+        lambda c: c.update(reward=c["reward"].astype(np.float64)),
+        lambda c: c.update(reward=c["reward"][:2]),
+        lambda c: c.update(action=c["action"][:, 0]),
+    ):
+        cols = step_columns()
+        mutate(cols)
+        body = valid_body(m.Steps(robot_id="r", stream_id="s", seq=0, first_step=0, columns=step_columns()))
+        body["columns"] = {k: msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(v)) for k, v in cols.items()}
+        with pytest.raises(FieldError):
+            codec.decode(raw(body))
+
+
+def test_validate_step_columns_checks_spec():
+    cols = step_columns(4, (8, 8, 3), 2)
+    assert validate_step_columns(cols, (8, 8, 3), 2) == 4
+    with pytest.raises(FieldError, match="'obs'"):
+        validate_step_columns(cols, (64, 64, 3), 2)
+    with pytest.raises(FieldError, match="'action'"):
+        validate_step_columns(cols, (8, 8, 3), 3)
+    with pytest.raises(FieldError, match="empty"):
+        validate_step_columns(step_columns(0), None, None)
+
+
+def _ext_message(payload: bytes) -> bytes:
+    body = valid_body(m.HwDrive(robot="r", action=np.zeros(2, np.float32)))
+    body["action"] = msgpack.ExtType(ARRAY_EXT_TYPE, payload)
+    return raw(body)
+
+
+_GOOD = codec.pack_array(np.zeros(2, np.float32))  # header: 2 + 7 + 8 = 17 bytes, padded to 24
+_F16 = struct.pack("<BB7sQ", 1, 7, b"float16", 2)
+BAD_EXTS = {
+    "non-whitelisted dtype": _F16 + bytes(8 - len(_F16) % 8) + bytes(4),
+    "shape/bytes mismatch (short)": _GOOD[:-1],
+    "shape/bytes mismatch (long)": _GOOD + b"\x00",
+    "truncated header": _GOOD[:5],
+    "too many dims": bytes([9, 5]) + b"uint8",
+    "nonzero padding": _GOOD[:20] + b"\x01" + _GOOD[21:],
+}
+
+
+@pytest.mark.parametrize("payload", BAD_EXTS.values(), ids=BAD_EXTS.keys())
+def test_bad_array_ext_is_decode_error(payload):
+    with pytest.raises(DecodeError):
+        codec.decode(_ext_message(payload))
+
+
+def test_other_ext_types_and_bad_bools_are_decode_errors():
+    other_ext = raw({"v": 1, "type": "hw_drive", "robot": "r", "action": msgpack.ExtType(2, _GOOD)})
+    with pytest.raises(DecodeError, match="extension type 2"):
+        codec.decode(other_ext)
+    bad_bool = codec.pack_array(np.zeros(3, np.bool_))[:-1] + b"\x02"
+    with pytest.raises(DecodeError, match="bool"):
+        codec.unpack_array(bad_bool)
+
+
+def test_wrong_dtype_for_field_is_field_error():
+    body = valid_body(m.HwDrive(robot="r", action=np.zeros(2, np.float32)))
+    body["action"] = msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(np.zeros(2, np.float64)))
+    with pytest.raises(FieldError, match="float32"):
+        codec.decode(raw(body))
+
+
+def test_encoding_non_whitelisted_dtype_is_field_error():
+    with pytest.raises(FieldError, match="float16"):
+        codec.pack_array(np.zeros(2, np.float16))
+    cols = step_columns()
+    cols["extra"] = np.zeros(3, dtype=object)
+    with pytest.raises(FieldError):
+        m.Steps(robot_id="r", stream_id="s", seq=0, first_step=0, columns=cols)
+
+
+def test_oversize_message_and_array():
+    msg = m.HwFrame(image=np.zeros((64, 64, 3), np.uint8), t_capture=0.0, t_now=0.0, frame_id=0)
+    data = codec.encode(msg)
+    with pytest.raises(OversizeError):
+        codec.decode(data, max_message_bytes=len(data) - 1)
+    with pytest.raises(OversizeError):
+        codec.decode(data, max_array_bytes=64 * 64 * 3 - 1)
+    assert codec.decode(data, max_message_bytes=len(data), max_array_bytes=64 * 64 * 3).frame_id == 0
+    with pytest.raises(OversizeError):
+        codec.encode(msg, max_message_bytes=1000)
+    # a header claiming a huge array is refused before anything is allocated
+    huge = struct.pack("<BB5s2Q", 2, 5, b"uint8", 1 << 30, 1 << 30)
+    with pytest.raises(OversizeError):
+        codec.decode(_ext_message(huge + bytes(8 - len(huge) % 8)))
+
+
+def test_error_message_from_exception():
+    try:
+        codec.decode(raw({"v": 1, "type": "nope"}))
+    except ProtocolError as exc:
+        reply = m.ErrorMessage.from_exception(exc)
+    assert (reply.code, reply.ref_type) == ("unknown_type", "nope")
+    assert_same(codec.decode(codec.encode(reply)), reply)
+
+
+def test_constructing_invalid_message_fails_early():
+    with pytest.raises(FieldError):
+        m.HwDrive(robot="r", action=[0.0, 1.0])
+    with pytest.raises(TypeError):
+        codec.encode({"v": 1, "type": "ack"})
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def _hex_dumps(text: str) -> list[bytes]:
+    dumps, current = [], []
+    for line in text.splitlines():
+        match = re.match(r"^[0-9a-f]{4}  ((?:[0-9a-f]{2} )*[0-9a-f]{2})", line)
+        if match:
+            current.append(bytes.fromhex(match.group(1)))
+        elif current:
+            dumps.append(b"".join(current))
+            current = []
+    return dumps
+
+
+def test_doc_worked_examples_match_the_codec():
+    dumps = _hex_dumps(DOC.read_text())
+    assert dumps[0] == codec.encode(m.Ack(stream_id="s-1", seq=7))
+    assert dumps[1] == codec.encode(m.HwDrive(robot="r1", action=np.array([0.5, -1.0], np.float32)))
+
+
+def test_doc_lists_every_step_column_and_message_type():
+    text = DOC.read_text()
+    for name, spec in STEP_COLUMNS.items():
+        assert re.search(rf"^\| `{name}` \| {spec.dtype} \|", text, re.M), name
+    for type_name in m.MESSAGE_TYPES:
+        assert f"`{type_name}`" in text, type_name
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.sampled_from([ARRAY_EXT_TYPE, 2]), st.binary(max_size=40))
+    | st.sampled_from(
+        [msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(a)) for a in step_columns(2).values()]
+    )
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(sample_messages()), st.dictionaries(st.text(max_size=12), _values, max_size=4), st.data()
+)
+def test_structured_garbage_only_raises_protocol_errors(msg, overlay, data):
+    """Valid v/type with fields replaced, added or removed by arbitrary msgpack values."""
+    body = valid_body(msg)
+    for name in data.draw(st.lists(st.sampled_from(sorted(body)), max_size=2)):
+        body.pop(name, None)
+    for name, value in overlay.items():
+        body[data.draw(st.sampled_from([name, *sorted(valid_body(msg))]))] = value
+    try:
+        codec.decode(raw(body))
+    except ProtocolError:
+        pass

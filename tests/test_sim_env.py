@@ -1,0 +1,230 @@
+"""The PyBullet tasks: gymnasium conformance, determinism, splits, reward and cost rules."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim_bridge  # noqa: F401  (registers the tasks)
+from sim_bridge.env import SafeNavEnv
+from sim_bridge.layout import PILLAR_RADIUS, ROBOT_RADIUS
+from sim_bridge.policies import POLICIES, make_policy
+from sim_bridge.sensors import STATE_DIM
+from sim_bridge.tasks import SPLITS, TASKS
+
+GOAL1 = "reachsafe/SafeGoal1-v0"
+
+
+def _make(task: str = GOAL1, **kw: object) -> SafeNavEnv:
+    return gym.make(task, **kw).unwrapped  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("split", SPLITS)
+def test_check_env_passes_for_every_mode(task: str, split: str) -> None:
+    for mode in ("image", "state", "both"):
+        env = gym.make(task, split=split, obs_mode=mode, episode_steps=10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the checker's complaints are warnings: make them fail
+            check_env(env.unwrapped)
+        env.close()
+
+
+def test_observation_modes_have_the_documented_shapes() -> None:
+    env = gym.make(GOAL1, obs_mode="both")
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
+    assert obs["state"].shape == (STATE_DIM,) and obs["state"].dtype == np.float32
+    obs, reward, terminated, truncated, info = env.step(np.array([0.5, 0.0], dtype=np.float32))
+    assert isinstance(reward, float) and info["cost"] in (0.0, 1.0)
+    assert not terminated and not truncated
+    env.close()
+
+
+def _rollout(
+    task: str, seed: int, split: str = "train", steps: int = 40
+) -> tuple[np.ndarray, np.ndarray, list]:
+    env = gym.make(task, split=split, obs_mode="both", episode_steps=steps)
+    obs, _ = env.reset(seed=seed)
+    policy = make_policy("noisy")
+    policy.reset(np.random.default_rng(seed))
+    frames, states, signals = [obs["image"]], [obs["state"]], []
+    done = False
+    while not done:
+        obs, r, term, trunc, info = env.step(policy.act(env.unwrapped.nav_state()))
+        frames.append(obs["image"])
+        states.append(obs["state"])
+        signals.append((r, info["cost"]))
+        done = term or trunc
+    env.close()
+    return np.stack(frames), np.stack(states), signals
+
+
+@pytest.mark.parametrize("task", [GOAL1, "reachsafe/SafeButton1-v0"])
+def test_same_seed_same_episode_other_seed_other_episode(task: str) -> None:
+    f1, s1, sig1 = _rollout(task, seed=7)
+    f2, s2, sig2 = _rollout(task, seed=7)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(s1, s2)
+    assert sig1 == sig2
+    f3, _, _ = _rollout(task, seed=8)
+    assert not np.array_equal(f1, f3)
+
+
+def test_unseen_split_differs_in_arena_hazards_and_colours() -> None:
+    for task in TASKS:
+        train, unseen = TASKS[task].params("train"), TASKS[task].params("unseen")
+        assert unseen.arena_half > train.arena_half
+        assert unseen.n_hazards > train.n_hazards
+        assert unseen.palette != train.palette
+    a, b = _make(split="train"), _make(split="unseen")
+    oa, _ = a.reset(seed=3)
+    ob, _ = b.reset(seed=3)
+    sa, sb = a.nav_state(), b.nav_state()
+    assert len(sb.hazards) > len(sa.hazards)
+    assert sb.arena_half > sa.arena_half
+    floor_a, floor_b = oa[-1].reshape(-1, 3).mean(0), ob[-1].reshape(-1, 3).mean(0)  # bottom row: floor
+    assert np.abs(floor_a - floor_b).max() > 20
+    a.close()
+    b.close()
+
+
+def test_hazard_placement_on_unseen_crowds_the_way_to_the_goal() -> None:
+    """Unseen puts a share of hazards across the start-goal segment: they sit closer to it."""
+
+    def mean_path_distance(split: str) -> float:
+        env = _make(split=split)
+        dists = []
+        for seed in range(20):
+            env.reset(seed=seed)
+            s = env.nav_state()
+            a, b = s.xy, s.goal_xy
+            t = np.clip(((s.hazards - a) @ (b - a)) / max((b - a) @ (b - a), 1e-9), 0, 1)
+            closest = a + t[:, None] * (b - a)
+            dists.append(np.linalg.norm(s.hazards - closest, axis=1).min() / s.arena_half)
+        env.close()
+        return float(np.mean(dists))
+
+    assert mean_path_distance("unseen") < mean_path_distance("train")
+
+
+def test_cost_is_one_inside_a_hazard_and_zero_outside() -> None:
+    env = _make()
+    env.reset(seed=1)
+    s = env.nav_state()
+    centre, radius = s.hazards[0], s.hazard_radii[0]
+    env.place_robot(centre, 0.0)
+    _, _, _, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert info["cost"] == 1.0 and info["cost_hazard"] == 1.0
+    # a free spot: far from every hazard, away from the walls
+    free = next(
+        p
+        for p in (np.array([x, y]) for x in np.linspace(-1.5, 1.5, 13) for y in np.linspace(-1.5, 1.5, 13))
+        if np.all(np.linalg.norm(s.hazards - p, axis=1) > s.hazard_radii + 0.2)
+    )
+    env.place_robot(free, 0.0)
+    _, _, _, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert info["cost"] == 0.0
+    assert radius > 0
+    env.close()
+
+
+def test_touching_a_pillar_costs_and_the_robot_cannot_pass_through() -> None:
+    env = _make("reachsafe/SafeGoal2-v0")
+    env.reset(seed=2)
+    pillar = env.nav_state().obstacles[0]
+    start = pillar - np.array([ROBOT_RADIUS + PILLAR_RADIUS + 0.05, 0.0])
+    env.place_robot(start, 0.0)  # facing the pillar
+    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(5)]
+    assert max(costs) == 1.0
+    gap = np.linalg.norm(env.nav_state().xy - pillar)
+    assert gap >= ROBOT_RADIUS + PILLAR_RADIUS - 1e-6
+    env.close()
+
+
+def test_reward_is_progress_toward_the_goal() -> None:
+    env = _make()
+    env.reset(seed=4)
+    s = env.nav_state()
+    heading = math.atan2(*(s.goal_xy - s.xy)[::-1])
+    env.place_robot(s.xy, heading)
+    _, toward, *_ = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert toward == pytest.approx(1.0 / 20, abs=0.01)  # 1 m/s for one 20 Hz step
+    env.place_robot(env.nav_state().xy, heading + math.pi)
+    _, away, *_ = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert away < -0.04
+    env.close()
+
+
+def test_reaching_the_goal_pays_the_bonus_and_moves_the_goal() -> None:
+    env = _make()
+    env.reset(seed=5)
+    goal = env.nav_state().goal_xy
+    inward = -goal / np.linalg.norm(goal)  # approach from the arena's centre side, clear of walls
+    env.place_robot(goal + 0.33 * inward, math.atan2(-inward[1], -inward[0]))
+    _, reward, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert info["goal_met"] and reward > 1.0
+    assert np.linalg.norm(env.nav_state().goal_xy - goal) > 0.5
+    env.close()
+
+
+def test_wrong_button_costs_and_the_right_one_pays() -> None:
+    env = _make("reachsafe/SafeButton1-v0")
+    env.reset(seed=0)
+    s = env.nav_state()
+    wrong = s.obstacles[-1]  # wrong buttons follow the pillars
+    env.place_robot(wrong - np.array([0.3, 0.0]), 0.0)
+    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(4)]
+    assert max(costs) == 1.0
+    env.place_robot(s.goal_xy - np.array([0.35, 0.0]), 0.0)
+    _, reward, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert info["goal_met"] and reward > 1.0
+    env.close()
+
+
+def test_fading_goal_disappears_from_image_and_state_after_first_sight() -> None:
+    env = _make("reachsafe/SafeFadingHard-v0", obs_mode="both")
+    env.reset(seed=0)
+    s = env.nav_state()
+    env.place_robot(s.xy, math.atan2(*(s.goal_xy - s.xy)[::-1]))  # look at the goal
+    obs, *_ = env.step(np.zeros(2, dtype=np.float32))
+    green = lambda img: int(((img[..., 1] > 150) & (img[..., 0] < 100)).sum())  # noqa: E731
+    assert green(obs["image"]) > 0 and obs["state"][:16].max() > 0
+    for _ in range(env.params.fade_steps + 1):
+        obs, *_ = env.step(np.zeros(2, dtype=np.float32))
+    assert env.goal_visibility() == 0.0
+    assert green(obs["image"]) == 0 and obs["state"][:16].max() == 0
+    env.close()
+
+
+def test_episode_truncates_at_the_fixed_length() -> None:
+    env = gym.make(GOAL1, obs_mode="state", episode_steps=15)
+    env.reset(seed=0)
+    flags = [env.step(np.zeros(2, dtype=np.float32))[3] for _ in range(15)]
+    assert flags == [False] * 14 + [True]
+    env.close()
+
+
+def test_policies_span_the_reward_cost_plane() -> None:
+    """Careful pays less cost than reckless; both beat random on return (state mode, fast)."""
+    env = gym.make(GOAL1, obs_mode="state", episode_steps=200)
+    totals = {}
+    for name in ("careful", "reckless", "random"):
+        policy = make_policy(name)
+        ret = cost = 0.0
+        for seed in range(4):
+            env.reset(seed=seed)
+            policy.reset(np.random.default_rng(seed))
+            for _ in range(200):
+                _, r, _, _, info = env.step(policy.act(env.unwrapped.nav_state()))
+                ret, cost = ret + r, cost + info["cost"]
+        totals[name] = (ret, cost)
+    assert totals["careful"][1] < totals["reckless"][1]
+    assert min(totals["careful"][0], totals["reckless"][0]) > totals["random"][0]
+    assert set(POLICIES) >= {"careful", "reckless", "noisy", "random", "mixed"}
+    env.close()

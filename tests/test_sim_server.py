@@ -1,0 +1,131 @@
+"""The hardware server and the runtime's ``sim`` backend over real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import free_tcp_port, poll_until
+
+from hardware import DeviceTimeoutError, HardwareError, StaleFrameError, make_robot
+from hardware.sim import SimCamera, SimDrive
+from sim_bridge.server import ServerConfig, SimServer
+
+
+@pytest.fixture
+def server() -> Iterator[SimServer]:
+    """Two robots at 4x real time, in a thread of this process (so the test can see the poses)."""
+    srv = SimServer(
+        ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", robots=2, speed=4.0, episode_steps=40)
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(5)
+        srv.close()
+
+
+def test_frames_arrive_fresh_with_increasing_ids(server: SimServer) -> None:
+    with make_robot(f"sim:{server.endpoint}/robot1") as robot:
+        assert robot.features["image_shape"] == (64, 64, 3)
+        assert robot.features["rate_hz"] == pytest.approx(80.0)
+        first = robot.camera.read_latest(max_age=0.5)
+        assert first.image.shape == (64, 64, 3) and first.image.dtype == np.uint8
+        assert 0.0 <= first.age() < 0.1
+        later = poll_until(
+            lambda: (f := robot.camera.read_latest(max_age=0.5)).frame_id > first.frame_id + 5 and f,
+            timeout=5,
+            what="new frames",
+        )
+        assert later.t > first.t
+        with pytest.raises(StaleFrameError):
+            robot.camera.read_latest(max_age=-1.0)
+
+
+def test_drive_moves_only_the_addressed_robot_and_stop_holds_it(server: SimServer) -> None:
+    poses = lambda: {k: r.env.unwrapped.nav_state().xy.copy() for k, r in server.robots.items()}  # noqa: E731
+    with make_robot(f"sim:{server.endpoint}/robot0") as robot:
+        before = poses()
+        robot.drive.apply(np.array([1.0, 0.0]))
+        poll_until(
+            lambda: np.linalg.norm(poses()["robot0"] - before["robot0"]) > 0.2,
+            timeout=5,
+            what="robot0 moving",
+        )
+        assert np.linalg.norm(poses()["robot1"] - before["robot1"]) < 1e-9
+        robot.drive.stop()  # answered between steps by the stepping thread: later steps all brake
+        halted = poses()["robot0"]
+        frame_id = robot.camera.read_latest().frame_id
+        poll_until(lambda: robot.camera.read_latest().frame_id > frame_id + 5, timeout=5, what="frames")
+        assert np.linalg.norm(poses()["robot0"] - halted) < 1e-9
+
+
+def test_signals_accumulate_between_reads_and_report_episode_ends(server: SimServer) -> None:
+    with make_robot(f"sim:{server.endpoint}/robot0") as robot:
+        env = server.robots["robot0"].env.unwrapped
+        ns = env.nav_state()  # face the goal (the robot is at rest: no step moves it meanwhile)
+        env.place_robot(ns.xy, float(np.arctan2(*(ns.goal_xy - ns.xy)[::-1])))
+        robot.signals.read()
+        robot.drive.apply(np.array([1.0, 0.0]))
+        frame_id = robot.camera.read_latest().frame_id
+        poll_until(lambda: robot.camera.read_latest().frame_id >= frame_id + 10, timeout=5, what="steps")
+        s = robot.signals.read()  # the sum of >= 10 steps' progress (0.05 m each), not one step's
+        assert s.reward > 0.3 and s.cost >= 0.0
+        # 40-step episodes at 80 Hz: within a few seconds an episode ends and is reported once
+        ends = []
+        poll_until(
+            lambda: ends.append(robot.signals.read()) or ends[-1].truncated, timeout=5, what="episode end"
+        )
+        assert ends[-1].episode >= 1
+        assert not robot.signals.read().truncated  # flags clear after being read
+
+
+def test_unknown_robot_is_refused_with_a_clear_error(server: SimServer) -> None:
+    cam = SimCamera(server.endpoint, "robot9")
+    with pytest.raises(HardwareError, match="unknown robot"):
+        cam.connect()
+    assert not cam.is_connected
+
+
+def test_timeout_when_server_is_gone_then_recovery(processes) -> None:  # noqa: ANN001
+    port = free_tcp_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    args = ("sim", "serve", "--bind", endpoint, "--seed", "0")
+    proc = processes.reachsafe(*args, name="sim")
+    drive = SimDrive(endpoint, "robot0", timeout_s=0.3)
+
+    def connected() -> bool:
+        try:
+            drive.connect()
+        except DeviceTimeoutError:
+            return False
+        return True
+
+    poll_until(connected, timeout=30, interval=0.1, what="sim server up")
+    drive.apply(np.array([0.5, 0.0]))
+    assert processes.stop(proc, signal.SIGTERM) == 0, processes.log(proc)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceTimeoutError, match="did not answer"):
+        drive.apply(np.array([0.5, 0.0]))
+    assert time.monotonic() - t0 < 1.0
+    with pytest.raises(DeviceTimeoutError):
+        drive.stop()
+    # the server comes back on the same port: the same device works again (fresh socket)
+    processes.reachsafe(*args, name="sim2")
+    poll_until(lambda: _try(lambda: drive.apply(np.zeros(2))), timeout=30, interval=0.1, what="recovery")
+    drive.disconnect()
+
+
+def _try(fn) -> bool:  # noqa: ANN001
+    try:
+        fn()
+    except DeviceTimeoutError:
+        return False
+    return True

@@ -1,0 +1,187 @@
+"""Trainer verbs of the ``reachsafe`` CLI: ``train offline|online``, ``trainer serve|status``, ``export``, ``eval``.
+
+Shared file: the offline engineer owns ``add_train_commands`` (verb ``offline``), ``add_export_command``
+and ``add_eval_command``; the online engineer owns the ``online`` verb and ``add_trainer_commands``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+# ----- train offline (offline engineer) -----------------------------------------------------
+def add_train_commands(parser: argparse.ArgumentParser) -> None:
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
+    _add_offline_verb(verbs)
+
+
+def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
+    from protocol.config import add_config_arguments
+    from trainer.config import OfflineConfig
+
+    p = verbs.add_parser(
+        "offline",
+        help="offline pretraining (FOSP-lite) on an HDF5 dataset; exports RUN/bundle",
+        description="Train π_off, the critics and the reachability critics on a DSRL-layout dataset, "
+        "then export and sign RUN/bundle/. Config precedence: defaults < --config YAML < options.",
+    )
+    p.add_argument("--dataset", required=True, type=Path, help="HDF5 dataset (DSRL keys)")
+    p.add_argument("--out", required=True, type=Path, help="run directory RUN (config, checkpoints, bundle, tb)")
+    p.add_argument("--config", type=Path, help="YAML OfflineConfig (kind: offline)")
+    p.add_argument("--keys", type=Path, help="directory with signing.key (default: generate one in RUN/keys)")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument("--no-world-model", action="store_true", help="ablation: train without the latent world model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(p, OfflineConfig)
+    p.set_defaults(func=_run_train_offline)
+
+
+def _run_train_offline(args: argparse.Namespace) -> int:
+    from protocol.config import load_config
+    from trainer.config import OfflineConfig
+    from trainer.dataset import load_dataset
+    from trainer.run_dir import RunDir
+    from trainer.train_offline import train_offline
+
+    config_path = args.config
+    if config_path is None and args.resume and RunDir(args.out).config.is_file():
+        config_path = RunDir(args.out).config
+    cfg = load_config(OfflineConfig, config_path, args)
+    if args.no_world_model:
+        cfg = cfg.replace(world_model=False)
+    dataset = load_dataset(args.dataset)
+    result = train_offline(dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress)
+    if result.bundle is not None:
+        print(f"trained {result.steps} updates in {result.seconds:.1f} s; bundle: {result.bundle.path}")
+    else:
+        print(f"trained {result.steps} updates in {result.seconds:.1f} s; checkpoint: {result.run.latest}")
+    return 0
+
+
+# ----- trainer serve / status (online engineer) -------------------------------------------
+def add_trainer_commands(parser: argparse.ArgumentParser) -> None:
+    from trainer.daemon import add_serve_arguments
+
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
+    p = verbs.add_parser(
+        "serve",
+        help="trainer daemon: ingest robot steps, fine-tune online, ship signed bundles",
+        description="ROUTER for any number of robots: steps are ACKed once durably stored (RUN/online/steps/), "
+        "a learner thread fine-tunes (VPA, SAC-Lag, adaptive PID λ) and ships bundles to RUN/bundles/ and the robots. "
+        "SIGTERM/SIGINT: checkpoint and exit 0.",
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=_run_serve)
+    s = verbs.add_parser("status", help="show a daemon's RUN/status.json (robots, rates, λ, bundle)")
+    s.add_argument("--run", required=True, type=Path, help="run directory the daemon serves")
+    s.add_argument("--json", action="store_true", help="print the raw status JSON")
+    s.set_defaults(func=_run_status)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from trainer.daemon import serve
+
+    return serve(args)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from trainer.status import status_command
+
+    return status_command(args)
+
+
+# ----- export (offline engineer) --------------------------------------------------------------
+def add_export_command(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Export a run's latest checkpoint to a signed bundle (agent.onnx). With --int8 the graph is "
+        "quantized (static QDQ, per-channel, calibrated on dataset frames) and int8 ships only if it agrees "
+        "with fp32 on ≥ 99%% of shield decisions and is not slower; the manifest records the choice."
+    )
+    parser.add_argument("--run", required=True, type=Path, help="run directory (RUN/checkpoints/latest.pt)")
+    parser.add_argument("--out", required=True, type=Path, help="bundle directory to write (replaced if present)")
+    parser.add_argument("--int8", action="store_true", help="try int8 static quantization")
+    parser.add_argument("--dataset", type=Path, help="calibration dataset (default: the one the run trained on)")
+    parser.add_argument("--keys", type=Path, help="directory with signing.key (default: RUN/keys)")
+    parser.add_argument("--version", type=int, default=1, help="bundle version [default: 1]")
+    parser.add_argument("--parent", type=int, default=None, help="parent bundle version [default: none]")
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from trainer.dataset import load_dataset
+    from trainer.export import build_bundle
+    from trainer.networks import load_checkpoint
+    from trainer.run_dir import RunDir, resolve_signing_key
+
+    run = RunDir(args.run)
+    _, ckpt = load_checkpoint(run.require_checkpoint())
+    calib = None
+    if args.int8:
+        source = args.dataset or Path(ckpt.get("dataset", {}).get("source", ""))
+        n_frames = int(ckpt.get("config", {}).get("calib_frames", 256))
+        calib = load_dataset(source).calibration_frames(n_frames)
+    result = build_bundle(
+        run.root,
+        args.out,
+        version=args.version,
+        parent=args.parent,
+        signing_key=resolve_signing_key(args.keys, run),
+        int8=args.int8,
+        calib_frames=calib,
+    )
+    print(f"bundle v{args.version} → {result.path}: shipped {result.shipped} ({result.reason})")
+    for k, v in result.report.items():
+        print(f"  {k:24s} {v:.6g}")
+    return 0
+
+
+# ----- eval (offline engineer) ----------------------------------------------------------------
+def add_eval_command(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run a bundle on a simulated task through the edge runtime's inference, selection and shield, "
+        "and print mean ± std return, cost, success rate and DSRL-normalised return/cost."
+    )
+    parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    parser.add_argument("--task", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0")
+    parser.add_argument("--split", default="train", choices=["train", "unseen"], help="task split [default: train]")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes when --seeds is not given [default: 10]")
+    parser.add_argument("--seeds", type=int, nargs="+", help="explicit episode seeds")
+    parser.add_argument("--keys", type=Path, help="trusted signing.pub (file or dir; default: RUN/keys next to the bundle)")
+    parser.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
+    parser.add_argument("--dataset", type=Path, help="dataset whose min/max episode return are the reward references")
+    parser.add_argument("--reward-ref", type=float, nargs=2, metavar=("LOW", "HIGH"), help="reference returns")
+    parser.add_argument("--episode-steps", type=int, help="override the task's episode length")
+    parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    parser.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.evaluate import evaluate_bundle, load_verified_bundle
+
+    ref = tuple(args.reward_ref) if args.reward_ref else None
+    if ref is None and args.dataset is not None:
+        from trainer.dataset import load_dataset
+
+        returns, _ = load_dataset(args.dataset).episode_returns()
+        ref = (float(returns.min()), float(returns.max()))
+    bundle = load_verified_bundle(args.bundle, args.keys)
+    summary = evaluate_bundle(
+        bundle,
+        args.task,
+        split=args.split,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        cost_limit=args.cost_limit,
+        reward_ref=ref,
+        episode_steps=args.episode_steps,
+    )
+    print(summary.format())
+    if args.json:
+        args.json.write_text(json.dumps(summary.to_dict(), indent=2))
+    return 0

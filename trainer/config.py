@@ -1,0 +1,67 @@
+"""Typed configuration of offline training (DESIGN.md §3 defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from protocol.config import Config, ConfigError, option
+from trainer.networks import DEFAULT_PRIMITIVES
+
+
+@dataclass
+class OfflineConfig(Config):
+    """Offline pretraining: world model, in-sample critics, reachability critics, weighted BC actor."""
+
+    method: Literal["fosp", "bc"] = option(
+        "fosp", "fosp: reachability-guided weighted BC with in-sample critics; bc: plain behaviour cloning baseline."
+    )
+    steps: int = option(20000, "Gradient updates.")
+    batch_size: int = option(32, "Sequences per update (each of wm_horizon steps; 1 step without the world model).")
+    seed: int = option(0, "Seed of torch, numpy and the batch sampler.")
+    lr: float = option(3e-4, "Adam learning rate of every network.")
+    grad_clip: float = option(10.0, "Gradient-norm clip per optimiser step (0 = off).")
+    gamma: float = option(0.99, "Discount γ.")
+    target_ema: float = option(0.005, "Polyak rate of the target encoder and target critics.")
+    tau_r: float = option(0.7, "Expectile of V_r toward the upper side of Q_r (IQL).")
+    tau_c: float = option(0.5, "Expectile of V_c on Q_c (0.5: the behaviour's expected cost).")
+    tau_h: float = option(0.9, "Expectile of V_h toward the lower side of Q_h (best in-sample feasibility).")
+    c_scale: float = option(25.0, "Reachability signal in a hazard: h = +c_scale if c > 0 else −1 (FISOR).")
+    beta_r: float = option(3.0, "Inverse temperature of the reward advantage weight in feasible states.")
+    beta_h: float = option(5.0, "Inverse temperature of the feasibility weight in infeasible states.")
+    max_weight_r: float = option(100.0, "Clip of the reward advantage weight.")
+    max_weight_h: float = option(150.0, "Clip of the feasibility weight.")
+    latent_dim: int = option(64, "Latent size z of the encoder.")
+    hidden_dim: int = option(256, "Hidden width of the MLP heads.")
+    cnn_channels: int = option(16, "Channels of the first CNN layers (image observations).")
+    n_qh: int = option(2, "Q_h ensemble size (the maximum is used).")
+    augment_pad: int = option(4, "Random-shift augmentation padding in pixels (0 = off; images only).")
+    world_model: bool = option(True, "Train the latent world model (dynamics, reward, cost, continuation).")
+    wm_horizon: int = option(5, "Latent rollout length H of the multi-step consistency loss.")
+    wm_rho: float = option(0.5, "Per-step discount of the world-model losses along the rollout.")
+    wm_consistency_coef: float = option(2.0, "Weight of the latent consistency loss.")
+    wm_reward_coef: float = option(0.5, "Weight of the reward-head loss.")
+    wm_cost_coef: float = option(1.0, "Weight of the cost-head loss.")
+    wm_continue_coef: float = option(0.5, "Weight of the continuation-head loss.")
+    cost_pos_weight: float = option(10.0, "Up-weighting of positive (c > 0) samples in the cost head.")
+    shield_threshold: float = option(0.0, "Shield intervenes when Q_h(z, chosen) exceeds this.")
+    primitives: list[list[float]] = option(
+        default_factory=lambda: [list(p) for p in DEFAULT_PRIMITIVES],
+        help="Fixed candidate actions the shield may fall back to, after a_on, a_off and brake.",
+    )
+    checkpoint_every: int = option(2000, "Save RUN/checkpoints/ every this many updates.")
+    log_every: int = option(100, "Write TensorBoard scalars every this many updates.")
+    calib_frames: int = option(256, "Dataset frames used for int8 calibration and the fp32/int8 comparison.")
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1:
+            raise ConfigError("steps must be >= 0 and batch_size >= 1")
+        for name in ("tau_r", "tau_c", "tau_h"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.gamma < 1.0:
+            raise ConfigError(f"gamma must lie in (0, 1), got {self.gamma}")
+        if self.wm_horizon < 1:
+            raise ConfigError(f"wm_horizon must be >= 1, got {self.wm_horizon}")
+        if self.n_qh < 1:
+            raise ConfigError(f"n_qh must be >= 1, got {self.n_qh}")

@@ -1,0 +1,219 @@
+"""`reachsafe trainer serve`: the trainer daemon a lab leaves running.
+
+Three threads: ingest (ROUTER → durable store → ACK; bundles and heartbeats out), the learner
+(VPA then SAC-Lag on the stored data, bundles every N updates or T seconds, checkpoints), and the
+main thread, which writes RUN/status.json every second and turns SIGTERM / SIGINT into a clean
+stop (final checkpoint, final status, exit 0).
+
+RUN/online/ holds the step store (steps/), the online checkpoint (latest.pt) and
+TensorBoard scalars (tb/); RUN/bundles/ the shipped bundles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from protocol.codec import decode
+from protocol.config import add_config_arguments, load_config
+from protocol.keys import load_signing_key
+from protocol.messages import Steps
+from protocol.sockets import ServerCurve, server_socket
+from trainer.daemon_bundles import BundleShelf
+from trainer.daemon_ingest import IngestServer
+from trainer.daemon_learner import DaemonLearner
+from trainer.dataset import OfflineDataset, load_dataset
+from trainer.networks import load_checkpoint
+from trainer.online import OnlineLearner
+from trainer.online_config import OnlineConfig
+from trainer.online_metrics import MetricsWriter
+from trainer.replay import StepReplay
+from trainer.run_dir import RunDir, resolve_signing_key
+from trainer.status import STATUS_FILE, write_status
+from trainer.store import StepStore
+
+logger = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class OnlinePaths:
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "online" / "steps"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "online" / "latest.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "online" / "tb"
+
+    @property
+    def status(self) -> Path:
+        return self.root / STATUS_FILE
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="Run directory of `reachsafe train offline`.")
+    p.add_argument("--bind", required=True, help="ROUTER endpoint, e.g. tcp://127.0.0.1:5555.")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        help="Key directory (`reachsafe keys generate`): signing.key signs bundles; with trainer.key_secret "
+        "the socket uses CURVE and admits the robot keys in KEYS/robots/*.key (else KEYS/robot.key).",
+    )
+    p.add_argument("--dataset", type=Path, help="Offline dataset for replay mixing and VPA (default: the run's).")
+    p.add_argument("--resume", action="store_true", help="Continue from RUN/online/latest.pt.")
+    p.add_argument("--config", type=Path, help="OnlineConfig YAML (kind: online); options below override it.")
+    add_config_arguments(p, OnlineConfig)
+
+
+def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineDataset | None:
+    """The dataset given, else the one the offline run trained on; None (with a warning) if gone."""
+    source = path or Path(str(ckpt.get("dataset", {}).get("source", "")))
+    if not source or not source.is_file():
+        logger.warning(
+            "offline dataset %s not found: no replay mixing and no value pre-alignment (pass --dataset FILE)", source
+        )
+        return None
+    return load_dataset(source)
+
+
+def refill_replay(store: StepStore, replay: StepReplay) -> int:
+    """Load the newest stored steps into the replay (after a restart); returns the steps loaded."""
+    loaded = 0
+    for b in store.iter_batches(after_row=store.row_before_last(replay.capacity)):
+        msg = decode(b.payload)
+        assert isinstance(msg, Steps)
+        replay.add_batch((msg.robot_id, msg.stream_id), msg.first_step, msg.columns)
+        loaded += msg.n_steps
+    if loaded:
+        logger.info("replay refilled with %d stored steps (%d transitions)", loaded, len(replay))
+    return loaded
+
+
+def open_socket(ctx: zmq.Context, bind: str, keys: Path | None) -> tuple[zmq.Socket, ServerCurve | None]:
+    curve = None
+    if keys is not None and (keys / "trainer.key_secret").is_file():
+        allowed = keys / "robots" if (keys / "robots").is_dir() else keys / "robot.key"
+        curve = ServerCurve(ctx, keys / "trainer.key_secret", allowed)
+    return server_socket(ctx, zmq.ROUTER, bind, curve=curve), curve
+
+
+def serve(args: argparse.Namespace) -> int:
+    cfg = load_config(OnlineConfig, args.config, args)
+    torch.set_num_threads(max(1, cfg.torch_threads))
+    torch.manual_seed(cfg.seed)
+    run, paths = RunDir(args.run), OnlinePaths(args.run)
+    resume = bool(args.resume and paths.checkpoint.is_file())
+    if args.resume and not resume:
+        logger.warning("--resume: no %s yet, starting from the offline checkpoint", paths.checkpoint)
+    agent, ckpt = load_checkpoint(paths.checkpoint if resume else run.require_checkpoint())
+    offline_ckpt = ckpt if not resume else load_checkpoint(run.require_checkpoint())[1]
+    dataset = load_offline_dataset(args.dataset, offline_ckpt)
+    learner = OnlineLearner(agent, cfg)
+    if resume:
+        learner.load_state_dict(ckpt["online"])
+        logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)
+    spec = agent.spec
+    store = StepStore(paths.store)
+    replay = StepReplay(cfg.replay_capacity, spec.obs_shape, spec.action_dim)
+    refill_replay(store, replay)
+    signing_key = load_signing_key(resolve_signing_key(args.keys, run))
+    shelf = BundleShelf(run.root, signing_key, cfg.shield_threshold, cfg.keep_bundles)
+    metrics = MetricsWriter(paths.tensorboard)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    ctx = zmq.Context()
+    sock, curve = open_socket(ctx, args.bind, args.keys)
+    ingest = IngestServer(sock, store, spec.obs_shape, spec.action_dim, lambda m, eps: inbox.put((m, eps)))
+    ingest.current_bundle = shelf.latest_message()
+    dl = DaemonLearner(
+        learner, replay, dataset, cfg, shelf.ship, ingest.broadcast, paths.checkpoint, metrics, inbox,
+        vpa_done=bool(resume and ckpt.get("vpa_done")),
+        online_steps=int(ckpt.get("online_steps", 0)) if resume else 0,
+        bundle_version=shelf.latest_version,
+    )  # fmt: skip
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("%s: stopping (checkpoint, then exit)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = [
+        threading.Thread(target=_guard(ingest.serve, stop), args=(stop,), name="ingest", daemon=True),
+        threading.Thread(target=_guard(dl.run, stop), args=(stop,), name="learner", daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    security = "curve" if curve is not None else "plain"
+    logger.info("trainer daemon serving on %s (%s), run %s", args.bind, security, run.root)
+    try:
+        while not stop.wait(STATUS_EVERY_S):
+            _write_status(paths.status, "running", args.bind, security, started, ingest, dl)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60.0)
+        _write_status(paths.status, "stopped", args.bind, security, started, ingest, dl)
+        sock.close()
+        if curve is not None:
+            curve.close()
+        ctx.term()
+        store.close()
+        metrics.close()
+    logger.info("trainer daemon stopped")
+    return 0
+
+
+def _guard(fn: Any, stop: threading.Event) -> Any:
+    """Run a thread body; if it dies, log it and stop the whole daemon rather than limp on."""
+
+    def body(*a: Any) -> None:
+        try:
+            fn(*a)
+        except Exception:
+            logger.exception("%s thread failed; stopping the daemon", threading.current_thread().name)
+            stop.set()
+
+    return body
+
+
+def _write_status(
+    path: Path, state: str, bind: str, security: str, started: float, ingest: IngestServer, dl: DaemonLearner
+) -> None:
+    status = {
+        "state": state,
+        "pid": os.getpid(),
+        "bind": bind,
+        "security": security,
+        "uptime_s": time.monotonic() - started,
+        "written_unix": time.time(),
+        **ingest.snapshot(),
+        **dl.status(),
+    }
+    try:
+        write_status(path, status)
+    except OSError as exc:
+        logger.warning("cannot write %s: %s", path, exc)
+

@@ -1,0 +1,291 @@
+"""The daemon's ROUTER loop: HELLO / STEPS in, durable store, ACK out, bundles and heartbeats out.
+
+Runs on its own thread and owns the socket (ZeroMQ sockets are not thread-safe); other threads
+hand it bundles through :meth:`IngestServer.broadcast`. Received batches are grouped: everything
+that arrived since the last commit goes into one store transaction (one fsync), then every
+stream in the group is ACKed with its highest contiguously stored seq. Malformed messages get a
+typed `error` reply and a counter; the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.constants import DEFAULT_MAX_ARRAY_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validate_step_columns
+from protocol.errors import FieldError, ProtocolError
+from protocol.messages import (
+    Ack,
+    BundleMessage,
+    BundleStatus,
+    ErrorMessage,
+    Heartbeat,
+    Hello,
+    Message,
+    Steps,
+)
+from trainer.replay_episodes import Episode, EpisodeTracker
+from trainer.status import RateMeter
+from trainer.store import PendingBatch, StepStore, StoreError
+
+logger = logging.getLogger(__name__)
+
+#: Called on the ingest thread for every newly stored batch (never for duplicates); must not block.
+BatchCallback = Callable[[Steps, list[Episode]], None]
+
+HEARTBEAT_EVERY_S = 1.0
+PEER_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RobotState:
+    robot_id: str
+    identity: bytes
+    last_seen: float
+    hello: Hello | None = None
+    steps: int = 0
+    batches: int = 0
+    episodes: int = 0
+    last_return: float | None = None
+    last_cost: float | None = None
+    bundle_version: int | None = None
+    bundle_events: list[tuple[int, str, str]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, now: float) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "batches": self.batches,
+            "episodes": self.episodes,
+            "last_return": self.last_return,
+            "last_cost": self.last_cost,
+            "bundle_version": self.bundle_version,
+            "last_seen_s": round(now - self.last_seen, 3),
+            "runtime_version": self.hello.runtime_version if self.hello else None,
+            "bundle_events": self.bundle_events[-5:],
+        }
+
+
+class IngestServer:
+    """Serve robots on a bound ROUTER socket until ``stop`` is set."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        store: StepStore,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        on_batch: BatchCallback,
+        *,
+        sender_id: str = "trainer",
+        max_group: int = 256,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES,
+    ) -> None:
+        self.sock = sock
+        self.store = store
+        self.obs_shape = tuple(obs_shape)
+        self.action_dim = action_dim
+        self.on_batch = on_batch
+        self.sender_id = sender_id
+        self.max_group = max_group
+        self.max_message_bytes = max_message_bytes
+        self.max_array_bytes = max_array_bytes
+        self.robots: dict[str, RobotState] = {}
+        self.errors: Counter[str] = Counter()
+        self.duplicates = 0
+        self.steps_in = 0
+        self.rate = RateMeter()
+        self.current_bundle: BundleMessage | None = None
+        self._outbox: queue.SimpleQueue[BundleMessage] = queue.SimpleQueue()
+        self._episodes = EpisodeTracker()
+        self._last_heartbeat = 0.0
+        self._lock = threading.Lock()  # guards the state read by snapshot()
+
+    # ----- other threads ---------------------------------------------------------------------
+    def broadcast(self, bundle: BundleMessage) -> None:
+        """Ship ``bundle`` to every live robot (and to robots that say HELLO later)."""
+        self._outbox.put(bundle)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            return {
+                "robots": {
+                    rid: r.summary(now) for rid, r in self.robots.items() if now - r.last_seen < PEER_TIMEOUT_S
+                },
+                "steps_in": self.steps_in,
+                "steps_per_s": self.rate.per_s(),
+                "steps_stored": self.store.steps_stored,
+                "duplicates": self.duplicates,
+                "errors_by_code": dict(self.errors),
+                "errors": sum(self.errors.values()),
+            }
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def serve(self, stop: threading.Event, poll_ms: int = 50) -> None:
+        while not stop.is_set():
+            group: list[tuple[bytes, Steps, bytes]] = []
+            if self.sock.poll(poll_ms, zmq.POLLIN):
+                while len(group) < self.max_group:
+                    try:
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(frames, group)
+            if group:
+                self._commit(group)
+            self._flush_outbox()
+            self._heartbeat()
+
+    def _send(self, identity: bytes, msg: Message) -> None:
+        try:
+            self.sock.send_multipart([identity, encode(msg, max_message_bytes=self.max_message_bytes)], zmq.NOBLOCK)
+        except zmq.Again:
+            logger.warning("send queue to peer full, dropped a %s (the robot will resend / re-HELLO)", msg.TYPE)
+        except zmq.ZMQError as exc:
+            logger.warning("cannot send %s to peer: %s", msg.TYPE, exc)
+
+    def _reject(self, identity: bytes, exc: ProtocolError) -> None:
+        with self._lock:
+            self.errors[exc.code] += 1
+        logger.warning("rejected a message (%s): %s", exc.code, exc)
+        self._send(identity, ErrorMessage.from_exception(exc))
+
+    def _handle(self, frames: list[bytes], group: list[tuple[bytes, Steps, bytes]]) -> None:
+        identity = frames[0]
+        if len(frames) != 2:
+            self._reject(identity, FieldError(f"expected one frame per message, got {len(frames) - 1}"))
+            return
+        payload = frames[1]
+        try:
+            msg = decode(payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes)
+            if isinstance(msg, Steps):
+                validate_step_columns(msg.columns, self.obs_shape, self.action_dim)
+        except ProtocolError as exc:
+            self._reject(identity, exc)
+            return
+        if isinstance(msg, Steps):
+            self._touch(msg.robot_id, identity)
+            group.append((identity, msg, payload))
+        elif isinstance(msg, Hello):
+            self._on_hello(identity, msg)
+        elif isinstance(msg, BundleStatus):
+            self._on_bundle_status(identity, msg)
+        elif isinstance(msg, Heartbeat):
+            robot = self._touch(msg.sender_id, identity)
+            with self._lock:
+                robot.metrics = dict(msg.metrics)
+        elif isinstance(msg, ErrorMessage):
+            logger.warning("robot reported an error (%s) about our %s: %s", msg.code, msg.ref_type, msg.message)
+        else:
+            self._reject(identity, FieldError(f"a trainer does not accept {msg.TYPE!r} messages", msg_type=msg.TYPE))
+
+    def _touch(self, robot_id: str, identity: bytes) -> RobotState:
+        now = time.monotonic()
+        with self._lock:
+            robot = self.robots.get(robot_id)
+            if robot is None:
+                robot = self.robots[robot_id] = RobotState(robot_id, identity, now)
+                logger.info("robot %s connected", robot_id)
+            robot.identity, robot.last_seen = identity, now
+            return robot
+
+    def _on_hello(self, identity: bytes, hello: Hello) -> None:
+        if tuple(hello.obs_shape) != self.obs_shape or hello.action_dim != self.action_dim:
+            self._reject(
+                identity,
+                FieldError(
+                    f"robot {hello.robot_id} has obs {tuple(hello.obs_shape)} / action dim {hello.action_dim}, "
+                    f"this trainer's run expects {self.obs_shape} / {self.action_dim}; point it at a matching run",
+                    msg_type="hello",
+                ),
+            )
+            return
+        robot = self._touch(hello.robot_id, identity)
+        with self._lock:
+            robot.hello = hello
+            robot.bundle_version = hello.bundle_version if hello.bundle_version >= 0 else None
+        logger.info(
+            "HELLO %s stream %s runtime %s bundle v%d resume_seq %d",
+            hello.robot_id, hello.stream_id, hello.runtime_version, hello.bundle_version, hello.resume_seq,
+        )
+        acked = self.store.acked_seq(hello.robot_id, hello.stream_id)
+        if acked >= 0:
+            self._send(identity, Ack(stream_id=hello.stream_id, seq=acked))
+        if self.current_bundle is not None and hello.bundle_version < self.current_bundle.version:
+            self._send(identity, self.current_bundle)
+
+    def _on_bundle_status(self, identity: bytes, st: BundleStatus) -> None:
+        robot = self._touch(st.robot_id, identity)
+        with self._lock:
+            robot.bundle_events.append((st.version, st.status, st.reason))
+            if st.status == "loaded":
+                robot.bundle_version = st.version
+        log = logger.info if st.status == "loaded" else logger.warning
+        log("robot %s bundle v%d %s %s", st.robot_id, st.version, st.status, st.reason)
+
+    def _commit(self, group: list[tuple[bytes, Steps, bytes]]) -> None:
+        pending = [PendingBatch(m.robot_id, m.stream_id, m.seq, m.first_step, m.n_steps, raw) for _, m, raw in group]
+        try:
+            inserted = self.store.put_many(pending)
+        except StoreError as exc:
+            logger.error("%s; nothing of this group is ACKed, robots will resend", exc)
+            return
+        acks: dict[tuple[str, str], bytes] = {}
+        for (identity, msg, _), new in zip(group, inserted, strict=True):
+            acks[(msg.robot_id, msg.stream_id)] = identity
+            if not new:
+                with self._lock:
+                    self.duplicates += 1
+                continue
+            finished = self._episodes.add((msg.robot_id, msg.stream_id), msg.columns)
+            with self._lock:
+                robot = self.robots[msg.robot_id]
+                robot.steps += msg.n_steps
+                robot.batches += 1
+                self.steps_in += msg.n_steps
+                self.rate.tick(msg.n_steps)
+                for ep in finished:
+                    robot.episodes += 1
+                    robot.last_return, robot.last_cost = ep.ret, ep.cost
+            self.on_batch(msg, finished)
+        for (robot_id, stream_id), identity in acks.items():
+            seq = self.store.acked_seq(robot_id, stream_id)
+            if seq >= 0:
+                self._send(identity, Ack(stream_id=stream_id, seq=seq))
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                bundle = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self.current_bundle = bundle
+            now = time.monotonic()
+            with self._lock:
+                live = [r for r in self.robots.values() if now - r.last_seen < PEER_TIMEOUT_S]
+            for robot in live:
+                self._send(robot.identity, bundle)
+            logger.info("shipped bundle v%d (parent %s) to %d robot(s)", bundle.version, bundle.parent, len(live))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_EVERY_S:
+            return
+        self._last_heartbeat = now
+        with self._lock:
+            live = [r.identity for r in self.robots.values() if now - r.last_seen < PEER_TIMEOUT_S]
+            metrics = {"fleet/steps_in": float(self.steps_in), "fleet/errors": float(sum(self.errors.values()))}
+        hb = Heartbeat(sender_id=self.sender_id, time=now, metrics=metrics)
+        for identity in live:
+            self._send(identity, hb)

@@ -1,0 +1,150 @@
+"""Evaluate a bundle on a simulated task *through the edge runtime's inference path*.
+
+Every step does what the robot does: ``AgentSession.act`` on the raw frame (greedy noise), policy
+selection in eval mode, then the reachability shield with the manifest's threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class EvalError(Exception):
+    """The bundle or the task cannot be evaluated."""
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    seed: int
+    ret: float
+    cost: float
+    length: int
+    goals: int
+    shielded: int
+
+
+@dataclass
+class EvalSummary:
+    task: str
+    split: str
+    cost_limit: float
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    reward_ref: tuple[float, float] | None = None
+
+    def _stat(self, values: list[float]) -> tuple[float, float]:
+        arr = np.asarray(values, dtype=np.float64)
+        return float(arr.mean()), float(arr.std())
+
+    @property
+    def success(self) -> list[bool]:
+        """An episode succeeds if it reached at least one goal within the cost limit."""
+        return [e.goals > 0 and e.cost <= self.cost_limit for e in self.episodes]
+
+    def to_dict(self) -> dict[str, float]:
+        ret, cost = [e.ret for e in self.episodes], [e.cost for e in self.episodes]
+        d = {
+            "episodes": float(len(self.episodes)),
+            "return_mean": self._stat(ret)[0],
+            "return_std": self._stat(ret)[1],
+            "cost_mean": self._stat(cost)[0],
+            "cost_std": self._stat(cost)[1],
+            "success_rate": float(np.mean(self.success)),
+            "shield_rate": float(sum(e.shielded for e in self.episodes) / max(1, sum(e.length for e in self.episodes))),
+            "normalized_cost_mean": self._stat([c / self.cost_limit for c in cost])[0],
+        }
+        if self.reward_ref is not None:
+            lo, hi = self.reward_ref
+            d["normalized_return_mean"] = self._stat([(r - lo) / max(hi - lo, 1e-8) for r in ret])[0]
+        return d
+
+    def format(self) -> str:
+        d = self.to_dict()
+        lines = [
+            f"{self.task} [{self.split}] over {len(self.episodes)} episodes (cost limit {self.cost_limit:g}):",
+            f"  return        {d['return_mean']:.3f} ± {d['return_std']:.3f}",
+            f"  cost          {d['cost_mean']:.3f} ± {d['cost_std']:.3f}",
+            f"  success rate  {d['success_rate']:.2%}  (≥ 1 goal and cost ≤ limit)",
+            f"  shielded      {d['shield_rate']:.2%} of steps",
+            f"  normalised cost    {d['normalized_cost_mean']:.3f}  (cost / limit; ≤ 1 is safe)",
+        ]
+        if "normalized_return_mean" in d:
+            lo, hi = self.reward_ref  # type: ignore[misc]
+            lines.append(f"  normalised return  {d['normalized_return_mean']:.3f}  (DSRL form, refs {lo:.3g} … {hi:.3g})")
+        else:
+            lines.append("  normalised return  n/a (pass --dataset or --reward-ref LOW HIGH for the reference returns)")
+        return "\n".join(lines)
+
+
+def load_verified_bundle(bundle_dir: str | Path, keys: str | Path | None):
+    """Verify a bundle under the given trusted keys (default: RUN/keys next to a RUN/bundle)."""
+    from protocol.bundle import load_bundle
+    from protocol.keys import load_trusted_keys
+
+    bundle_dir = Path(bundle_dir)
+    if keys is None:
+        keys = bundle_dir.parent / "keys" / "signing.pub"
+        if not keys.is_file():
+            raise EvalError(f"no --keys given and no {keys}; pass --keys DIR holding the trainer's signing.pub")
+    return load_bundle(bundle_dir, load_trusted_keys(keys))
+
+
+def evaluate_bundle(
+    bundle,
+    task: str,
+    split: str = "train",
+    episodes: int = 10,
+    seeds: list[int] | None = None,
+    cost_limit: float = 10.0,
+    reward_ref: tuple[float, float] | None = None,
+    episode_steps: int | None = None,
+) -> EvalSummary:
+    """Run ``episodes`` greedy episodes (seeds ``seeds`` or 0 … episodes−1) of a verified bundle."""
+    import gymnasium as gym
+
+    import sim_bridge  # noqa: F401  (registers the tasks)
+    from edge_runtime.config import EdgeConfig
+    from edge_runtime.inference import AgentSession, SessionOptions
+    from edge_runtime.select import select
+    from edge_runtime.shield import shield
+
+    session = AgentSession.from_bundle(bundle, SessionOptions(intra_op_threads=1, providers=("cpu",)))
+    edge = EdgeConfig()
+    threshold = float(bundle.manifest["shield"]["threshold"])
+    seeds = list(seeds) if seeds else list(range(episodes))
+    kwargs = {"split": split, "obs_mode": "image"}
+    if episode_steps is not None:
+        kwargs["episode_steps"] = episode_steps
+    try:
+        env = gym.make(task, **kwargs)
+    except gym.error.Error as exc:
+        raise EvalError(f"cannot make task {task!r}: {exc}") from exc
+    rng = np.random.default_rng(0)
+    summary = EvalSummary(task=task, split=split, cost_limit=cost_limit, reward_ref=reward_ref)
+    try:
+        for seed in seeds:
+            obs, _ = env.reset(seed=int(seed))
+            ret = cost = 0.0
+            length = shielded = goals = 0
+            done = False
+            while not done:
+                out = session.act(obs)
+                sel = select(out, "eval", edge.kappa_t, edge.kappa_c, rng)
+                decision = shield(out, sel.policy, threshold)
+                obs, r, terminated, truncated, info = env.step(decision.action)
+                ret += float(r)
+                cost += float(info["cost"])
+                goals = int(info.get("goals_reached", goals))
+                shielded += int(decision.shielded)
+                length += 1
+                done = terminated or truncated
+            summary.episodes.append(EpisodeResult(int(seed), ret, cost, length, goals, shielded))
+            logger.info("episode seed %d: return %.3f cost %.1f goals %d shielded %d", seed, ret, cost, goals, shielded)
+    finally:
+        env.close()
+    return summary

@@ -1,0 +1,66 @@
+"""Small pure loss and target functions of the offline method (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean of |τ − 1(diff < 0)|·diff².
+
+    With ``diff = q − v`` and τ > 0.5, v is pushed toward an *upper* expectile of q (IQL's V_r).
+    With ``diff = v − q`` and τ > 0.5, v is pushed toward a *lower* expectile (V_h: best feasibility).
+    """
+    weight = torch.where(diff < 0, 1.0 - tau, tau)
+    return (weight * diff.pow(2)).mean()
+
+
+def reachability_signal(cost: torch.Tensor, c_scale: float) -> torch.Tensor:
+    """h = +c_scale where c > 0 (in a hazard), −1 elsewhere (FISOR)."""
+    return torch.where(cost > 0, torch.full_like(cost, c_scale), torch.full_like(cost, -1.0))
+
+
+def hj_target(h: torch.Tensor, next_v_h: torch.Tensor, terminal: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Discounted HJ reachability target (1−γ)h + γ·max(h, V_h(z')); h itself at terminals."""
+    bootstrap = (1.0 - gamma) * h + gamma * torch.maximum(h, next_v_h)
+    return torch.where(terminal.bool(), h, bootstrap)
+
+
+def td_target(signal: torch.Tensor, next_v: torch.Tensor, terminal: torch.Tensor, gamma: float) -> torch.Tensor:
+    """r + γ(1 − terminal)·V(z')."""
+    return signal + gamma * (1.0 - terminal.float()) * next_v
+
+
+def feasibility_weights(
+    v_h: torch.Tensor,
+    q_h: torch.Tensor,
+    q_r: torch.Tensor,
+    v_r: torch.Tensor,
+    beta_h: float,
+    beta_r: float,
+    max_h: float = 150.0,
+    max_r: float = 100.0,
+) -> torch.Tensor:
+    """Feasibility-split advantage weights of the actor's weighted behaviour cloning.
+
+    Infeasible states (V_h > 0): clip(exp(β_h(V_h − Q_h)), 0, max_h) — prefer actions that lower Q_h.
+    Feasible states and feasible actions (V_h ≤ 0, Q_h ≤ 0): clip(exp(β_r(Q_r − V_r)), 0, max_r).
+    Feasible states, infeasible actions: 0.
+    """
+    w_h = torch.exp(beta_h * (v_h - q_h)).clamp(0.0, max_h)
+    w_r = torch.exp(beta_r * (q_r - v_r)).clamp(0.0, max_r)
+    feasible_state = v_h <= 0
+    feasible_action = q_h <= 0
+    zero = torch.zeros_like(w_r)
+    return torch.where(feasible_state, torch.where(feasible_action, w_r, zero), w_h)
+
+
+def weighted_bc_loss(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """−mean(w · log π(a|z)); the weights carry no gradient."""
+    return -(weights.detach() * log_prob).mean()
+
+
+def bce_with_pos_weight(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Binary cross-entropy with positive samples up-weighted (sparse costs)."""
+    pw = torch.as_tensor(pos_weight, dtype=logits.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)

@@ -1,0 +1,244 @@
+"""SAC-Lag for π_on with safe policy expansion (FOSP) and an adaptive PID λ (Marvel), DESIGN.md §3.
+
+One :class:`OnlineLearner` serves both the daemon (data from robots) and `reachsafe train online`
+(data from in-process gymnasium envs). Per update, on a batch that mixes offline and online data:
+
+- critics: twin Q_r toward r + γ(1−d)(min Q̄_r(z', a') − α log π(a'|z')), twin Q_c toward
+  c + γ(1−d) max Q̄_c(z', a'), a' ~ π_on(z'); the shared encoder learns through these losses;
+- reachability: Q_h ← (1−γ)h + γ·max(h, V_h(z')) (h at terminals), V_h by a low expectile of Q_h;
+- actor: (α log π − Q_r + λ Q_c) / (1 + λ) on the detached latent; α toward entropy −dim(A).
+
+The transitions carry the *executed* action (after policy selection and the shield), so the
+critics learn the values of what the robot did, whichever policy proposed it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.dataset import Batch, OfflineDataset
+from trainer.lagrange import PIDLagrangian
+from trainer.losses import expectile_loss, hj_target, reachability_signal
+from trainer.networks import Agent
+from trainer.offline import polyak
+from trainer.online_config import OnlineConfig
+from trainer.replay import StepReplay
+
+logger = logging.getLogger(__name__)
+
+#: (agent, o', target latent of o') -> (a', log π(a'|o')) for the bootstrap of the critic targets.
+NextActionFn = Callable[[Agent, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    return {
+        "obs": torch.as_tensor(np.ascontiguousarray(batch.obs)),
+        "action": torch.as_tensor(batch.actions, dtype=torch.float32),
+        "reward": torch.as_tensor(batch.rewards, dtype=torch.float32),
+        "cost": torch.as_tensor(batch.costs, dtype=torch.float32),
+        "next_obs": torch.as_tensor(np.ascontiguousarray(batch.next_obs)),
+        "done": torch.as_tensor(batch.terminals, dtype=torch.float32),
+    }
+
+
+def concat_batches(a: Batch, b: Batch) -> Batch:
+    return Batch(
+        obs=np.concatenate([a.obs, b.obs]),
+        actions=np.concatenate([a.actions, b.actions]),
+        rewards=np.concatenate([a.rewards, b.rewards]),
+        costs=np.concatenate([a.costs, b.costs]),
+        next_obs=np.concatenate([a.next_obs, b.next_obs]),
+        terminals=np.concatenate([a.terminals, b.terminals]),
+    )
+
+
+class MixedSampler:
+    """Batches with a fixed fraction from the offline dataset, the rest from the online replay.
+
+    While the online replay is still empty, the whole batch comes from the offline data.
+    """
+
+    def __init__(self, offline: OfflineDataset | None, online: StepReplay, offline_ratio: float) -> None:
+        if offline is None and offline_ratio > 0:
+            logger.warning("no offline dataset: batches come from the online replay only")
+        self.offline = offline
+        self.online = online
+        self.offline_ratio = offline_ratio if offline is not None else 0.0
+
+    def ready(self) -> bool:
+        return len(self.online) > 0 or (self.offline is not None and self.offline_ratio > 0)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        n_off = int(round(batch_size * self.offline_ratio))
+        if len(self.online) == 0:
+            n_off = batch_size
+        if n_off >= batch_size:
+            assert self.offline is not None
+            return self.offline.sample(batch_size, rng)
+        online = self.online.sample(batch_size - n_off, rng)
+        if n_off == 0:
+            return online
+        assert self.offline is not None
+        return concat_batches(self.offline.sample(n_off, rng), online)
+
+
+def on_policy_next(agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a' ~ π_on(z'): SAC-Lag's bootstrap."""
+    return agent.actor_on.sample(z_next)
+
+
+def offline_policy_next(agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a' ~ π_off(o') through π_off's own encoder: Value Pre-Alignment's bootstrap."""
+    return agent.actor_off.sample(agent.encoder_off(next_obs))
+
+
+class OnlineLearner:
+    """Networks, target networks, optimisers, α and the λ controller of online fine-tuning."""
+
+    def __init__(self, agent: Agent, cfg: OnlineConfig) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        for p in list(agent.encoder_off.parameters()) + list(agent.actor_off.parameters()):
+            p.requires_grad_(False)  # π_off is frozen
+        self.target = nn.ModuleDict({name: copy.deepcopy(m) for name, m in self._tracked()}).requires_grad_(False)
+        critic_params = [
+            *agent.encoder.parameters(),
+            *agent.q_r.parameters(),
+            *agent.q_c.parameters(),
+            *agent.q_h.parameters(),
+            *agent.v_h.parameters(),
+        ]
+        self.opt_critic = torch.optim.Adam(critic_params, lr=cfg.lr_critic)
+        self.opt_actor = torch.optim.Adam(agent.actor_on.parameters(), lr=cfg.lr_actor)
+        self.log_alpha = torch.tensor(float(np.log(cfg.alpha_init)), requires_grad=True)
+        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
+        self.target_entropy = -float(agent.spec.action_dim)
+        self.lagrange = PIDLagrangian(cfg.lagrange)
+        self.updates = 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    @property
+    def lam(self) -> float:
+        return self.lagrange.value
+
+    # ----- losses ------------------------------------------------------------------------
+    def critic_step(self, batch: Batch, next_action: NextActionFn = on_policy_next) -> dict[str, float]:
+        """One update of encoder, Q_r, Q_c (and Q_h, V_h if learn_qh) toward the bootstrap targets."""
+        cfg, ag = self.cfg, self.agent
+        t = to_tensors(batch)
+        alpha = self.alpha
+        with torch.no_grad():
+            z_next_t = self.target["encoder"](t["next_obs"])
+            a_next, logp_next = next_action(ag, t["next_obs"], z_next_t)
+            q_r_next = self.target["q_r"](z_next_t, a_next).min(dim=-1).values - alpha * logp_next
+            q_c_next = self.target["q_c"](z_next_t, a_next).max(dim=-1).values
+            not_done = 1.0 - t["done"]
+            y_r = t["reward"] + cfg.gamma * not_done * q_r_next
+            y_c = t["cost"] + cfg.gamma * not_done * q_c_next
+        z = ag.encoder(t["obs"])
+        q_r = ag.q_r(z, t["action"])
+        q_c = ag.q_c(z, t["action"])
+        loss_r = F.mse_loss(q_r, y_r.unsqueeze(-1).expand_as(q_r))
+        loss_c = F.mse_loss(q_c, y_c.unsqueeze(-1).expand_as(q_c))
+        loss = loss_r + loss_c
+        metrics = {"online/loss_q_r": float(loss_r), "online/loss_q_c": float(loss_c), "online/q_r": float(q_r.mean())}
+        if cfg.learn_qh:
+            loss_h, h_metrics = self._reach_loss(z, z_next_t, t)
+            loss = loss + loss_h
+            metrics.update(h_metrics)
+        self.opt_critic.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_critic.step()
+        self._polyak()
+        return metrics
+
+    def _reach_loss(
+        self, z: torch.Tensor, z_next_t: torch.Tensor, t: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, ag = self.cfg, self.agent
+        h = reachability_signal(t["cost"], cfg.c_scale)
+        with torch.no_grad():
+            y_h = hj_target(h, self.target["v_h"](z_next_t), t["done"], cfg.gamma)
+        q_h = ag.q_h(z, t["action"])
+        loss_q = F.mse_loss(q_h, y_h.unsqueeze(-1).expand_as(q_h))
+        # V_h toward a low expectile of the max-ensemble Q_h (≈ the best in-sample feasibility)
+        loss_v = expectile_loss(ag.v_h(z.detach()) - q_h.max(dim=-1).values.detach(), cfg.qh_expectile)
+        return loss_q + loss_v, {"online/loss_q_h": float(loss_q), "online/loss_v_h": float(loss_v)}
+
+    def actor_step(self, batch: Batch) -> dict[str, float]:
+        """SAC-Lag actor loss (α log π − Q_r + λ Q_c)/(1 + λ) and the α update."""
+        ag, lam = self.agent, self.lam
+        with torch.no_grad():
+            z = ag.encoder(torch.as_tensor(np.ascontiguousarray(batch.obs)))
+        a, logp = ag.actor_on.sample(z)
+        q_r = ag.q_r(z, a).min(dim=-1).values
+        q_c = ag.q_c(z, a).max(dim=-1).values
+        loss = ((self.alpha * logp - q_r + lam * q_c) / (1.0 + lam)).mean()
+        self.opt_actor.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_actor.step()
+        metrics = {"online/loss_actor": float(loss), "online/entropy": float(-logp.mean()), "online/alpha": self.alpha}
+        if self.cfg.autotune_alpha:
+            loss_a = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.opt_alpha.zero_grad(set_to_none=True)
+            loss_a.backward()
+            self.opt_alpha.step()
+        return metrics
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One SAC-Lag gradient step on a (mixed) batch."""
+        metrics = self.critic_step(batch)
+        metrics.update(self.actor_step(batch))
+        self.updates += 1
+        return metrics
+
+    def _polyak(self) -> None:
+        for name, module in self._tracked():
+            polyak(self.target[name], module, self.cfg.tau)
+
+    def _tracked(self) -> tuple[tuple[str, nn.Module], ...]:
+        ag = self.agent
+        return (("encoder", ag.encoder), ("q_r", ag.q_r), ("q_c", ag.q_c), ("v_h", ag.v_h))
+
+    def sync_targets(self) -> None:
+        """Targets ← online networks (after pre-alignment or loading)."""
+        for name, module in self._tracked():
+            self.target[name].load_state_dict(module.state_dict())
+
+    # ----- policy set -------------------------------------------------------------------------
+    def kappa_c(self) -> float:
+        exp = self.cfg.expansion
+        return self.lam if exp.kappa_c_from_lambda else exp.kappa_c
+
+    # ----- persistence --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target.state_dict(),
+            "opt_critic": self.opt_critic.state_dict(),
+            "opt_actor": self.opt_actor.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "opt_alpha": self.opt_alpha.state_dict(),
+            "lagrange": self.lagrange.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.target.load_state_dict(state["target"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.opt_actor.load_state_dict(state["opt_actor"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.opt_alpha.load_state_dict(state["opt_alpha"])
+        self.lagrange.load_state_dict(state["lagrange"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,264 @@
+"""Durable step store of the trainer daemon: every `steps` batch a robot sent, exactly once.
+
+Layout of the store directory:
+    seg-NNNNNN.bin   append-only segment files holding the batches' encoded `steps` messages
+                     exactly as received (already validated by the codec: no re-encoding)
+    index.sqlite     one row per batch, UNIQUE(robot_id, stream_id, seq) → (segment, offset, length)
+
+A group commit appends every new payload with one write, fsyncs the segment, then inserts the
+index rows in one SQLite transaction (WAL, ``synchronous=FULL``: the commit returns once the WAL
+is fsynced). A batch therefore exists for readers and is ACKed only after both its bytes and its
+index row are on disk; a crash in between leaves unindexed bytes at the segment's tail, which
+the next open truncates. Batches that a robot resends (after either side restarted) are
+recognised as duplicates before anything is written, and still ACKed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 256 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    robot_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    first_step INTEGER NOT NULL,
+    n_steps INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    UNIQUE (robot_id, stream_id, seq)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The step store cannot be opened or written (disk full, wrong directory, damaged index)."""
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A received batch to store: its identity, its place in the stream and the raw encoded message."""
+
+    robot_id: str
+    stream_id: str
+    seq: int
+    first_step: int
+    n_steps: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    row: int
+    robot_id: str
+    stream_id: str
+    seq: int
+    first_step: int
+    n_steps: int
+    payload: bytes
+
+
+class _StreamAcks:
+    """The stored seqs of one stream: all of 0..contiguous, plus the ones beyond a gap."""
+
+    __slots__ = ("contiguous", "ahead")
+
+    def __init__(self) -> None:
+        self.contiguous = -1
+        self.ahead: set[int] = set()
+
+    def __contains__(self, seq: int) -> bool:
+        return seq <= self.contiguous or seq in self.ahead
+
+    def add(self, seq: int) -> None:
+        if seq in self:
+            return
+        self.ahead.add(seq)
+        while self.contiguous + 1 in self.ahead:
+            self.contiguous += 1
+            self.ahead.discard(self.contiguous)
+
+
+class StepStore:
+    """Append-only, de-duplicating, crash-safe store of step batches (thread-safe)."""
+
+    def __init__(self, root: str | Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.root = Path(root)
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._acks: dict[tuple[str, str], _StreamAcks] = {}
+        self.steps_stored = 0
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.index_path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            rows = self._db.execute("SELECT robot_id, stream_id, seq, n_steps FROM batches").fetchall()
+            last = self._db.execute(
+                "SELECT segment, MAX(offset + length) FROM batches WHERE segment = (SELECT MAX(segment) FROM batches)"
+            ).fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open step store {self.root}: {exc}; check the path and free disk space") from exc
+        for robot_id, stream_id, seq, n in rows:
+            self._acks.setdefault((robot_id, stream_id), _StreamAcks()).add(seq)
+            self.steps_stored += n
+        self._segment = int(last[0]) if last[0] is not None else 0
+        self._open_segment(int(last[1]) if last[1] is not None else 0)
+        logger.info("step store %s: %d steps in %d streams", self.root, self.steps_stored, len(self._acks))
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.sqlite"
+
+    def _segment_path(self, segment: int) -> Path:
+        return self.root / f"seg-{segment:06d}.bin"
+
+    def _open_segment(self, valid_bytes: int) -> None:
+        """Open the current segment for appending, cutting off any unindexed tail a crash left."""
+        path = self._segment_path(self._segment)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(self._fd).st_size
+        if size > valid_bytes:
+            logger.warning("step store: dropping %d unacknowledged bytes at the end of %s", size - valid_bytes, path)
+            os.ftruncate(self._fd, valid_bytes)
+            os.fsync(self._fd)
+        os.lseek(self._fd, valid_bytes, os.SEEK_SET)
+        self._offset = valid_bytes
+        _fsync_dir(self.root)
+
+    def put_many(self, batches: Sequence[PendingBatch]) -> list[bool]:
+        """Store ``batches`` durably; True for each newly stored, False for a duplicate.
+
+        Returns only after data and index are on disk: the caller may then ACK every batch.
+        """
+        with self._lock:
+            seen: set[tuple[str, str, int]] = set()
+            fresh: list[PendingBatch] = []
+            inserted: list[bool] = []
+            for b in batches:
+                key = (b.robot_id, b.stream_id, b.seq)
+                acks = self._acks.get(key[:2])
+                new = key not in seen and (acks is None or b.seq not in acks)
+                seen.add(key)
+                inserted.append(new)
+                if new:
+                    fresh.append(b)
+            if fresh:
+                self._append(fresh)
+        return inserted
+
+    def _append(self, fresh: list[PendingBatch]) -> None:
+        if self._offset >= self.segment_bytes:
+            os.close(self._fd)
+            self._segment += 1
+            self._open_segment(0)
+        rows, offset = [], self._offset
+        for b in fresh:
+            rows.append((b.robot_id, b.stream_id, b.seq, b.first_step, b.n_steps, self._segment, offset, len(b.payload)))
+            offset += len(b.payload)
+        try:
+            _write_all(self._fd, [b.payload for b in fresh])
+            os.fsync(self._fd)
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            cur.executemany(
+                "INSERT INTO batches (robot_id, stream_id, seq, first_step, n_steps, segment, offset, length) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            cur.execute("COMMIT")
+        except (OSError, sqlite3.Error) as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            os.ftruncate(self._fd, self._offset)  # forget the unindexed bytes
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+            raise StoreError(f"step store {self.root}: write failed: {exc}; check free disk space") from exc
+        self._offset = offset
+        for b in fresh:
+            self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(b.seq)
+            self.steps_stored += b.n_steps
+
+    def acked_seq(self, robot_id: str, stream_id: str) -> int:
+        """Highest seq such that every batch 0..seq of the stream is stored (-1: none)."""
+        with self._lock:
+            acks = self._acks.get((robot_id, stream_id))
+            return acks.contiguous if acks is not None else -1
+
+    def iter_batches(self, after_row: int = 0) -> Iterator[StoredBatch]:
+        """Stored batches with row id > ``after_row`` in insertion order (own read connection)."""
+        reader = sqlite3.connect(str(self.index_path))
+        fds: dict[int, int] = {}
+        try:
+            cur = reader.execute(
+                "SELECT id, robot_id, stream_id, seq, first_step, n_steps, segment, offset, length FROM batches "
+                "WHERE id > ? ORDER BY id",
+                (after_row,),
+            )
+            for row, robot_id, stream_id, seq, first, n, segment, offset, length in cur:
+                if segment not in fds:
+                    fds[segment] = os.open(self._segment_path(segment), os.O_RDONLY)
+                payload = os.pread(fds[segment], length, offset)
+                if len(payload) != length:
+                    raise StoreError(f"step store {self.root}: segment {segment} is shorter than its index says")
+                yield StoredBatch(row, robot_id, stream_id, seq, first, n, payload)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+            reader.close()
+
+    def row_before_last(self, n_steps: int) -> int:
+        """Row id after which the stored batches hold (about) the last ``n_steps`` steps."""
+        total = 0
+        with self._lock:
+            for row, n in self._db.execute("SELECT id, n_steps FROM batches ORDER BY id DESC"):
+                total += n
+                if total >= n_steps:
+                    return int(row)
+        return 0
+
+    def step_index(self) -> list[tuple[str, str, int, int]]:
+        """(robot_id, stream_id, first_step, n_steps) of every stored batch, in stream order."""
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT robot_id, stream_id, first_step, n_steps FROM batches ORDER BY robot_id, stream_id, seq"
+                )
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
+            self._db.close()
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Append every chunk (one writev where the OS allows; loops over partial writes)."""
+    views = [memoryview(c) for c in chunks]
+    while views:
+        written = os.writev(fd, views[:1024])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""Latent world model (TD-MPC style): ẑ' = f(z, a) with reward, cost and continuation heads.
+
+Trained on real sequences with a multi-step latent consistency loss against a target encoder; its
+losses flow into the encoder and shape the latent space the critics and actor read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.losses import bce_with_pos_weight
+from trainer.networks import mlp
+
+
+@dataclass(frozen=True)
+class WorldModelLossWeights:
+    consistency: float
+    reward: float
+    cost: float
+    continuation: float
+    rho: float
+    cost_pos_weight: float
+
+
+class WorldModel(nn.Module):
+    def __init__(self, latent_dim: int, action_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.dynamics = nn.Sequential(mlp(latent_dim + action_dim, hidden_dim, latent_dim), nn.LayerNorm(latent_dim))
+        self.reward = mlp(latent_dim + action_dim, hidden_dim, 1)
+        self.cost = mlp(latent_dim + action_dim, hidden_dim, 1)
+        self.continuation = mlp(latent_dim + action_dim, hidden_dim, 1)
+
+    def step(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(next latent, reward, cost logit, continuation logit)."""
+        x = torch.cat([z, a], dim=-1)
+        return (
+            self.dynamics(x),
+            self.reward(x).squeeze(-1),
+            self.cost(x).squeeze(-1),
+            self.continuation(x).squeeze(-1),
+        )
+
+    def loss(
+        self,
+        z0: torch.Tensor,
+        target_latents: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        costs: torch.Tensor,
+        terminals: torch.Tensor,
+        w: WorldModelLossWeights,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Roll the model H steps from z0 along the dataset actions.
+
+        Shapes: z0 [B, L]; target_latents [B, H, L] (target encoder of o_1 … o_H); actions [B, H, A];
+        rewards, costs, terminals [B, H]. Sequences never cross an episode boundary before step H.
+        """
+        horizon = actions.shape[1]
+        z = z0
+        totals = {"consistency": 0.0, "reward": 0.0, "cost": 0.0, "continuation": 0.0}
+        loss = z0.new_zeros(())
+        norm = sum(w.rho**t for t in range(horizon))
+        for t in range(horizon):
+            z, r_hat, c_logit, cont_logit = self.step(z, actions[:, t])
+            parts = {
+                "consistency": F.mse_loss(z, target_latents[:, t]),
+                "reward": F.mse_loss(r_hat, rewards[:, t]),
+                "cost": bce_with_pos_weight(c_logit, (costs[:, t] > 0).float(), w.cost_pos_weight),
+                "continuation": F.binary_cross_entropy_with_logits(cont_logit, 1.0 - terminals[:, t].float()),
+            }
+            weight = w.rho**t / norm
+            step_loss = (
+                w.consistency * parts["consistency"]
+                + w.reward * parts["reward"]
+                + w.cost * parts["cost"]
+                + w.continuation * parts["continuation"]
+            )
+            loss = loss + weight * step_loss
+            for k, v in parts.items():
+                totals[k] += weight * float(v.detach())
+        return loss, totals
