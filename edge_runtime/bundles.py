@@ -1,7 +1,9 @@
 """Bundles on the robot: verify, store, build off the control thread, swap at a tick boundary, roll back.
 
 `BundleStore` is the on-disk side (STATE_DIR/bundles): one directory per verified version
-(`v<N>/`, stored unchanged by `Bundle.write_to`) and `current.json` = {current, previous, bad}.
+(`v<N>/`, stored unchanged by `Bundle.write_to`) and `current.json` = {current, previous, bad}, where
+`bad` lists the sha256 of the manifests of rolled-back bundles (a bundle, not a version number, is
+bad: another trainer's v2 is a different bundle).
 The CLI (`reachsafe edge install / rollback`) edits the store; a running runtime notices the
 change and follows it.
 
@@ -10,19 +12,21 @@ messages, hand installs and rollbacks are jobs for one worker thread that verifi
 hashes, spec), builds and warms an `AgentSession`, and leaves it *pending*; the loop swaps it in
 at the next tick boundary (a pointer assignment). It keeps the previous policy warm, watches the
 cost and shield-intervention rates of a new bundle for `rollback.window_steps` steps and rolls back
-when either exceeds its threshold. Every outcome is reported as BUNDLE_STATUS through `report`.
+when either exceeds its threshold and is worse than the replaced bundle's recent rate by more than
+`rollback.min_degradation` (so a swap is not undone for a problem the old bundle had too). Every outcome is reported as BUNDLE_STATUS through `report`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import queue
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,27 +106,49 @@ class BundleStore:
             p["previous"], p["current"] = p["current"], version
         self._write_pointer(p)
 
+    def manifest_sha256(self, version: int) -> str:
+        return hashlib.sha256((self.path(version) / "manifest.json").read_bytes()).hexdigest()
+
+    def is_bad(self, manifest: bytes) -> bool:
+        return hashlib.sha256(manifest).hexdigest() in self.pointer()["bad"]
+
     def rollback(self) -> tuple[int, int]:
         """Make the previous bundle current and mark the current one bad; returns (from, to)."""
         p = self.pointer()
         if p["previous"] is None:
             raise BundleRejected("no previous bundle to roll back to")
         bad, good = p["current"], p["previous"]
-        older = [v for v in self.versions() if v < good and v not in p["bad"] and v != bad]
+        bad_hashes = {*p["bad"], self.manifest_sha256(bad)}
+        older = [v for v in self.versions() if v < good and self.manifest_sha256(v) not in bad_hashes]
         self._write_pointer(
-            {"current": good, "previous": older[-1] if older else None, "bad": sorted({*p["bad"], bad})}
+            {"current": good, "previous": older[-1] if older else None, "bad": sorted(bad_hashes)}
         )
         return bad, good
 
 
-@dataclass
-class _Watch:
-    """Rates of a freshly swapped-in bundle, for the automatic rollback."""
+class _Rates:
+    """Cost per step and shielded fraction over the last `window` steps of one bundle version."""
 
-    version: int
-    steps: int = 0
-    cost: float = 0.0
-    shielded: int = 0
+    def __init__(self, version: int, window: int) -> None:
+        self.version = version
+        self.total = 0
+        self._steps: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._cost = 0.0
+        self._shielded = 0
+
+    def add(self, step: Step) -> None:
+        if len(self._steps) == self._steps.maxlen:
+            old_cost, old_shielded = self._steps[0]
+            self._cost -= old_cost
+            self._shielded -= int(old_shielded)
+        self._steps.append((step.cost, step.shielded))
+        self._cost += step.cost
+        self._shielded += int(step.shielded)
+        self.total += 1
+
+    def rates(self) -> tuple[float, float]:
+        n = len(self._steps)
+        return (self._cost / n, self._shielded / n) if n else (0.0, 0.0)
 
 
 class BundleManager:
@@ -152,7 +178,9 @@ class BundleManager:
         self.versions_seen: list[int] = []
         self._pending: tuple[ActivePolicy, str, str] | None = None  # policy, status, reason
         self._pending_lock = threading.Lock()
-        self._watch: _Watch | None = None
+        self._watch: _Rates | None = None  # the freshly swapped-in bundle, until it passes its window
+        self._baseline = (0.0, 0.0)  # cost and intervention rates of the bundle it replaced
+        self._recent: _Rates | None = None  # the running bundle's recent rates (the next baseline)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._pointer_mtime = 0.0
         self._newest_built = 0  # trainer versions only grow: a re-sent or older bundle is not rebuilt
@@ -183,6 +211,7 @@ class BundleManager:
         self.store.set_current(bundle.version)
         self._pointer_mtime = self._mtime()
         self.active = policy
+        self._recent = _Rates(policy.version, self.rollback_cfg.window_steps)
         self._newest_built = policy.version
         self.versions_seen.append(policy.version)
         self.metrics.gauge("edge/bundle_version", policy.version)
@@ -202,6 +231,7 @@ class BundleManager:
         self._jobs.put(lambda: self._install_message(msg))
 
     def request_rollback(self, reason: str) -> None:
+        self.metrics.count("edge/bundles/rollback_requests")
         self._jobs.put(lambda: self._rollback(reason))
 
     def _work(self) -> None:
@@ -219,7 +249,7 @@ class BundleManager:
                 log.exception("bundle job failed: %s", exc)
 
     def _install_message(self, msg: BundleMessage) -> None:
-        if msg.version in self.store.pointer()["bad"]:
+        if self.store.is_bad(msg.manifest):
             self._status(msg.version, "rejected", "this version was rolled back on this robot before")
             return
         if msg.version <= self._newest_built:
@@ -308,11 +338,13 @@ class BundleManager:
                 self.previous = None
             else:
                 self.previous = old
-                self._watch = (
-                    _Watch(policy.version) if old is not None and self.rollback_cfg.enabled else None
-                )
+                enough = self._recent is not None and self._recent.total >= self.rollback_cfg.min_steps
+                self._baseline = self._recent.rates() if enough else (0.0, 0.0)
+                watch = old is not None and self.rollback_cfg.enabled
+                self._watch = _Rates(policy.version, self.rollback_cfg.window_steps) if watch else None
                 self._status(policy.version, "loaded")
                 self._jobs.put(lambda v=policy.version: self.store.set_current(v))
+            self._recent = _Rates(policy.version, self.rollback_cfg.window_steps)
             self.versions_seen.append(policy.version)
             self.metrics.count("edge/bundles/swaps")
             self.metrics.gauge("edge/bundle_version", policy.version)
@@ -320,22 +352,27 @@ class BundleManager:
         return self.active
 
     def observe(self, step: Step) -> None:
+        """Track rates; roll a new bundle back if its cost or intervention rate is over the threshold
+        and worse than the previous bundle's by more than `min_degradation`."""
+        if self._recent is not None and step.bundle_version == self._recent.version:
+            self._recent.add(step)
         w = self._watch
         if w is None or step.bundle_version != w.version:
             return
-        w.steps += 1
-        w.cost += step.cost
-        w.shielded += int(step.shielded)
+        w.add(step)
         cfg = self.rollback_cfg
-        if w.steps < cfg.min_steps:
+        if w.total < cfg.min_steps:
             return
-        cost_rate, shield_rate = w.cost / w.steps, w.shielded / w.steps
-        if cost_rate > cfg.max_cost_rate or shield_rate > cfg.max_intervention_rate:
+        (cost_rate, shield_rate), (base_cost, base_shield) = w.rates(), self._baseline
+        costly = cost_rate > cfg.max_cost_rate and cost_rate > base_cost + cfg.min_degradation
+        shielded = shield_rate > cfg.max_intervention_rate and shield_rate > base_shield + cfg.min_degradation
+        if costly or shielded:
             self._watch = None
             self.request_rollback(
-                f"v{w.version} over {w.steps} steps: cost rate {cost_rate:.3f} (max {cfg.max_cost_rate}), "
-                f"intervention rate {shield_rate:.3f} (max {cfg.max_intervention_rate})"
+                f"v{w.version} over {w.total} steps: cost rate {cost_rate:.3f} (max {cfg.max_cost_rate}, previous "
+                f"{base_cost:.3f}), intervention rate {shield_rate:.3f} (max {cfg.max_intervention_rate}, previous "
+                f"{base_shield:.3f})"
             )
-        elif w.steps >= cfg.window_steps:
-            log.info("bundle v%d passed its %d-step watch window", w.version, w.steps)
+        elif w.total >= cfg.window_steps:
+            log.info("bundle v%d passed its %d-step watch window", w.version, w.total)
             self._watch = None

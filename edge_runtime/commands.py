@@ -14,9 +14,11 @@ from pathlib import Path
 from edge_runtime.bundles import BundleRejected, BundleStore
 from edge_runtime.config import EdgeConfig
 from edge_runtime.runtime import STATUS_FILE, EdgeRuntime, write_json_atomically
+from edge_runtime.spool import SpoolError
+from hardware.errors import HardwareError
 from protocol.bundle import load_bundle
 from protocol.config import ConfigError, add_config_arguments, load_config, load_config_file
-from protocol.errors import BundleError
+from protocol.errors import BundleError, KeyFileError
 from protocol.keys import load_trusted_keys
 
 log = logging.getLogger(__name__)
@@ -120,15 +122,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second signal: stop waiting for the trainer's ACKs
+            raise KeyboardInterrupt
         log.warning("%s: stopping (brake, flush the spool, close)", signal.Signals(signum).name)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    runtime = EdgeRuntime(cfg, _make_robot(args.hardware), args.trainer, args.keys, args.bundle)
     try:
+        runtime = EdgeRuntime(cfg, _make_robot(args.hardware), args.trainer, args.keys, args.bundle)
         summary = runtime.run(stop, max_episodes=args.max_episodes, duration=args.duration)
-    except (BundleError, BundleRejected) as exc:
+    except (BundleError, BundleRejected, HardwareError, SpoolError, KeyFileError, ValueError) as exc:
         print(f"reachsafe edge run: cannot start: {exc}", file=sys.stderr)
         return 2
     clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}

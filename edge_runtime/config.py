@@ -13,10 +13,15 @@ from protocol.config import Config, ConfigError, option
 class RollbackConfig(Config):
     """When a freshly swapped-in bundle is rolled back to the previous one automatically."""
 
-    window_steps: int = option(500, "Steps after a swap over which cost and intervention rates are measured.")
+    window_steps: int = option(
+        500, "Steps after a swap over which rates are measured (also the replaced bundle's baseline window)."
+    )
     min_steps: int = option(100, "No automatic rollback before this many steps of the new bundle.")
     max_cost_rate: float = option(0.2, "Roll back if mean cost per step over the window exceeds this.")
     max_intervention_rate: float = option(0.5, "Roll back if the fraction of shielded steps exceeds this.")
+    min_degradation: float = option(
+        0.05, "...and only if that rate is worse than the replaced bundle's recent rate by more than this."
+    )
     enabled: bool = option(
         True, "Roll back automatically (the `reachsafe edge rollback` command always works)."
     )
@@ -59,7 +64,8 @@ class EdgeConfig(Config):
         Path.home() / ".cache" / "reachsafe" / "trt_engines", "TensorRT engine cache root."
     )
     state_dir: Path = option(
-        Path("edge_state"), "Installed bundles, the status file and (by default) the spool live here."
+        Path.home() / ".local" / "state" / "reachsafe" / "edge",
+        "Installed bundles, the status file and (by default) the spool live here; one per robot deployment.",
     )
     spool_dir: Path | None = option(None, "Spool directory (default: STATE_DIR/spool).")
     spool_max_bytes: int = option(

@@ -37,10 +37,14 @@ class Metrics:
         with self._lock:
             return self._counters.get(key, 0.0)
 
+    def window(self, key: str) -> list[float]:
+        """The recent values of timing `key`, oldest first."""
+        with self._lock:
+            return list(self._timings.get(key, ()))
+
     def percentiles(self, key: str) -> tuple[float, float]:
         """(p50, p99) of the recent window of `key` (NaN when empty)."""
-        with self._lock:
-            values = list(self._timings.get(key, ()))
+        values = self.window(key)
         if not values:
             return float("nan"), float("nan")
         p50, p99 = np.percentile(values, [50, 99])

@@ -30,8 +30,9 @@ from edge_runtime.config import EdgeConfig
 from hardware.config import HardwareConfig
 from protocol.config import Config, ConfigError, option
 
-#: Files a robot needs from `reachsafe keys generate` (never signing.key or trainer.key_secret).
-ROBOT_KEY_FILES = ("signing.pub", "robot.key_secret", "robot.key", "trainer.key")
+#: Files a robot gets from the key directory (never signing.key or trainer.key_secret):
+#: `reachsafe keys generate` writes the first four; referee.key is a referee's CURVE public key.
+ROBOT_KEY_FILES = ("signing.pub", "robot.key_secret", "robot.key", "trainer.key", "referee.key")
 
 
 @dataclass

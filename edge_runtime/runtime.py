@@ -199,7 +199,7 @@ class Reporter:
                 m = self.metrics.snapshot()
                 log.info(
                     "tick p50/p99 %.2f/%.2f ms, inference p99 %.2f ms, misses %d, brakes %d, interventions %d, "
-                    "cost rate %.3f, spool %d B, unacked %d, bundle v%s",
+                    "cost rate %.3f, spool %d B, unacked %d, bundle v%d",
                     m.get("edge/tick_ms_p50", float("nan")),
                     m.get("edge/tick_ms_p99", float("nan")),
                     m.get("edge/stage/inference_ms_p99", float("nan")),

@@ -83,6 +83,10 @@ class Device(ABC):
     def features(self) -> dict[str, Any]:
         """What the device provides, e.g. {"image_shape": (64, 64, 3)} or {"action_dim": 2}."""
 
+    def metrics(self) -> dict[str, float]:
+        """Namespaced counters for the runtime's heartbeat (e.g. `drive/link_losses`); none by default."""
+        return {}
+
     def connect(self) -> None:
         if self._connected:
             return

@@ -74,10 +74,19 @@ class DriveConfig(Config):
     keepalive_s: float = option(0.1, "Repeat the last command this often when the runtime sends none.")
     reply_timeout_s: float = option(0.5, "How long to wait for the controller's reply to the handshake.")
     reconnect_s: float = option(0.5, "After a cable loss, retry opening the port this often.")
+    boot_wait_s: float = option(
+        2.5,
+        "Keep repeating the hello this long after opening the port (boards that reset on open, e.g. Arduino).",
+    )
 
     def validate(self) -> None:
         if self.max_speed_mm_s <= 0 or self.wheel_base_mm <= 0 or self.max_turn_rad_s < 0:
             raise ConfigError("drive.max_speed_mm_s and drive.wheel_base_mm must be > 0, max_turn_rad_s >= 0")
+        if not 20 <= self.controller_timeout_ms <= 5000:
+            raise ConfigError(
+                f"drive.controller_timeout_ms must be within 20..5000 (the firmware refuses others), "
+                f"got {self.controller_timeout_ms}"
+            )
         if self.keepalive_s <= 0 or self.keepalive_s * 1000 >= self.controller_timeout_ms:
             raise ConfigError(
                 f"drive.keepalive_s ({self.keepalive_s}) must be > 0 and shorter than "

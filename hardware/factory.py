@@ -1,7 +1,7 @@
 """Build a `Robot` (camera + drive + signals) from a URI or a robot config.
 
 Backends are listed explicitly in `CAMERAS`, `DRIVES` and `SIGNALS`; each entry imports its
-driver module only when that backend is used, so no SDK (picamera2, cv2, serial, the sim
+driver module only when that backend is used, so no SDK (picamera2, OpenCV, ZeroMQ for the sim
 client) is loaded unless the robot needs it.
 """
 
@@ -54,6 +54,13 @@ class Robot:
         out: dict[str, Any] = {}
         for d in self.devices:
             out.update(d.features)
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """The devices' counters (`drive/…`, `signals/…`) for the runtime's heartbeat."""
+        out: dict[str, float] = {}
+        for d in self.devices:
+            out.update(d.metrics())
         return out
 
     def connect(self) -> None:
@@ -156,13 +163,12 @@ def hardware_config(uri_or_config: Any) -> HardwareConfig:
         return uri_or_config
     if isinstance(uri_or_config, str) and uri_or_config.startswith(SIM_SCHEME):
         endpoint, robot_id = parse_sim_uri(uri_or_config)
-        sim = CameraConfig(backend="sim"), DriveConfig(backend="sim"), SignalsConfig(backend="sim")
         return HardwareConfig(
             robot_id=robot_id,
             sim=SimLinkConfig(endpoint=endpoint),
-            camera=sim[0],
-            drive=sim[1],
-            signals=sim[2],
+            camera=CameraConfig(backend="sim"),
+            drive=DriveConfig(backend="sim"),
+            signals=SignalsConfig(backend="sim"),
         )
     if isinstance(uri_or_config, (str, Path)):
         if Path(uri_or_config).suffix not in (".yaml", ".yml"):

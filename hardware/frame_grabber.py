@@ -38,6 +38,7 @@ class FrameGrabber:
     def start(self, first_frame_timeout_s: float) -> None:
         """Start grabbing; return once the first frame is in (or raise and stop)."""
         self._stopping = False
+        self._frame, self._error, self.frames = None, None, 0  # nothing from a previous connection
         self._thread = threading.Thread(target=self._run, name=f"grab-{self._name}", daemon=True)
         self._thread.start()
         with self._cond:

@@ -12,7 +12,7 @@ sums them between its reads); `terminated` / `truncated` end the current episode
 emergency-stop level (the newest message wins). `seq` increases by one per message per robot, so
 the robot can count messages PUB/SUB dropped. A referee publishes at least every 0.2 s (an
 all-zero message is a heartbeat); if it is silent for `timeout_s`, `read()` raises
-`DeviceTimeoutError`, because a robot that cannot see its costs must not keep learning.
+`DeviceTimeoutError`, because a robot that cannot see its costs must not learn from those steps.
 
 This is not a `protocol.messages` type: the referee is outside the trainer link and the map is
 the whole contract. `RefereePublisher` is the referee side, for tracker scripts and tests.
@@ -163,7 +163,7 @@ class RefereeSignals(TaskSignals):
             raise DeviceTimeoutError(
                 f"referee at {self.endpoint} silent for {silent:.1f} s (timeout {self.timeout_s:.1f} s): "
                 "is the tracker running and publishing for robot id "
-                f"{self.robot_id!r}? The robot must brake until it is back"
+                f"{self.robot_id!r}?"
             )
         out = Signals(self._reward, self._cost, self._terminated, self._truncated, self._episode, self._estop)
         self._reward = self._cost = 0.0

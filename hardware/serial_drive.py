@@ -119,6 +119,7 @@ class SerialDrive(Drive):
         keepalive_s: float = 0.1,
         reply_timeout_s: float = 0.5,
         reconnect_s: float = 0.5,
+        boot_wait_s: float = 2.5,
     ) -> None:
         super().__init__()
         self.port = port
@@ -130,8 +131,10 @@ class SerialDrive(Drive):
         self.keepalive_s = keepalive_s
         self.reply_timeout_s = reply_timeout_s
         self.reconnect_s = reconnect_s
+        self.boot_wait_s = boot_wait_s
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._retired: list[int] = []
         self._seq = 0
         self._last_tx = 0.0
         self._waiting_since: float | None = None  # first unacknowledged send since the last ack
@@ -155,6 +158,7 @@ class SerialDrive(Drive):
             d.keepalive_s,
             d.reply_timeout_s,
             d.reconnect_s,
+            d.boot_wait_s,
         )
 
     @property
@@ -166,13 +170,13 @@ class SerialDrive(Drive):
         return self._fd is not None
 
     def metrics(self) -> dict[str, float]:
-        """Namespaced counters for the runtime's heartbeat."""
         out = {f"drive/{k}": float(v) for k, v in self.counters.items()}
         out["drive/link_up"] = float(self.link_up)
         return out
 
     # ----- lifecycle -------------------------------------------------------------------------
     def _open(self) -> None:
+        self._stopping.clear()
         fd = self._open_port()
         try:
             self._handshake(fd)
@@ -181,7 +185,6 @@ class SerialDrive(Drive):
             raise
         self._fd = fd
         self._closing = False
-        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name=f"serial-drive {self.port}", daemon=True)
         self._thread.start()
         log.info(
@@ -209,7 +212,8 @@ class SerialDrive(Drive):
             self._thread.join(2.0)
             self._thread = None
         with self._lock:
-            self._drop_fd()
+            self._retire_fd()
+            self._close_retired()
 
     # ----- commands (control thread) ---------------------------------------------------------
     def _apply(self, action: np.ndarray) -> None:
@@ -255,23 +259,31 @@ class SerialDrive(Drive):
         return fd
 
     def _handshake(self, fd: int) -> None:
-        """Send $H and wait for its ack (called before `fd` is shared with other threads)."""
-        seq = self._next_seq()
+        """Send $H (again every `reply_timeout_s`) until it is acked or `boot_wait_s` has passed.
+
+        Many USB boards (Arduino) reset when the port opens and listen only after their
+        bootloader, so the first hellos may go unheard. Called before `fd` is shared with other
+        threads.
+        """
         self._rx = b""
-        os.write(fd, encode_line("H", seq, self.controller_timeout_ms))
-        deadline = time.monotonic() + self.reply_timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([fd], [], [], left)[0]:
-                break
-            for reply in self._read_replies(fd):
-                if reply.kind == "A" and reply.fields[:1] == (str(seq),):
-                    self._take_ack(reply)
-                    self._waiting_since = None
-                    self._last_tx = time.monotonic()
-                    return
+        give_up = time.monotonic() + max(self.boot_wait_s, self.reply_timeout_s)
+        while time.monotonic() < give_up and not self._stopping.is_set():
+            seq = self._next_seq()
+            os.write(fd, encode_line("H", seq, self.controller_timeout_ms))
+            deadline = min(time.monotonic() + self.reply_timeout_s, give_up)
+            while (left := deadline - time.monotonic()) > 0:
+                if not select.select([fd], [], [], left)[0]:
+                    break
+                for reply in self._read_replies(fd):
+                    if reply.kind == "A" and reply.fields[:1] == (str(seq),):
+                        self._take_ack(reply)
+                        self._waiting_since = None
+                        self._last_tx = time.monotonic()
+                        return
         raise DeviceTimeoutError(
-            f"motor controller on {self.port} did not answer the hello within {self.reply_timeout_s:.1f} s: "
-            "check its power, the baud rate and that it runs the reachsafe firmware (docs/firmware/)"
+            f"motor controller on {self.port} did not answer the hello within "
+            f"{max(self.boot_wait_s, self.reply_timeout_s):.1f} s: check its power, the baud rate and that "
+            "it runs the reachsafe firmware (docs/firmware/)"
         )
 
     def _next_seq(self) -> int:
@@ -339,21 +351,31 @@ class SerialDrive(Drive):
             "serial drive %s: link lost (%s); reconnecting every %.1f s", self.port, why, self.reconnect_s
         )
         self.counters["link_losses"] += 1
-        self._drop_fd()
+        self._retire_fd()
 
-    def _drop_fd(self) -> None:
-        fd, self._fd = self._fd, None
+    def _retire_fd(self) -> None:
+        """Lock held. Forget the port; only the I/O thread (or `_close` after joining it) closes
+        it, so a descriptor number can never be reused under a thread still selecting on it."""
+        if self._fd is not None:
+            self._retired.append(self._fd)
+        self._fd = None
         self._waiting_since = None
-        if fd is not None:
+
+    def _close_retired(self) -> None:
+        """Lock held."""
+        for fd in self._retired:
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self._retired.clear()
 
     # ----- the I/O thread --------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
-            fd = self._fd
+            with self._lock:
+                self._close_retired()
+                fd = self._fd
             if fd is None:
                 self._reconnect()
                 continue

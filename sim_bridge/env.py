@@ -36,6 +36,7 @@ CONTROL_HZ = 20.0  # env steps per second of simulated time
 MAX_SPEED = 1.0  # m/s at action[0] = 1
 MAX_TURN = 2.5  # rad/s at action[1] = 1
 GOAL_BONUS = 1.0
+BUTTON_COOLDOWN = 10  # steps after a correct press in which touching a button costs nothing
 SIGHT_RANGE = 6.0
 
 
@@ -102,6 +103,7 @@ class SafeNavEnv(gym.Env):
         self._prev_dist = 0.0
         self._goals = 0
         self._seen_at: int | None = None
+        self._cooldown = 0
 
     # -- gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
@@ -113,6 +115,7 @@ class SafeNavEnv(gym.Env):
         self._velocity[:] = 0.0
         self._steps = 0
         self._goals = 0
+        self._cooldown = 0
         self._new_goal_started()
         return self._observe(), {"cost": 0.0, "goals_reached": 0}
 
@@ -127,6 +130,7 @@ class SafeNavEnv(gym.Env):
             in_hazard |= self.in_hazard()
         self._velocity[:] = a
         self._steps += 1
+        self._cooldown = max(0, self._cooldown - 1)
 
         dist = float(np.linalg.norm(self._layout.goal_xy - self._xy))
         reward = self._prev_dist - dist
@@ -134,6 +138,7 @@ class SafeNavEnv(gym.Env):
         if goal_met:
             reward += GOAL_BONUS
             self._goals += 1
+            self._cooldown = BUTTON_COOLDOWN  # the pressed button turns wrong under the robot
             next_goal(self.np_random, self.params, self._layout, self._xy)
             self._new_goal_started()
         else:
@@ -204,7 +209,9 @@ class SafeNavEnv(gym.Env):
         np.clip(self._xy, -lim, lim, out=self._xy)  # walls stop the robot but cost nothing
         lay = self._layout
         solids = [(p, PILLAR_RADIUS, True) for p in lay.pillars]
-        solids += [(b, BUTTON_RADIUS, i != lay.goal_button) for i, b in enumerate(lay.buttons)]
+        solids += [
+            (b, BUTTON_RADIUS, i != lay.goal_button and not self._cooldown) for i, b in enumerate(lay.buttons)
+        ]
         touched = False
         for centre, radius, costly in solids:
             rel = self._xy - centre

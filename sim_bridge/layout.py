@@ -109,7 +109,7 @@ def sample_layout(rng: np.random.Generator, params: LayoutParams) -> Layout:
         goal_hint = buttons[0]
         keep_clear = [(start, ROBOT_RADIUS + 0.25)] + [(b, BUTTON_RADIUS + 0.2) for b in buttons]
 
-    radii = np.round(rng.uniform(*params.hazard_radius, size=params.n_hazards), 2)  # drawn to the cm
+    radii = rng.permutation(params.hazard_radii)
     n_line = round(params.hazards_on_path * params.n_hazards)
     hazards = _place_discs(rng, half, radii, keep_clear, (start, goal_hint), n_line)
     avoid = keep_clear + [(h, r + 0.1) for h, r in zip(hazards, radii, strict=True)]

@@ -1,6 +1,6 @@
 """Scripted behaviour policies with privileged state, for datasets that span the reward-cost plane.
 
-- ``careful``: steers to the goal along a potential field that keeps clear of hazards and solids.
+- ``careful``: follows a cost-to-go field (``sim_bridge.planner``) that keeps clear of hazards and solids.
 - ``reckless``: the same controller with hazards ignored, so it cuts straight through them.
 - ``noisy``: a random caution level and Gaussian action noise, per episode.
 - ``random``: smooth random actions (an Ornstein-Uhlenbeck process).
@@ -15,16 +15,12 @@ import math
 import numpy as np
 
 from sim_bridge.env import NavState
-from sim_bridge.layout import ROBOT_RADIUS
+from sim_bridge.planner import CostToGo
 
 POLICIES: tuple[str, ...] = ("careful", "reckless", "noisy", "random", "mixed")
 MIX_WEIGHTS: dict[str, float] = {"careful": 0.35, "reckless": 0.25, "noisy": 0.25, "random": 0.15}
-_INFLUENCE = 0.45  # metres of clearance inside which an object pushes the robot away
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    n = float(np.hypot(v[0], v[1]))
-    return v / n if n > 1e-9 else np.zeros(2)
+_LOOKAHEAD = 0.15  # metres ahead the careful expert checks for a hazard before moving on
+_DIRECT = 0.4  # within this distance of the goal, head straight for it
 
 
 def _wrap(a: float) -> float:
@@ -32,49 +28,43 @@ def _wrap(a: float) -> float:
 
 
 class ExpertPolicy:
-    """Potential-field steering; ``caution`` in [0, 1] scales how strongly hazards repel."""
+    """Follows a cost-to-go field to the goal; ``caution`` in [0, 1] scales the hazard penalty
+    (1: go around hazards, 0: straight through them). Solids are always avoided."""
 
     def __init__(self, name: str, caution: float, noise: float = 0.0) -> None:
         self.name = name
         self.caution = caution
         self.noise = noise
         self._rng = np.random.default_rng(0)
+        self._field: CostToGo | None = None
+        self._field_key: bytes = b""
 
     def reset(self, rng: np.random.Generator) -> None:
         self._rng = rng
+        self._field = None
+        self._field_key = b""
 
-    def _repulsion(self, s: NavState, to_goal: np.ndarray) -> np.ndarray:
-        push = np.zeros(2)
-        groups = [(s.obstacles, s.obstacle_radii, 1.5)]
-        if self.caution > 0:
-            groups.append((s.hazards, s.hazard_radii, 2.5 * self.caution))
-        for centres, radii, gain in groups:
-            for c, r in zip(centres, radii, strict=True):
-                rel = s.xy - c
-                clearance = float(np.hypot(rel[0], rel[1])) - r - ROBOT_RADIUS
-                if clearance >= _INFLUENCE:
-                    continue
-                away = _unit(rel)
-                # slide around the object on the side the goal is on, not just straight back
-                tangent = np.array([-away[1], away[0]])
-                if float(tangent @ to_goal) < 0:
-                    tangent = -tangent
-                k = gain * (_INFLUENCE - max(clearance, 0.0)) / _INFLUENCE
-                push += k * (0.6 * away + 0.8 * tangent)
-        for axis in (0, 1):  # walls
-            for sign in (-1.0, 1.0):
-                clearance = s.arena_half - sign * s.xy[axis] - ROBOT_RADIUS
-                if clearance < _INFLUENCE:
-                    push[axis] -= sign * (_INFLUENCE - clearance) / _INFLUENCE
-        return push
+    def _plan(self, s: NavState) -> CostToGo:
+        key = s.goal_xy.tobytes() + s.hazards.tobytes() + s.obstacles.tobytes()
+        if self._field is None or key != self._field_key:
+            self._field, self._field_key = CostToGo(s, self.caution), key
+        return self._field
+
+    def _hazard_ahead(self, s: NavState) -> bool:
+        ahead = s.xy + _LOOKAHEAD * np.array([math.cos(s.yaw), math.sin(s.yaw)])
+        return bool(np.any(np.linalg.norm(s.hazards - ahead, axis=1) < s.hazard_radii))
 
     def act(self, s: NavState) -> np.ndarray:
-        to_goal = _unit(s.goal_xy - s.xy)
-        direction = to_goal + self._repulsion(s, to_goal)
-        heading = math.atan2(direction[1], direction[0])
-        err = _wrap(heading - s.yaw)
+        if np.linalg.norm(s.goal_xy - s.xy) < _DIRECT:
+            target = s.goal_xy
+        else:
+            target = self._plan(s).waypoint(s.xy)
+        rel = target - s.xy
+        err = _wrap(math.atan2(rel[1], rel[0]) - s.yaw)
         turn = float(np.clip(2.0 * err, -1.0, 1.0))
-        forward = float(np.clip(math.cos(err), 0.0, 1.0)) * (0.9 if self.caution > 0.5 else 1.0)
+        forward = float(np.clip(math.cos(err), 0.0, 1.0))
+        if self.caution > 0.5 and len(s.hazards) and self._hazard_ahead(s):
+            forward = 0.0  # turn in place rather than roll into a hazard
         a = np.array([forward, turn])
         if self.noise > 0:
             a = a + self._rng.normal(0.0, self.noise, size=2)

@@ -34,7 +34,6 @@ class Scene:
         self.image_size = image_size
         self._pb = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
         self._heights: dict[int, float] = {}
-        self._hazard_visuals: dict[float, int] = {}  # radius (cm) -> visual shape, reused
         pal = params.palette
         half = params.arena_half
         self._box((half + 0.5, half + 0.5, 0.01), (0, 0, -0.01), pal.floor)  # floor, a margin past the walls
@@ -45,7 +44,9 @@ class Scene:
         for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             ext = (0.05, half + 0.05, _WALL_HEIGHT / 2) if sx else (half + 0.05, 0.05, _WALL_HEIGHT / 2)
             self._box(ext, (sx * (half + 0.05), sy * (half + 0.05), _WALL_HEIGHT / 2), pal.wall)
-        self.hazards: list[int] = []
+        # one disc per fixed radius; a layout assigns each hazard position a disc of its radius
+        self.hazard_radii = params.hazard_radii
+        self.hazards = [self._cylinder(float(r), 0.002, pal.hazard) for r in self.hazard_radii]
         self.pillars = [self._cylinder(PILLAR_RADIUS, 0.5, pal.pillar) for _ in range(params.n_pillars)]
         self.buttons = [self._cylinder(BUTTON_RADIUS, 0.1, pal.button) for _ in range(params.n_buttons)]
         self.goal = -1 if params.n_buttons else self._cylinder(0.12, _GOAL_HEIGHT, pal.goal)
@@ -63,22 +64,13 @@ class Scene:
         vis = self._pb.createVisualShape(pybullet.GEOM_BOX, halfExtents=half_ext, rgbaColor=_rgba(c))
         return self._body(vis, pos)
 
-    def _cylinder(self, radius: float, height: float, c: Colour, visual: int | None = None) -> int:
-        if visual is None:
-            visual = self._pb.createVisualShape(
-                pybullet.GEOM_CYLINDER, radius=radius, length=height, rgbaColor=_rgba(c)
-            )
-        body = self._body(visual, _HIDDEN)
+    def _cylinder(self, radius: float, height: float, c: Colour) -> int:
+        vis = self._pb.createVisualShape(
+            pybullet.GEOM_CYLINDER, radius=radius, length=height, rgbaColor=_rgba(c)
+        )
+        body = self._body(vis, _HIDDEN)
         self._heights[body] = height
         return body
-
-    def _hazard(self, radius: float) -> int:
-        key = round(radius, 2)
-        if key not in self._hazard_visuals:
-            self._hazard_visuals[key] = self._pb.createVisualShape(
-                pybullet.GEOM_CYLINDER, radius=key, length=0.002, rgbaColor=_rgba(self.params.palette.hazard)
-            )
-        return self._cylinder(key, 0.002, self.params.palette.hazard, self._hazard_visuals[key])
 
     def _place(self, body: int, xy: np.ndarray, z_base: float = 0.0) -> None:
         z = z_base + self._heights[body] / 2
@@ -86,15 +78,11 @@ class Scene:
 
     # -- updating -------------------------------------------------------------------------
     def load_layout(self, layout: Layout) -> None:
-        # Hazard discs are drawn at their sampled radius (to the cm): new bodies, cached shapes.
-        for body in self.hazards:
-            self._pb.removeBody(body)
-            del self._heights[body]
-        self.hazards = []
+        free = list(range(len(self.hazards)))
         for xy, r in zip(layout.hazards, layout.hazard_radii, strict=True):
-            body = self._hazard(float(r))
-            self._place(body, xy, 0.001)
-            self.hazards.append(body)
+            slot = next(i for i in free if self.hazard_radii[i] == r)
+            free.remove(slot)
+            self._place(self.hazards[slot], xy, 0.001)
         for body, xy in zip(self.pillars, layout.pillars, strict=True):
             self._place(body, xy)
         for body, xy in zip(self.buttons, layout.buttons, strict=True):

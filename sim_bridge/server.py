@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 _STATS_EVERY_S = 10.0
 
 
+class RequestError(Exception):
+    """A well-formed request the server cannot serve; answered with an ``error`` message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     bind: str
@@ -146,7 +155,9 @@ class SimServer:
         try:
             return self.robots[rid]
         except KeyError:
-            raise KeyError(f"unknown robot {rid!r}: this server has {sorted(self.robots)}") from None
+            raise RequestError(
+                "unknown_robot", f"unknown robot {rid!r}: this server has {sorted(self.robots)}"
+            ) from None
 
     def handle(self, msg: Message) -> Message:
         now = time.monotonic()
@@ -155,7 +166,11 @@ class SimServer:
             return HwFrame(image=r.image, t_capture=r.t_capture, t_now=now, frame_id=r.frame_id)
         if isinstance(msg, HwDrive):
             r = self._robot(msg.robot)
-            r.action[:] = np.clip(np.nan_to_num(msg.action[:2]), -1.0, 1.0)
+            if msg.action.shape != r.action.shape or not np.all(np.isfinite(msg.action)):
+                raise RequestError(
+                    "bad_action", f"action must be {r.action.size} finite floats, got {msg.action}"
+                )
+            r.action[:] = np.clip(msg.action, -1.0, 1.0)
             r.t_command = now
             return HwOk()
         if isinstance(msg, HwReadSignals):
@@ -187,9 +202,10 @@ class SimServer:
                 self.errors += 1
                 log.warning("bad request: %s", e)
                 reply = ErrorMessage.from_exception(e)
-            except KeyError as e:
+            except RequestError as e:
                 self.errors += 1
-                reply = ErrorMessage(code="unknown_robot", message=str(e.args[0]), ref_type="")
+                log.warning("refused request: %s", e.message)
+                reply = ErrorMessage(code=e.code, message=e.message, ref_type="")
             self._sock.send_multipart([ident, encode(reply)])
 
     # -- the loop -------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+
 Kind = Literal["goal", "button", "fading"]
 Split = Literal["train", "unseen"]
 SPLITS: tuple[str, ...] = ("train", "unseen")
@@ -34,12 +36,18 @@ class LayoutParams:
     kind: Kind
     arena_half: float  # the arena is [-arena_half, arena_half]^2 metres
     n_hazards: int
-    hazard_radius: tuple[float, float]  # sampled uniformly per hazard
+    hazard_radius: tuple[float, float]  # hazard radii are spread evenly over this range
     n_pillars: int  # solid obstacles; touching one costs 1
     n_buttons: int  # button task only: one correct, the others cost 1 when touched
     fade_steps: int  # fading task only: steps after first sight until the goal is invisible
     hazards_on_path: float  # fraction of hazards placed across the robot-goal segment
     palette: Palette
+
+    @property
+    def hazard_radii(self) -> np.ndarray:
+        """One fixed radius per hazard (evenly spread, to the cm): the scene draws each hazard
+        once, and episodes differ in where the hazards are, not in their sizes."""
+        return np.round(np.linspace(*self.hazard_radius, self.n_hazards), 2)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,9 @@ def _frame(
 
 def render_episode(cfg: ViewConfig, policy: Policy) -> tuple[list[Image.Image], dict[str, float]]:
     register_envs()
-    env = gym.make(cfg.task, split=cfg.split, obs_mode="image", episode_steps=cfg.steps, render_mode="rgb_array")
+    env = gym.make(
+        cfg.task, split=cfg.split, obs_mode="image", episode_steps=cfg.steps, render_mode="rgb_array"
+    )
     sim: SafeNavEnv = env.unwrapped  # type: ignore[assignment]
     obs, _ = env.reset(seed=cfg.seed)
     mapper = _TopDown(sim.params.arena_half)
@@ -137,7 +139,9 @@ def view(cfg: ViewConfig) -> dict[str, float]:
     """Render one episode to ``cfg.out``; returns its return, cost, goals and steps."""
     if cfg.bundle is not None:
         if cfg.keys is None:
-            raise ValueError("--bundle needs --keys DIR (the trainer's signing.pub): unsigned bundles are never run")
+            raise ValueError(
+                "--bundle needs --keys DIR (the trainer's signing.pub): unsigned bundles are never run"
+            )
         policy = bundle_policy(cfg.bundle, cfg.keys)
     else:
         policy = scripted_policy(cfg.policy, cfg.seed)

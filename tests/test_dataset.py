@@ -20,7 +20,11 @@ from trainer.dataset import (
 
 def arrays(n=10, image=True, ends=(4, 9)):
     rng = np.random.default_rng(0)
-    obs = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) if image else rng.standard_normal((n, 3)).astype(np.float32)
+    obs = (
+        rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+        if image
+        else rng.standard_normal((n, 3)).astype(np.float32)
+    )
     timeouts = np.zeros(n, bool)
     timeouts[list(ends)] = True
     return {
@@ -62,7 +66,11 @@ def test_loads_state_dataset_and_float_flags(tmp_path):
     [
         (lambda d: d.pop("costs"), MissingKeyError, "costs"),
         (lambda d: d.update(rewards=d["rewards"][:-1]), ShapeMismatchError, "rewards"),
-        (lambda d: d.update(next_observations=d["next_observations"][:, :4]), ShapeMismatchError, "next_observations"),
+        (
+            lambda d: d.update(next_observations=d["next_observations"][:, :4]),
+            ShapeMismatchError,
+            "next_observations",
+        ),
         (lambda d: d.update(observations=d["observations"].astype(np.float32)), DtypeError, "uint8"),
         (lambda d: d.update(actions=np.ones((10, 2), np.int64)), DtypeError, "actions"),
         (lambda d: d.update(terminals=np.full(10, 3, np.int64)), DtypeError, "terminals"),

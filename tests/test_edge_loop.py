@@ -123,3 +123,21 @@ def test_watchdog_brakes_a_stalled_loop() -> None:
     finally:
         dog.stop()
     assert robot.drive.stops == 1 and loop.metrics.counter("edge/brakes/watchdog") == 1
+
+
+def test_emergency_stop_brakes_until_it_clears() -> None:
+    loop, robot, sink = make_loop()
+    loop.tick()
+    robot.signals.estop = True
+    loop.tick()  # the stop is seen after this tick's command: brake at once
+    assert robot.drive.commands[-1][0] == "stop"
+    applies = sum(1 for kind, _ in robot.drive.commands if kind == "apply")
+    for _ in range(3):
+        step = loop.tick()
+        assert step.policy == POLICY_FALLBACK
+    assert sum(1 for kind, _ in robot.drive.commands if kind == "apply") == applies  # no command while held
+    robot.signals.estop = False
+    loop.tick()  # clears after this tick's signals
+    loop.tick()
+    assert robot.drive.commands[-1][0] == "apply" and sink.steps[-1].policy != POLICY_FALLBACK
+    assert loop.metrics.counter("edge/brakes/estop") == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -133,7 +135,10 @@ def test_unsafe_bundle_is_rolled_back_automatically(tmp_path, keys) -> None:
     assert 20 <= summary["interventions"] < 60
     rolled = next(s for s in trainer.statuses if s.status == "rolled_back")
     assert rolled.version == 2 and "intervention rate" in rolled.reason
-    assert '"bad": [2]' in (tmp_path / "state" / "bundles" / "current.json").read_text()
+    pointer = json.loads((tmp_path / "state" / "bundles" / "current.json").read_text())
+    assert pointer["current"] == 1 and pointer["bad"] == [
+        hashlib.sha256((v2 / "manifest.json").read_bytes()).hexdigest()
+    ]
 
 
 def test_trainer_outage_loses_and_duplicates_nothing(tmp_path, keys) -> None:
@@ -160,3 +165,46 @@ def test_trainer_outage_loses_and_duplicates_nothing(tmp_path, keys) -> None:
         trainer.stop()
     assert summary["all_acked"]
     assert trainer.steps_of() == list(range(summary["steps"]))
+
+
+def test_install_rollback_and_status_commands_steer_a_running_runtime(tmp_path, keys, capsys) -> None:
+    from edge_runtime.cli import main as reachsafe
+
+    keys_dir, signing = keys
+    v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
+    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, seed=5)
+    state = str(tmp_path / "state")
+    trainer = StubTrainer(free_tcp_port()).start()
+    try:
+        run = Running(tmp_path, keys_dir, v1, trainer, _cfg(tmp_path))
+        poll_until(lambda: trainer.hellos, 10, what="HELLO")
+        bad = tmp_path / "b" / "bad"
+        shutil.copytree(v2, bad)
+        (bad / "agent.onnx").write_bytes(b"\0" + (bad / "agent.onnx").read_bytes())
+        assert reachsafe(["edge", "install", str(bad), "--keys", str(keys_dir), "--state-dir", state]) == 1
+        assert "rejected" in capsys.readouterr().err
+
+        assert reachsafe(["edge", "install", str(v2), "--keys", str(keys_dir), "--state-dir", state]) == 0
+        poll_until(
+            lambda: run.runtime.metrics.snapshot().get("edge/bundle_version") == 2, 10, what="v2 from install"
+        )
+        assert reachsafe(["edge", "rollback", "--state-dir", state]) == 0
+        poll_until(
+            lambda: run.runtime.metrics.snapshot().get("edge/bundle_version") == 1, 10, what="rollback to v1"
+        )
+        status_file = tmp_path / "state" / "status.json"
+        poll_until(
+            lambda: status_file.exists() and '"bundle_version": 1,' in status_file.read_text(),
+            5,
+            what="status v1",
+        )
+        capsys.readouterr()
+        assert reachsafe(["edge", "status", "--state-dir", state]) == 0
+        out = capsys.readouterr().out
+        assert "running" in out and "bundle v1" in out and "edge/tick_ms_p99" in out
+        summary = run.finish()
+    finally:
+        trainer.stop()
+    assert summary["bundle_versions_seen"] == [1, 2, 1]
+    assert [s.status for s in trainer.statuses] == ["loaded", "rolled_back"]
+    assert reachsafe(["edge", "rollback", "--state-dir", state]) == 1  # nothing older left to go back to

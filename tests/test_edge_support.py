@@ -182,7 +182,7 @@ class FakeDrive(Drive):
 
 
 class FakeSignals(TaskSignals):
-    """Reward 1 per read, cost from `cost`, an episode ends every `episode_len` reads."""
+    """Reward 1 per read, cost from `cost`, an episode ends every `episode_len` reads; `estop` is reported as set."""
 
     def __init__(self, episode_len: int = 10, cost: float = 0.0) -> None:
         super().__init__()
@@ -190,6 +190,7 @@ class FakeSignals(TaskSignals):
         self.cost = cost
         self.reads = 0
         self.episode = 0
+        self.estop = False
 
     @property
     def features(self) -> dict:
@@ -204,7 +205,14 @@ class FakeSignals(TaskSignals):
     def _read(self) -> Signals:
         self.reads += 1
         done = self.reads % self.episode_len == 0
-        s = Signals(reward=1.0, cost=self.cost, terminated=False, truncated=done, episode=self.episode)
+        s = Signals(
+            reward=1.0,
+            cost=self.cost,
+            terminated=False,
+            truncated=done,
+            episode=self.episode,
+            estop=self.estop,
+        )
         if done:
             self.episode += 1
         return s

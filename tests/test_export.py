@@ -45,7 +45,9 @@ def test_graph_contract_and_parity(image_agent, tmp_path):
 
 
 def test_state_agent_exports_with_parity(tmp_path):
-    agent = Agent(AgentSpec(obs_shape=(5,), action_dim=3, latent_dim=8, hidden_dim=16, primitives=((1, 0, 0),)))
+    agent = Agent(
+        AgentSpec(obs_shape=(5,), action_dim=3, latent_dim=8, hidden_dim=16, primitives=((1, 0, 0),))
+    )
     path = export_onnx(agent, tmp_path / "s.onnx")
     obs, noise = example_inputs(agent, batch=4)
     assert parity_error(agent, path, obs, noise) <= 1e-4
@@ -60,11 +62,19 @@ def test_checkpoint_round_trip(image_agent, tmp_path):
 
 
 def test_signed_bundle_loads_in_the_runtime_and_tampering_is_refused(image_agent, keys, tmp_path):
-    result = build_bundle(image_agent, tmp_path / "b", version=3, parent=2, signing_key=keys / "signing.key", training_step=7)
-    bundle = load_bundle(result.path, load_trusted_keys(keys), expected_obs_shape=(32, 32, 3), expected_action_dim=2)
+    result = build_bundle(
+        image_agent, tmp_path / "b", version=3, parent=2, signing_key=keys / "signing.key", training_step=7
+    )
+    bundle = load_bundle(
+        result.path, load_trusted_keys(keys), expected_obs_shape=(32, 32, 3), expected_action_dim=2
+    )
     m = bundle.manifest
     assert (m["version"], m["parent"], m["training_step"]) == (3, 2, 7)
-    assert m["quantization"]["shipped"] == "fp32" and m["graph"]["candidates"][:3] == ["a_on", "a_off", "brake"]
+    assert m["quantization"]["shipped"] == "fp32" and m["graph"]["candidates"][:3] == [
+        "a_on",
+        "a_off",
+        "brake",
+    ]
     session = AgentSession.from_bundle(bundle)
     obs, noise = example_inputs(image_agent, batch=2)
     ref = torch_outputs(image_agent, obs, noise)

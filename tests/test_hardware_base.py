@@ -133,6 +133,7 @@ def test_robot_brakes_before_disconnecting() -> None:
     with Robot(FixedCamera(log), RecordingDrive(log), ZeroSignals(log)) as robot:
         assert robot.is_connected
         assert robot.features == {"image_shape": (4, 5, 3), "action_dim": 2}
+        assert robot.metrics() == {}
     assert log.events == [
         "camera.open",
         "drive.open",

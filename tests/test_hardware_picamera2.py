@@ -73,6 +73,19 @@ def test_stalled_camera_goes_stale_then_recovers(fake) -> None:
         poll_until(lambda: cam.read_latest().age() < 0.05, 2.0, 0.01, "fresh frames after the stall")
 
 
+def test_camera_lost_mid_stream_is_unavailable(fake) -> None:
+    with Picamera2Camera(fps=100.0) as cam:
+        cam.read_latest(max_age=0.2)
+        fake.unplugged = True
+        with pytest.raises(DeviceUnavailableError, match="stopped delivering frames"):
+            poll_until(lambda: cam.read_latest() and False, 2.0, 0.01)
+    assert not fake.instances[0].is_open
+    fake.unplugged = False  # plugged back in: a new connection starts clean
+    with cam:
+        assert cam.read_latest(max_age=0.2).frame_id >= 1
+    assert len(fake.instances) == 2
+
+
 def test_no_first_frame_is_a_timeout(fake) -> None:
     fake.stalled = True
     with pytest.raises(DeviceTimeoutError, match="no frame"):

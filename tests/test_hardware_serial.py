@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import threading
 import time
+import tty
 from functools import reduce
 
 import numpy as np
 import pytest
-from conftest import poll_until
+from conftest import REPO, poll_until
 from fakes.diffdrive import FakeController
 
 from hardware import DeviceTimeoutError, DeviceUnavailableError
@@ -22,7 +27,10 @@ def controller(tmp_path):
 
 
 def make_drive(controller, **kw) -> SerialDrive:
-    opts = dict(controller_timeout_ms=200, keepalive_s=0.05, reply_timeout_s=0.3, reconnect_s=0.05) | kw
+    opts = dict(
+        controller_timeout_ms=200, keepalive_s=0.05, reply_timeout_s=0.3, reconnect_s=0.05, boot_wait_s=0.3
+    )
+    opts |= kw
     return SerialDrive(str(controller.link), **opts)
 
 
@@ -83,7 +91,7 @@ def test_cable_loss_then_reconnect(controller) -> None:
         drive.stop()  # braking with no link is not an error: the controller timeout has stopped it
         controller.replug()
         poll_until(lambda: drive.link_up, 3.0, 0.01, "the reconnect")
-        assert drive.counters == drive.counters | {"link_losses": 1, "reconnects": 1}
+        assert drive.metrics() | {"drive/link_losses": 1.0, "drive/reconnects": 1.0} == drive.metrics()
         assert controller.kinds()[-1] == "H"  # a fresh hello (which stops the motors) after the replug
         drive.apply(np.array([-0.2, 0.0]))
         poll_until(lambda: controller.speeds == (-60, -60), 2.0, 0.005, "driving after the reconnect")
@@ -106,9 +114,64 @@ def test_garbage_from_the_controller_is_counted_and_ignored(controller) -> None:
         assert drive.link_up
 
 
+def test_hello_is_repeated_while_the_board_boots(controller) -> None:
+    controller.mute = True  # an Arduino resets when the port opens and hears nothing for a while
+    threading.Timer(0.5, lambda: setattr(controller, "mute", False)).start()
+    with make_drive(controller, boot_wait_s=3.0) as drive:
+        assert drive.link_up
+    assert controller.kinds()[0] == "H"
+
+
 def test_missing_port_and_dead_controller(controller, tmp_path) -> None:
     with pytest.raises(DeviceUnavailableError, match="dialout"):
         SerialDrive(str(tmp_path / "ttyNONE")).connect()
     controller.mute = True
     with pytest.raises(DeviceTimeoutError, match="did not answer"):
         make_drive(controller).connect()
+
+
+@pytest.fixture
+def firmware(tmp_path):
+    """docs/firmware/diffdrive.ino built for Linux against tests/fakes/arduino, on a pty."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the reference firmware")
+    binary = tmp_path / "diffdrive"
+    subprocess.run(
+        [
+            cxx,
+            "-std=c++17",
+            "-O1",
+            "-I",
+            str(REPO / "tests/fakes/arduino"),
+            "-x",
+            "c++",
+            str(REPO / "docs/firmware/diffdrive.ino"),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        timeout=120,
+    )
+    master, slave = os.openpty()
+    tty.setraw(master)
+    proc = subprocess.Popen([str(binary)], stdin=master, stdout=master, stderr=subprocess.DEVNULL)
+    try:
+        yield os.ttyname(slave)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        os.close(master)
+        os.close(slave)
+
+
+def test_reference_firmware_sketch_speaks_the_protocol(firmware) -> None:
+    with SerialDrive(firmware, controller_timeout_ms=200, keepalive_s=0.05, reply_timeout_s=0.5) as drive:
+        drive.apply(np.array([0.5, -0.25]))  # 150 mm/s forward, turning right
+        poll_until(lambda: drive.applied == (210, 90), 2.0, 0.005, "the firmware's applied speeds")
+        poll_until(lambda: drive.counters["timeout_stops"] == 1, 2.0, 0.005, "the firmware's timeout stop")
+        poll_until(lambda: drive.applied == (0, 0), 2.0, 0.005, "motors reported stopped")
+        assert drive.link_up and drive.counters["bad_lines"] == 0
+        drive.apply(np.array([-1.0, 0.0]))
+        poll_until(lambda: drive.applied == (-300, -300), 2.0, 0.005, "reverse")
+    assert drive.applied == (0, 0)  # the stop on disconnect was acknowledged

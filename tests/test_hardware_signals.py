@@ -68,7 +68,9 @@ def test_referee_counts_bad_and_lost_messages_and_times_out() -> None:
             pub._seq["r1"] += 4  # four messages the robot never sees
             pub.publish("r1", cost=1.0)
             total(sig, lambda a: a["cost"] == 1.0)
-            assert sig.counters["bad_messages"] == 2 and sig.counters["lost_messages"] == 4
+            assert (
+                sig.metrics() | {"signals/bad_messages": 2.0, "signals/lost_messages": 4.0} == sig.metrics()
+            )
             with pytest.raises(DeviceTimeoutError, match="silent"):
                 poll_until(lambda: sig.read() and False, 3.0, 0.02)
 

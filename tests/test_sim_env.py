@@ -184,6 +184,9 @@ def test_wrong_button_costs_and_the_right_one_pays() -> None:
     env.place_robot(s.goal_xy - np.array([0.35, 0.0]), 0.0)
     _, reward, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
     assert info["goal_met"] and reward > 1.0
+    # the pressed button is now a wrong one under the robot: no cost while the buttons re-arm
+    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(5)]
+    assert costs == [0.0] * 5
     env.close()
 
 

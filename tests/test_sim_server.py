@@ -9,10 +9,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import zmq
 from conftest import free_tcp_port, poll_until
 
 from hardware import DeviceTimeoutError, HardwareError, StaleFrameError, make_robot
 from hardware.sim import SimCamera, SimDrive
+from protocol.codec import decode, encode
+from protocol.messages import ErrorMessage, HwDrive
 from sim_bridge.server import ServerConfig, SimServer
 
 
@@ -129,3 +132,25 @@ def _try(fn) -> bool:  # noqa: ANN001
     except DeviceTimeoutError:
         return False
     return True
+
+
+def test_malformed_and_refused_requests_get_errors_and_the_server_keeps_serving(server: SimServer) -> None:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(server.endpoint)
+    try:
+        for payload, code in [
+            (b"\xc1garbage", None),
+            (encode(HwDrive(robot="robot0", action=np.zeros(3, dtype=np.float32))), "bad_action"),
+            (encode(HwDrive(robot="robot0", action=np.array([np.nan, 0], dtype=np.float32))), "bad_action"),
+        ]:
+            sock.send(payload)
+            assert sock.poll(2000), "no reply"
+            reply = decode(sock.recv())
+            assert isinstance(reply, ErrorMessage)
+            assert code is None or reply.code == code
+    finally:
+        sock.close(linger=0)
+    assert server.errors == 3
+    with make_robot(f"sim:{server.endpoint}/robot0") as robot:
+        robot.drive.apply(np.array([0.2, 0.0]))
+        assert robot.camera.read_latest().image.shape == (64, 64, 3)

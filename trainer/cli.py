@@ -13,10 +13,36 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: reported as one line (exit code 2), not a traceback."""
+    from protocol.config import ConfigError
+    from protocol.errors import BundleError, KeyFileError
+    from trainer.dataset import DatasetError
+    from trainer.evaluate import EvalError
+    from trainer.export import ExportError
+    from trainer.run_dir import RunDirError
+
+    return (ConfigError, BundleError, KeyFileError, DatasetError, EvalError, ExportError, RunDirError)
+
+
+def _reporting_user_errors(func):
+    """Wrap a verb so that a user error prints its message and returns 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except _user_errors() as exc:
+            logger.error("%s", exc)
+            return 2
+
+    return run
+
+
 # ----- train offline (offline engineer) -----------------------------------------------------
 def add_train_commands(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
     _add_offline_verb(verbs)
+    _add_online_verb(verbs)
 
 
 def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
@@ -30,14 +56,18 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
         "then export and sign RUN/bundle/. Config precedence: defaults < --config YAML < options.",
     )
     p.add_argument("--dataset", required=True, type=Path, help="HDF5 dataset (DSRL keys)")
-    p.add_argument("--out", required=True, type=Path, help="run directory RUN (config, checkpoints, bundle, tb)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="run directory RUN (config, checkpoints, bundle, tb)"
+    )
     p.add_argument("--config", type=Path, help="YAML OfflineConfig (kind: offline)")
     p.add_argument("--keys", type=Path, help="directory with signing.key (default: generate one in RUN/keys)")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
-    p.add_argument("--no-world-model", action="store_true", help="ablation: train without the latent world model")
+    p.add_argument(
+        "--no-world-model", action="store_true", help="ablation: train without the latent world model"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p, OfflineConfig)
-    p.set_defaults(func=_run_train_offline)
+    p.set_defaults(func=_reporting_user_errors(_run_train_offline))
 
 
 def _run_train_offline(args: argparse.Namespace) -> int:
@@ -54,11 +84,72 @@ def _run_train_offline(args: argparse.Namespace) -> int:
     if args.no_world_model:
         cfg = cfg.replace(world_model=False)
     dataset = load_dataset(args.dataset)
-    result = train_offline(dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress)
+    result = train_offline(
+        dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress
+    )
     if result.bundle is not None:
         print(f"trained {result.steps} updates in {result.seconds:.1f} s; bundle: {result.bundle.path}")
     else:
         print(f"trained {result.steps} updates in {result.seconds:.1f} s; checkpoint: {result.run.latest}")
+    return 0
+
+
+# ----- train online (online engineer) --------------------------------------------------------
+def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
+    from protocol.config import add_config_arguments
+    from trainer.online_config import OnlineConfig
+
+    p = verbs.add_parser(
+        "online",
+        help="online fine-tuning of RUN's agent against an in-process gymnasium env (no robot)",
+        description="VPA, then SAC-Lag for π_on with safe policy expansion, the robot's shield and an adaptive PID λ, "
+        "on any env reporting info['cost']. Writes OUT/episodes.jsonl, OUT/summary.json, OUT/checkpoint.pt, OUT/tb.",
+    )
+    p.add_argument(
+        "--run", required=True, type=Path, help="offline run directory (RUN/checkpoints/latest.pt)"
+    )
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0")
+    p.add_argument(
+        "--split", choices=["train", "unseen"], help="task split (reachsafe envs) [default: the env's]"
+    )
+    p.add_argument("--steps", required=True, type=int, help="environment steps")
+    p.add_argument("--out", type=Path, help="output directory [default: RUN/online_sim]")
+    p.add_argument("--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)")
+    p.add_argument("--dataset", type=Path, help="offline dataset for mixing and VPA [default: the run's]")
+    p.add_argument("--no-vpa", action="store_true", help="ablation: skip Value Pre-Alignment")
+    p.add_argument("--no-expansion", action="store_true", help="ablation: act with π_on only (no policy set)")
+    p.add_argument("--no-shield", action="store_true", help="ablation: no reachability shield")
+    p.add_argument(
+        "--lagrangian", choices=["adaptive", "pid", "fixed"], help="λ controller [default: adaptive]"
+    )
+    p.add_argument("--eval-episodes", type=int, default=5, help="greedy episodes at the end [default: 5]")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
+    p.add_argument("--config", type=Path, help="YAML OnlineConfig (kind: online)")
+    add_config_arguments(p, OnlineConfig)
+    p.set_defaults(func=_run_train_online)
+
+
+def _run_train_online(args: argparse.Namespace) -> int:
+    from protocol.config import load_config
+    from trainer.online_config import OnlineConfig
+    from trainer.online_run import train_online
+
+    cfg = load_config(OnlineConfig, args.config, args)
+    if args.no_vpa:
+        cfg = cfg.replace(vpa=cfg.vpa.replace(enabled=False))
+    if args.no_expansion:
+        cfg = cfg.replace(expansion=cfg.expansion.replace(enabled=False))
+    if args.lagrangian:
+        cfg = cfg.replace(lagrange=cfg.lagrange.replace(mode=args.lagrangian))
+    result = train_online(
+        args.run, args.env, args.steps, cfg, args.out or args.run / "online_sim",
+        split=args.split, obs_key=args.obs_key, use_shield=not args.no_shield, resume=args.resume,
+        dataset_path=args.dataset, eval_episodes=args.eval_episodes,
+    )  # fmt: skip
+    print(
+        f"{result.steps} steps, {result.episodes} episodes in {result.seconds:.0f} s; cumulative cost "
+        f"{result.cumulative_cost:.0f}; final eval {result.final_eval}; outputs in {result.out}"
+    )
     return 0
 
 
@@ -102,13 +193,17 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
         "with fp32 on ≥ 99%% of shield decisions and is not slower; the manifest records the choice."
     )
     parser.add_argument("--run", required=True, type=Path, help="run directory (RUN/checkpoints/latest.pt)")
-    parser.add_argument("--out", required=True, type=Path, help="bundle directory to write (replaced if present)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="bundle directory to write (replaced if present)"
+    )
     parser.add_argument("--int8", action="store_true", help="try int8 static quantization")
-    parser.add_argument("--dataset", type=Path, help="calibration dataset (default: the one the run trained on)")
+    parser.add_argument(
+        "--dataset", type=Path, help="calibration dataset (default: the one the run trained on)"
+    )
     parser.add_argument("--keys", type=Path, help="directory with signing.key (default: RUN/keys)")
     parser.add_argument("--version", type=int, default=1, help="bundle version [default: 1]")
     parser.add_argument("--parent", type=int, default=None, help="parent bundle version [default: none]")
-    parser.set_defaults(func=_run_export)
+    parser.set_defaults(func=_reporting_user_errors(_run_export))
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -147,16 +242,27 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     parser.add_argument("--task", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0")
-    parser.add_argument("--split", default="train", choices=["train", "unseen"], help="task split [default: train]")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes when --seeds is not given [default: 10]")
+    parser.add_argument(
+        "--split", default="train", choices=["train", "unseen"], help="task split [default: train]"
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=10, help="episodes when --seeds is not given [default: 10]"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="explicit episode seeds")
-    parser.add_argument("--keys", type=Path, help="trusted signing.pub (file or dir; default: RUN/keys next to the bundle)")
+    parser.add_argument(
+        "--keys", type=Path, help="trusted signing.pub (file or dir; default: RUN/keys next to the bundle)"
+    )
     parser.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
-    parser.add_argument("--dataset", type=Path, help="dataset whose min/max episode return are the reward references")
-    parser.add_argument("--reward-ref", type=float, nargs=2, metavar=("LOW", "HIGH"), help="reference returns")
+    parser.add_argument(
+        "--dataset", type=Path, help="dataset whose min/max episode return are the reward references"
+    )
+    parser.add_argument(
+        "--reward-ref", type=float, nargs=2, metavar=("LOW", "HIGH"), help="reference returns"
+    )
     parser.add_argument("--episode-steps", type=int, help="override the task's episode length")
+    parser.add_argument("--no-shield", action="store_true", help="execute the policy's action unshielded")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
-    parser.set_defaults(func=_run_eval)
+    parser.set_defaults(func=_reporting_user_errors(_run_eval))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -180,6 +286,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         cost_limit=args.cost_limit,
         reward_ref=ref,
         episode_steps=args.episode_steps,
+        use_shield=not args.no_shield,
     )
     print(summary.format())
     if args.json:

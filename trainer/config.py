@@ -14,10 +14,13 @@ class OfflineConfig(Config):
     """Offline pretraining: world model, in-sample critics, reachability critics, weighted BC actor."""
 
     method: Literal["fosp", "bc"] = option(
-        "fosp", "fosp: reachability-guided weighted BC with in-sample critics; bc: plain behaviour cloning baseline."
+        "fosp",
+        "fosp: reachability-guided weighted BC with in-sample critics; bc: plain behaviour cloning baseline.",
     )
     steps: int = option(20000, "Gradient updates.")
-    batch_size: int = option(32, "Sequences per update (each of wm_horizon steps; 1 step without the world model).")
+    batch_size: int = option(
+        32, "Sequences per update (each of wm_horizon steps; 1 step without the world model)."
+    )
     seed: int = option(0, "Seed of torch, numpy and the batch sampler.")
     lr: float = option(3e-4, "Adam learning rate of every network.")
     grad_clip: float = option(10.0, "Gradient-norm clip per optimiser step (0 = off).")
@@ -37,7 +40,7 @@ class OfflineConfig(Config):
     n_qh: int = option(2, "Q_h ensemble size (the maximum is used).")
     augment_pad: int = option(4, "Random-shift augmentation padding in pixels (0 = off; images only).")
     world_model: bool = option(True, "Train the latent world model (dynamics, reward, cost, continuation).")
-    wm_horizon: int = option(5, "Latent rollout length H of the multi-step consistency loss.")
+    wm_horizon: int = option(3, "Latent rollout length H of the multi-step consistency loss.")
     wm_rho: float = option(0.5, "Per-step discount of the world-model losses along the rollout.")
     wm_consistency_coef: float = option(2.0, "Weight of the latent consistency loss.")
     wm_reward_coef: float = option(0.5, "Weight of the reward-head loss.")
@@ -48,6 +51,11 @@ class OfflineConfig(Config):
     primitives: list[list[float]] = option(
         default_factory=lambda: [list(p) for p in DEFAULT_PRIMITIVES],
         help="Fixed candidate actions the shield may fall back to, after a_on, a_off and brake.",
+    )
+    torch_threads: int = option(
+        1,
+        "torch intra-op threads while training (0: torch's default). 1 is fastest on a small shared CPU, "
+        "where a second thread mostly waits; raise it on a workstation.",
     )
     checkpoint_every: int = option(2000, "Save RUN/checkpoints/ every this many updates.")
     log_every: int = option(100, "Write TensorBoard scalars every this many updates.")

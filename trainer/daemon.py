@@ -33,9 +33,8 @@ from protocol.sockets import ServerCurve, server_socket
 from trainer.daemon_bundles import BundleShelf
 from trainer.daemon_ingest import IngestServer
 from trainer.daemon_learner import DaemonLearner
-from trainer.dataset import OfflineDataset, load_dataset
 from trainer.networks import load_checkpoint
-from trainer.online import OnlineLearner
+from trainer.online import OnlineLearner, load_offline_dataset
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -82,17 +81,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="Continue from RUN/online/latest.pt.")
     p.add_argument("--config", type=Path, help="OnlineConfig YAML (kind: online); options below override it.")
     add_config_arguments(p, OnlineConfig)
-
-
-def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineDataset | None:
-    """The dataset given, else the one the offline run trained on; None (with a warning) if gone."""
-    source = path or Path(str(ckpt.get("dataset", {}).get("source", "")))
-    if not source or not source.is_file():
-        logger.warning(
-            "offline dataset %s not found: no replay mixing and no value pre-alignment (pass --dataset FILE)", source
-        )
-        return None
-    return load_dataset(source)
 
 
 def refill_replay(store: StepStore, replay: StepReplay) -> int:

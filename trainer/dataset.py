@@ -104,10 +104,14 @@ class OfflineDataset:
         self._valid_starts: dict[int, np.ndarray] = {}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> OfflineDataset:
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None
+    ) -> OfflineDataset:
         missing = [k for k in REQUIRED_KEYS if k not in arrays]
         if missing:
-            raise MissingKeyError(f"dataset is missing required key(s) {missing}; a DSRL-layout dataset needs {list(REQUIRED_KEYS)}")
+            raise MissingKeyError(
+                f"dataset is missing required key(s) {missing}; a DSRL-layout dataset needs {list(REQUIRED_KEYS)}"
+            )
         return cls(**{k: arrays[k] for k in REQUIRED_KEYS}, metadata=dict(metadata or {}))
 
     def __len__(self) -> int:
@@ -201,7 +205,9 @@ def load_dataset(path: str | Path) -> OfflineDataset:
 
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"dataset file {path} does not exist; create one with `reachsafe sim collect`")
+        raise DatasetNotFoundError(
+            f"dataset file {path} does not exist; create one with `reachsafe sim collect`"
+        )
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -245,7 +251,9 @@ def _parse_metadata(raw: Any, path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: root attribute 'metadata' is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
-        raise DatasetError(f"{path}: root attribute 'metadata' must be a JSON object, got {type(meta).__name__}")
+        raise DatasetError(
+            f"{path}: root attribute 'metadata' must be a JSON object, got {type(meta).__name__}"
+        )
     return meta
 
 
@@ -271,7 +279,9 @@ def _validate(ds: OfflineDataset) -> None:
             f"'observations' must be uint8 (N, H, W, 3) images or float (N, D) states, got shape {obs.shape}"
         )
     if nobs.shape != obs.shape:
-        raise ShapeMismatchError(f"'next_observations' shape {nobs.shape} differs from 'observations' {obs.shape}")
+        raise ShapeMismatchError(
+            f"'next_observations' shape {nobs.shape} differs from 'observations' {obs.shape}"
+        )
     if nobs.dtype != obs.dtype:
         raise DtypeError(f"'next_observations' dtype {nobs.dtype} differs from 'observations' {obs.dtype}")
     for key in ("rewards", "costs", "terminals", "timeouts"):
@@ -294,7 +304,9 @@ def _validate(ds: OfflineDataset) -> None:
         floats.update(observations=obs, next_observations=nobs)
     for key, arr in floats.items():
         if not np.all(np.isfinite(np.asarray(arr, dtype=np.float64))):
-            raise NonFiniteError(f"'{key}' contains NaN or infinite values; clean the dataset before training")
+            raise NonFiniteError(
+                f"'{key}' contains NaN or infinite values; clean the dataset before training"
+            )
     if np.any(np.asarray(ds.costs) < 0):
         raise DatasetError("'costs' must be >= 0 (DESIGN.md §2)")
     if np.any(np.abs(act) > 1.0 + 1e-6):

@@ -55,7 +55,9 @@ class EvalSummary:
             "cost_mean": self._stat(cost)[0],
             "cost_std": self._stat(cost)[1],
             "success_rate": float(np.mean(self.success)),
-            "shield_rate": float(sum(e.shielded for e in self.episodes) / max(1, sum(e.length for e in self.episodes))),
+            "shield_rate": float(
+                sum(e.shielded for e in self.episodes) / max(1, sum(e.length for e in self.episodes))
+            ),
             "normalized_cost_mean": self._stat([c / self.cost_limit for c in cost])[0],
         }
         if self.reward_ref is not None:
@@ -75,9 +77,13 @@ class EvalSummary:
         ]
         if "normalized_return_mean" in d:
             lo, hi = self.reward_ref  # type: ignore[misc]
-            lines.append(f"  normalised return  {d['normalized_return_mean']:.3f}  (DSRL form, refs {lo:.3g} … {hi:.3g})")
+            lines.append(
+                f"  normalised return  {d['normalized_return_mean']:.3f}  (DSRL form, refs {lo:.3g} … {hi:.3g})"
+            )
         else:
-            lines.append("  normalised return  n/a (pass --dataset or --reward-ref LOW HIGH for the reference returns)")
+            lines.append(
+                "  normalised return  n/a (pass --dataset or --reward-ref LOW HIGH for the reference returns)"
+            )
         return "\n".join(lines)
 
 
@@ -90,7 +96,9 @@ def load_verified_bundle(bundle_dir: str | Path, keys: str | Path | None):
     if keys is None:
         keys = bundle_dir.parent / "keys" / "signing.pub"
         if not keys.is_file():
-            raise EvalError(f"no --keys given and no {keys}; pass --keys DIR holding the trainer's signing.pub")
+            raise EvalError(
+                f"no --keys given and no {keys}; pass --keys DIR holding the trainer's signing.pub"
+            )
     return load_bundle(bundle_dir, load_trusted_keys(keys))
 
 
@@ -103,8 +111,12 @@ def evaluate_bundle(
     cost_limit: float = 10.0,
     reward_ref: tuple[float, float] | None = None,
     episode_steps: int | None = None,
+    use_shield: bool = True,
 ) -> EvalSummary:
-    """Run ``episodes`` greedy episodes (seeds ``seeds`` or 0 … episodes−1) of a verified bundle."""
+    """Run ``episodes`` greedy episodes (seeds ``seeds`` or 0 … episodes−1) of a verified bundle.
+
+    ``use_shield=False`` executes the selected policy's action as is (to measure the policy alone).
+    """
     import gymnasium as gym
 
     import sim_bridge  # noqa: F401  (registers the tasks)
@@ -130,21 +142,32 @@ def evaluate_bundle(
         for seed in seeds:
             obs, _ = env.reset(seed=int(seed))
             ret = cost = 0.0
-            length = shielded = goals = 0
+            length = n_shielded = goals = 0
             done = False
             while not done:
                 out = session.act(obs)
                 sel = select(out, "eval", edge.kappa_t, edge.kappa_c, rng)
-                decision = shield(out, sel.policy, threshold)
-                obs, r, terminated, truncated, info = env.step(decision.action)
+                if use_shield:
+                    decision = shield(out, sel.policy, threshold)
+                    action, shielded = decision.action, decision.shielded
+                else:
+                    action, shielded = sel.action, False
+                obs, r, terminated, truncated, info = env.step(action)
                 ret += float(r)
                 cost += float(info["cost"])
                 goals = int(info.get("goals_reached", goals))
-                shielded += int(decision.shielded)
+                n_shielded += int(shielded)
                 length += 1
                 done = terminated or truncated
-            summary.episodes.append(EpisodeResult(int(seed), ret, cost, length, goals, shielded))
-            logger.info("episode seed %d: return %.3f cost %.1f goals %d shielded %d", seed, ret, cost, goals, shielded)
+            summary.episodes.append(EpisodeResult(int(seed), ret, cost, length, goals, n_shielded))
+            logger.info(
+                "episode seed %d: return %.3f cost %.1f goals %d shielded %d",
+                seed,
+                ret,
+                cost,
+                goals,
+                n_shielded,
+            )
     finally:
         env.close()
     return summary

@@ -100,7 +100,9 @@ def parity_error(agent: Agent, path: str | Path, obs: np.ndarray, noise: np.ndar
     return max(float(np.max(np.abs(ref[k] - got[k]))) for k in GRAPH_OUTPUTS)
 
 
-def check_parity(agent: Agent, path: str | Path, obs: np.ndarray, noise: np.ndarray, atol: float = PARITY_ATOL) -> float:
+def check_parity(
+    agent: Agent, path: str | Path, obs: np.ndarray, noise: np.ndarray, atol: float = PARITY_ATOL
+) -> float:
     err = parity_error(agent, path, obs, noise)
     if not err <= atol:
         raise ExportError(f"ONNX/torch parity error {err:.3g} exceeds {atol:g} for {path}")

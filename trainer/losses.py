@@ -26,7 +26,9 @@ def hj_target(h: torch.Tensor, next_v_h: torch.Tensor, terminal: torch.Tensor, g
     return torch.where(terminal.bool(), h, bootstrap)
 
 
-def td_target(signal: torch.Tensor, next_v: torch.Tensor, terminal: torch.Tensor, gamma: float) -> torch.Tensor:
+def td_target(
+    signal: torch.Tensor, next_v: torch.Tensor, terminal: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """r + γ(1 − terminal)·V(z')."""
     return signal + gamma * (1.0 - terminal.float()) * next_v
 

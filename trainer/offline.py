@@ -76,7 +76,9 @@ class OfflineLearner:
         torch.manual_seed(cfg.seed)
         self.agent = Agent(spec)
         a = self.agent
-        self.world_model = WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim) if cfg.world_model else None
+        self.world_model = (
+            WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim) if cfg.world_model else None
+        )
         self.target_encoder = copy.deepcopy(a.encoder).requires_grad_(False)
         self.target_q_r = copy.deepcopy(a.q_r).requires_grad_(False)
         self.target_q_c = copy.deepcopy(a.q_c).requires_grad_(False)
@@ -220,7 +222,9 @@ class OfflineLearner:
         q_r = a.q_r(z, act).min(-1).values
         v_r = a.v_r(z)
         cfg = self.cfg
-        w = feasibility_weights(v_h, q_h, q_r, v_r, cfg.beta_h, cfg.beta_r, cfg.max_weight_h, cfg.max_weight_r)
+        w = feasibility_weights(
+            v_h, q_h, q_r, v_r, cfg.beta_h, cfg.beta_r, cfg.max_weight_h, cfg.max_weight_r
+        )
         log_prob = a.actor_on.log_prob(z, act)
         return {
             "index": idx,
@@ -264,7 +268,9 @@ class OfflineLearner:
         self.generator.set_state(state["generator"])
         if self.world_model is not None:
             if "world_model" not in state:
-                raise ValueError("checkpoint has no world model but the config enables it; resume with --no-world-model")
+                raise ValueError(
+                    "checkpoint has no world model but the config enables it; resume with --no-world-model"
+                )
             self.world_model.load_state_dict(state["world_model"])
 
 

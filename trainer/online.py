@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.dataset import Batch, OfflineDataset
+from trainer.dataset import Batch, OfflineDataset, load_dataset
 from trainer.lagrange import PIDLagrangian
 from trainer.losses import expectile_loss, hj_target, reachability_signal
 from trainer.networks import Agent
@@ -88,6 +89,17 @@ class MixedSampler:
             return online
         assert self.offline is not None
         return concat_batches(self.offline.sample(n_off, rng), online)
+
+
+def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineDataset | None:
+    """The dataset given, else the one the offline run trained on; None (with a warning) if gone."""
+    source = path or Path(str(ckpt.get("dataset", {}).get("source", "")))
+    if not str(source) or not source.is_file():
+        logger.warning(
+            "offline dataset %s not found: no replay mixing and no value pre-alignment (pass --dataset FILE)", source
+        )
+        return None
+    return load_dataset(source)
 
 
 def on_policy_next(agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

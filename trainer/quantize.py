@@ -57,7 +57,9 @@ class _CalibrationReader:
         return {"obs": np.ascontiguousarray(frame[None]), "noise": self._noise}
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calib_frames: np.ndarray, action_dim: int) -> Path:
+def quantize_int8(
+    fp32_path: str | Path, int8_path: str | Path, calib_frames: np.ndarray, action_dim: int
+) -> Path:
     """Static QDQ int8 (per-channel weights) of the convolutions and matrix products."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -101,7 +103,11 @@ def _latency_ms(sessions: list, frames: np.ndarray, action_dim: int, runs: int) 
 
 
 def compare(
-    fp32_path: str | Path, int8_path: str | Path, frames: np.ndarray, threshold: float, latency_runs: int = 200
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    frames: np.ndarray,
+    threshold: float,
+    latency_runs: int = 200,
 ) -> QuantReport:
     """Action error, shield-decision agreement and single-thread latency of int8 against fp32."""
     fp32, int8 = onnx_session(fp32_path), onnx_session(int8_path)

@@ -1,10 +1,10 @@
 """Layout of a training run directory and its signing keys.
 
-    RUN/config.yaml        the resolved config (kind: offline)
-    RUN/checkpoints/       step_XXXXXXXX.pt and latest.pt (agent + learner + optimiser state)
-    RUN/bundle/            the signed bundle of the latest export
-    RUN/keys/              a locally generated key pair when no --keys directory was given
-    RUN/tb/                TensorBoard event files
+RUN/config.yaml        the resolved config (kind: offline)
+RUN/checkpoints/       step_XXXXXXXX.pt and latest.pt (agent + learner + optimiser state)
+RUN/bundle/            the signed bundle of the latest export
+RUN/keys/              a locally generated key pair when no --keys directory was given
+RUN/tb/                TensorBoard event files
 """
 
 from __future__ import annotations

@@ -220,13 +220,13 @@ class StepStore:
             reader.close()
 
     def row_before_last(self, n_steps: int) -> int:
-        """Row id after which the stored batches hold (about) the last ``n_steps`` steps."""
+        """Row id after which the stored batches hold the last ``n_steps`` steps (or all of them)."""
         total = 0
         with self._lock:
             for row, n in self._db.execute("SELECT id, n_steps FROM batches ORDER BY id DESC"):
                 total += n
                 if total >= n_steps:
-                    return int(row)
+                    return int(row) - 1
         return 0
 
     def step_index(self) -> list[tuple[str, str, int, int]]:

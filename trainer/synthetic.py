@@ -80,6 +80,14 @@ def write_hdf5(dataset: OfflineDataset, path) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:
-        for key in ("observations", "next_observations", "actions", "rewards", "costs", "terminals", "timeouts"):
+        for key in (
+            "observations",
+            "next_observations",
+            "actions",
+            "rewards",
+            "costs",
+            "terminals",
+            "timeouts",
+        ):
             f.create_dataset(key, data=getattr(dataset, key))
         f.attrs["metadata"] = json.dumps(dataset.metadata)

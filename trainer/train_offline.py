@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from trainer.config import OfflineConfig
@@ -37,7 +38,9 @@ def write_config(cfg: OfflineConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump({"kind": CONFIG_KIND, **cfg.to_dict()}, sort_keys=False))
 
 
-def save_learner(run: RunDir, learner: OfflineLearner, rng: np.random.Generator, dataset: OfflineDataset) -> Path:
+def save_learner(
+    run: RunDir, learner: OfflineLearner, rng: np.random.Generator, dataset: OfflineDataset
+) -> Path:
     """Checkpoint the (finalized) agent with learner + optimiser + sampler state; also as latest.pt."""
     learner.finalize()
     extra = {
@@ -53,7 +56,9 @@ def save_learner(run: RunDir, learner: OfflineLearner, rng: np.random.Generator,
     return path
 
 
-def restore_learner(run: RunDir, cfg: OfflineConfig, dataset: OfflineDataset) -> tuple[OfflineLearner, np.random.Generator]:
+def restore_learner(
+    run: RunDir, cfg: OfflineConfig, dataset: OfflineDataset
+) -> tuple[OfflineLearner, np.random.Generator]:
     path = run.require_checkpoint()
     _, ckpt = load_checkpoint(path)
     learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
@@ -81,6 +86,8 @@ def train_offline(
     from tqdm import tqdm
 
     t0 = time.monotonic()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     run = RunDir(Path(out))
     if export is None:
         export = dataset.obs_mode == "image"
@@ -89,7 +96,9 @@ def train_offline(
         learner, rng = restore_learner(run, cfg, dataset)
     else:
         if run.latest.exists():
-            raise RunDirError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
+            raise RunDirError(
+                f"{run.root} already holds a run; pass --resume to continue it or choose another --out"
+            )
         learner, rng = OfflineLearner(agent_spec_for(dataset, cfg), cfg), np.random.default_rng(cfg.seed)
     write_config(cfg, run.config)
     dataset.valid_sequence_starts(learner.horizon)  # fail early if no episode is long enough
@@ -97,7 +106,13 @@ def train_offline(
     writer = SummaryWriter(str(run.tensorboard))
     recent: dict[str, list[float]] = defaultdict(list)
     last_means: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=min(learner.step, cfg.steps), disable=not progress, desc="offline", unit="upd")
+    bar = tqdm(
+        total=cfg.steps,
+        initial=min(learner.step, cfg.steps),
+        disable=not progress,
+        desc="offline",
+        unit="upd",
+    )
     try:
         while learner.step < cfg.steps:
             batch = dataset.sample_sequences(cfg.batch_size, learner.horizon, rng)
@@ -108,7 +123,9 @@ def train_offline(
                 means = {k: float(np.mean(v)) for k, v in recent.items()}
                 for k, v in means.items():
                     writer.add_scalar(k, v, learner.step)
-                bar.set_postfix(actor=f"{means['train/actor_loss']:.3g}", q_h=f"{means['train/q_h_mean']:.3g}")
+                bar.set_postfix(
+                    actor=f"{means['train/actor_loss']:.3g}", q_h=f"{means['train/q_h_mean']:.3g}"
+                )
                 last_means = means
                 recent.clear()
             if cfg.checkpoint_every > 0 and learner.step % cfg.checkpoint_every == 0:

@@ -29,7 +29,9 @@ class WorldModelLossWeights:
 class WorldModel(nn.Module):
     def __init__(self, latent_dim: int, action_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.dynamics = nn.Sequential(mlp(latent_dim + action_dim, hidden_dim, latent_dim), nn.LayerNorm(latent_dim))
+        self.dynamics = nn.Sequential(
+            mlp(latent_dim + action_dim, hidden_dim, latent_dim), nn.LayerNorm(latent_dim)
+        )
         self.reward = mlp(latent_dim + action_dim, hidden_dim, 1)
         self.cost = mlp(latent_dim + action_dim, hidden_dim, 1)
         self.continuation = mlp(latent_dim + action_dim, hidden_dim, 1)

@@ -97,7 +97,7 @@ class FakeController:
             ok = False
         if not ok or not fields:
             self.bad_lines += 1
-            self._reply("E,-1,BAD")
+            self._reply("E,-1,CRC")
             return
         now = time.monotonic()
         self.received.append((now, kind, fields))

@@ -14,7 +14,8 @@ Memory order follows libcamera's naming, as the real one does: "BGR888" arrays h
 pixel and "RGB888" arrays hold B, G, R; the X formats add a fourth byte.
 
 Tests steer it through `FAKE` (module global): `scene_rgb` (the colour the camera sees),
-`stale_by_s` (SensorTimestamp lags the real capture time), `stalled` (no frames), `cameras`
+`stale_by_s` (SensorTimestamp lags the real capture time), `stalled` (no frames), `unplugged`
+(pending captures fail as libcamera's do when the sensor drops off the bus), `cameras`
 (how many are attached), and read `instances` / `FAKE.max_outstanding`.
 """
 
@@ -40,6 +41,7 @@ class FakeControls:
     scene_rgb: tuple[int, int, int] = (200, 50, 10)
     stale_by_s: float = 0.0
     stalled: bool = False
+    unplugged: bool = False
     cameras: int = 1
     instances: list = field(default_factory=list)
     max_outstanding: int = 0
@@ -98,7 +100,6 @@ class Picamera2:
         self._jobs: list[Job] = []
         self._outstanding = 0
         self._thread: threading.Thread | None = None
-        self._frames = 0
         FAKE.instances.append(self)
 
     def create_video_configuration(
@@ -207,21 +208,24 @@ class Picamera2:
             time.sleep(max(0.0, next_t - time.monotonic()))
             next_t += period
             with self._lock:
+                if FAKE.unplugged:
+                    for job in self._jobs:
+                        job._future.set_exception(RuntimeError("Camera frontend has timed out!"))
+                    self._jobs.clear()
+                    continue
                 if FAKE.stalled or self._outstanding >= self.camera_config["buffer_count"]:
                     continue  # no frame: the sensor is stalled or the application holds every buffer
-                self._frames += 1
                 stamp = time.monotonic_ns() - int(FAKE.stale_by_s * 1e9)
                 md = {"SensorTimestamp": stamp, "FrameDuration": int(period * 1e6), "ExposureTime": 10000}
+                if not self._jobs and not self.camera_config["queue"]:
+                    continue  # nobody asked and nothing is held: the buffer is recycled at once
                 req = CompletedRequest(self, self._image(), md)
-                self._outstanding += 1
-                FAKE.max_outstanding = max(FAKE.max_outstanding, self._outstanding)
                 if self._jobs:
                     self._jobs.pop(0)._future.set_result(req)
-                elif self.camera_config["queue"]:
-                    if self._held is not None:
+                else:
+                    if self._held is not None:  # queue=True keeps only the newest completed request
                         self._held._released = True
                         self._outstanding -= 1
                     self._held = req
-                else:
-                    req._released = True  # nobody asked: recycled at once
-                    self._outstanding -= 1
+                self._outstanding += 1
+                FAKE.max_outstanding = max(FAKE.max_outstanding, self._outstanding)

@@ -1,0 +1,159 @@
+"""Offline results on SafeGoal1: FOSP-lite vs behaviour cloning, with and without the world model.
+
+One mixed dataset (scripted careful / reckless / noisy / random behaviour), then for each seed and
+variant an offline run of the same budget, each evaluated greedily on the train and unseen splits
+through the edge runtime's inference path, with and without the shield.
+
+    python -m bench.offline_results [--episodes 40] [--steps 1500] [--seeds 0 1 2] [--eval-episodes 5]
+
+writes the ``offline`` section of docs/results.md (also importable: ``main(argv) -> dict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TASK = "reachsafe/SafeGoal1-v0"
+COST_LIMIT = 10.0
+VARIANTS = {
+    "bc": {"method": "bc"},
+    "fosp": {"method": "fosp"},
+    "fosp_no_wm": {"method": "fosp", "world_model": False},
+}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=40, help="dataset episodes (300 steps each)")
+    p.add_argument("--steps", type=int, default=1500, help="offline updates per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--eval-episodes", type=int, default=5, help="evaluation episodes per split")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--workdir", type=Path, help="keep datasets and runs here (default: a temporary directory)"
+    )
+    p.add_argument("--no-write", action="store_true", help="do not write docs/results.md")
+    return p.parse_args(argv)
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    from protocol.bundle import load_bundle
+    from protocol.keys import generate_keys, load_trusted_keys
+    from sim_bridge.collect import CollectConfig, collect, summarize
+    from trainer.config import OfflineConfig
+    from trainer.dataset import load_dataset
+    from trainer.evaluate import evaluate_bundle
+    from trainer.train_offline import train_offline
+
+    t0 = time.monotonic()
+    data = work / "safegoal1_mixed.h5"
+    if not data.exists():
+        stats = collect(
+            CollectConfig(task=TASK, policy="mixed", episodes=args.episodes, seed=1000), data, workers=2
+        )
+        print("dataset:", summarize(stats), flush=True)
+    dataset = load_dataset(data)
+    returns, costs = dataset.episode_returns()
+    ref = (float(returns.min()), float(returns.max()))
+    keys = work / "keys"
+    if not (keys / "signing.key").exists():
+        generate_keys(keys)
+    trusted = load_trusted_keys(keys)
+
+    # results[(variant, split, shield)] -> per-seed (return, cost, success)
+    results: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
+    train_seconds: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for name in args.variants:
+            cfg = OfflineConfig(
+                steps=args.steps, seed=seed, log_every=100, checkpoint_every=0, **VARIANTS[name]
+            )
+            run_dir = work / f"{name}_seed{seed}"
+            timing = run_dir / "train_seconds.json"
+            if not timing.exists():
+                res = train_offline(dataset, run_dir, cfg, keys_dir=keys, progress=False)
+                timing.write_text(json.dumps(res.seconds))
+                print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
+            train_seconds.setdefault(name, []).append(json.loads(timing.read_text()))
+            bundle = load_bundle(run_dir / "bundle", trusted)
+            for split in ("train", "unseen"):
+                for use_shield in (False, True):
+                    if use_shield and name == "bc":
+                        continue  # BC is the policy-only baseline
+                    s = evaluate_bundle(
+                        bundle,
+                        TASK,
+                        split=split,
+                        seeds=[10_000 + seed * 100 + i for i in range(args.eval_episodes)],
+                        cost_limit=COST_LIMIT,
+                        reward_ref=ref,
+                        use_shield=use_shield,
+                    ).to_dict()
+                    results.setdefault((name, split, use_shield), []).append(s)
+                    print(f"{name} seed {seed} {split} shield={use_shield}: {s}", flush=True)
+
+    table = []
+    for (name, split, use_shield), rows in results.items():
+        table.append(
+            {
+                "variant": name,
+                "world model": "off" if name == "fosp_no_wm" else "on",
+                "shield": "on" if use_shield else "off",
+                "split": split,
+                "return": _mean_std([r["return_mean"] for r in rows]),
+                "cost": _mean_std([r["cost_mean"] for r in rows]),
+                "norm. return": _mean_std([r["normalized_return_mean"] for r in rows]),
+                "norm. cost": _mean_std([r["normalized_cost_mean"] for r in rows]),
+                "success": _mean_std([r["success_rate"] for r in rows]),
+                "seeds": len(rows),
+            }
+        )
+    table.sort(key=lambda r: (r["split"], r["variant"], r["shield"]))
+    minutes = (time.monotonic() - t0) / 60
+    notes = (
+        f"Dataset: {len(returns)} episodes of `sim collect --policy mixed` on {TASK} (train split), "
+        f"episode return {returns.mean():.2f} ± {returns.std():.2f}, cost {costs.mean():.1f} ± {costs.std():.1f}. "
+        f"Each run: {args.steps} offline updates (OfflineConfig defaults otherwise), seeds {args.seeds}; "
+        f"evaluation: {args.eval_episodes} greedy episodes per split per seed through `edge_runtime` inference; "
+        f"mean ± std over seeds of the per-seed means. Cost limit {COST_LIMIT:g}; normalised return = "
+        f"(R − R_min)/(R_max − R_min) with the dataset's episode-return range; success = ≥ 1 goal within the "
+        f"cost limit. Training time per run (s): "
+        + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in train_seconds.items())
+        + f". Total {minutes:.0f} min on this machine. Command: `python -m bench.offline_results "
+        f"--episodes {args.episodes} --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
+        f"--eval-episodes {args.eval_episodes}`."
+    )
+    return {"title": "Offline pretraining on SafeGoal1: FOSP-lite vs BC", "table": table, "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The bench contract's entry (``argv`` None: the defaults)."""
+    args = _args([] if argv is None else argv)
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="offline-bench-") as tmp:
+        return run(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    from bench.run_all import to_markdown, write_section
+
+    logging.basicConfig(level=logging.WARNING)
+    result = main(sys.argv[1:])
+    markdown = to_markdown("offline", result)
+    print(markdown)
+    if "--no-write" not in sys.argv:
+        write_section("offline", markdown)

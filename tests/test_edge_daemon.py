@@ -1,0 +1,99 @@
+"""The runtime against the real trainer daemon (a subprocess), killed with -9 mid-stream and restarted:
+the daemon's store ends up with every step of the robot's stream exactly once."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import free_tcp_port, poll_until
+from test_edge_support import FakeCamera, FakeDrive, FakeSignals
+
+from edge_runtime.config import EdgeConfig
+from edge_runtime.runtime import EdgeRuntime
+from hardware.factory import Robot
+
+OBS = (16, 16, 3)
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline run (16×16 frames, 10 updates) with its bundle v1."""
+    from trainer.config import OfflineConfig
+    from trainer.dataset import load_dataset
+    from trainer.synthetic import make_point_dataset, write_hdf5
+    from trainer.train_offline import train_offline
+
+    root = tmp_path_factory.mktemp("edge-offline")
+    write_hdf5(make_point_dataset(episodes=8, length=20, image_size=OBS[0]), root / "ds.h5")
+    cfg = OfflineConfig(
+        steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False
+    )
+    train_offline(
+        load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False
+    )
+    return root / "run"
+
+
+def _daemon(processes, run: Path, port: int):  # noqa: ANN001, ANN202
+    return processes.reachsafe(
+        "trainer", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
+        "--warmup-steps", "8", "--vpa.enabled", "false", name=f"daemon-{len(processes.procs)}",
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # ~35 s: trains a tiny offline run and starts the daemon twice
+def test_daemon_kill_9_mid_stream_every_step_exactly_once(
+    processes, offline_run: Path, tmp_path: Path
+) -> None:  # noqa: ANN001
+    from trainer.store import StepStore
+
+    run = tmp_path / "run"
+    shutil.copytree(offline_run, run)
+    keys = tmp_path / "robot_keys"  # the run's bundle key only: the daemon speaks plain loopback here
+    keys.mkdir()
+    shutil.copy(run / "keys" / "signing.pub", keys / "signing.pub")
+    port = free_tcp_port()
+    daemon = _daemon(processes, run, port)
+    cfg = EdgeConfig(
+        rate_hz=50.0, max_frame_age=1.0, state_dir=tmp_path / "state", spool_fsync=False, batch_size=8,
+        batch_max_age=0.1, ack_timeout=1.0, drain_timeout=20.0,
+    )  # fmt: skip
+    runtime = EdgeRuntime(
+        cfg,
+        Robot(FakeCamera(OBS), FakeDrive(), FakeSignals(episode_len=40)),
+        f"tcp://127.0.0.1:{port}",
+        keys,
+        run / "bundle",
+    )
+    stop = threading.Event()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(runtime.run(stop)), daemon=True)
+    thread.start()
+    try:
+        acked = lambda: runtime.metrics.counter("edge/uplink/steps_acked")  # noqa: E731
+        poll_until(lambda: acked() >= 64 or daemon.poll() is not None, 90, what="steps acked by the daemon")
+        assert daemon.poll() is None, processes.log(daemon)
+        daemon.send_signal(signal.SIGKILL)  # mid-stream: batches in flight, some stored but not ACKed
+        daemon.wait(10)
+        at_kill = acked()
+        poll_until(
+            lambda: runtime.metrics.counter("edge/ticks") > 100 + at_kill, 20, what="ticks during the outage"
+        )
+        daemon = _daemon(processes, run, port)
+        poll_until(lambda: acked() >= at_kill + 100, 90, what="steps acked after the restart")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert result["all_acked"], result
+    assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0
+    store = StepStore(run / "online" / "steps")
+    index = store.step_index()
+    store.close()
+    steps = sorted(
+        first + i for robot, stream, first, n in index if stream == result["stream_id"] for i in range(n)
+    )
+    assert steps == list(range(result["stream_next_step"])), "lost or duplicated steps at the daemon"
