@@ -164,7 +164,7 @@ def ort_latency(path: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
         def at_tick_boundary(self) -> ActivePolicy:
             return ActivePolicy(session, 1, 0.0)
 
-        def observe(self, step: object) -> None:
+        def observe(self, step: object, inference_failed: bool) -> None:
             pass
 
     class Discard:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,24 +69,17 @@ def collection_rate(workers: int, episodes: int, episode_steps: int) -> float:
 def frame_round_trip_ms(n: int) -> tuple[float, float]:
     """p50 / p99 of ``SimCamera.read_latest`` against an in-process server on loopback."""
     from hardware.sim import SimCamera
-    from sim_bridge.server import ServerConfig, SimServer
+    from sim_bridge.server import ServerConfig, running
 
-    server = SimServer(ServerConfig(bind="tcp://127.0.0.1:*"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    cam = SimCamera(server.endpoint, "robot0")
-    try:
+    with running(ServerConfig(bind="tcp://127.0.0.1:*")) as server:
+        cam = SimCamera(server.endpoint, "robot0")
         cam.connect()
         times = []
         for _ in range(n):
             t0 = time.monotonic()
             cam.read_latest()
             times.append((time.monotonic() - t0) * 1e3)
-    finally:
         cam.disconnect()
-        server.stop()
-        thread.join(5)
-        server.close()
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
@@ -102,7 +94,7 @@ def main() -> dict:
         rate = env_steps_per_s("reachsafe/SafeGoal1-v0", "state", 3000)
         table.append({"measure": "SafeGoal1 steps/s (state only, 1 core)", "value": round(rate, 1)})
     for workers in (1, 2):
-        rate = collection_rate(workers, episodes=8, episode_steps=300)
+        rate = collection_rate(workers, episodes=12, episode_steps=300)
         table.append({"measure": f"collection steps/s, image, {workers} worker(s)", "value": round(rate, 1)})
         print(f"sim: collection with {workers} worker(s) {rate:.0f} steps/s", flush=True)
     p50, p99 = frame_round_trip_ms(500)
@@ -113,7 +105,7 @@ def main() -> dict:
         f"Aim: >= {AIM_STEPS_PER_S:.0f} env steps/s with 64x64 rendering on one core (process pinned with "
         f"sched_setaffinity); slowest task {slowest:.0f} steps/s = {slowest / AIM_STEPS_PER_S:.1f}x the aim. "
         "Steps are env steps (2 kinematic substeps, one TinyRenderer frame each) driven by the careful policy. "
-        f"Collection: 8 episodes x 300 steps of SafeGoal1 with the mixed policy, HDF5 lzf, on {os.cpu_count()} "
+        f"Collection: 12 episodes x 300 steps (worker start-up included) of SafeGoal1 with the mixed policy, HDF5 lzf, on {os.cpu_count()} "
         "CPU(s) shared with everything else running. Round trip: SimCamera over loopback ZeroMQ to an "
         "in-process server."
     )

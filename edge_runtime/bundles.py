@@ -11,7 +11,7 @@ change and follows it.
 messages, hand installs and rollbacks are jobs for one worker thread that verifies (signature,
 hashes, spec), builds and warms an `AgentSession`, and leaves it *pending*; the loop swaps it in
 at the next tick boundary (a pointer assignment). It keeps the previous policy warm, watches the
-cost and shield-intervention rates of a new bundle for `rollback.window_steps` steps and rolls back
+cost, shield-intervention and inference-failure (NaN, errors) rates of a new bundle for `rollback.window_steps` steps and rolls back
 when either exceeds its threshold and is worse than the replaced bundle's recent rate by more than
 `rollback.min_degradation` (so a swap is not undone for a problem the old bundle had too). Every outcome is reported as BUNDLE_STATUS through `report`.
 """
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_runtime.config import RollbackConfig
@@ -44,6 +45,7 @@ from protocol.messages import BundleMessage, BundleStatus
 log = logging.getLogger(__name__)
 
 POINTER_FILE = "current.json"
+RATE_NAMES = ("cost", "intervention", "inference failure")
 
 
 class BundleRejected(RuntimeError):
@@ -127,28 +129,26 @@ class BundleStore:
 
 
 class _Rates:
-    """Cost per step and shielded fraction over the last `window` steps of one bundle version."""
+    """Cost per step, shielded fraction and inference-failure fraction over the last `window` steps
+    of one bundle version."""
 
     def __init__(self, version: int, window: int) -> None:
         self.version = version
         self.total = 0
-        self._steps: deque[tuple[float, bool]] = deque(maxlen=window)
-        self._cost = 0.0
-        self._shielded = 0
+        self._steps: deque[np.ndarray] = deque(maxlen=window)
+        self._sums = np.zeros(3)
 
-    def add(self, step: Step) -> None:
+    def add(self, step: Step, inference_failed: bool) -> None:
         if len(self._steps) == self._steps.maxlen:
-            old_cost, old_shielded = self._steps[0]
-            self._cost -= old_cost
-            self._shielded -= int(old_shielded)
-        self._steps.append((step.cost, step.shielded))
-        self._cost += step.cost
-        self._shielded += int(step.shielded)
+            self._sums -= self._steps[0]
+        row = np.array([step.cost, float(step.shielded), float(inference_failed)])
+        self._steps.append(row)
+        self._sums += row
         self.total += 1
 
-    def rates(self) -> tuple[float, float]:
-        n = len(self._steps)
-        return (self._cost / n, self._shielded / n) if n else (0.0, 0.0)
+    def rates(self) -> np.ndarray:
+        """[cost rate, intervention rate, failure rate]."""
+        return self._sums / len(self._steps) if self._steps else np.zeros(3)
 
 
 class BundleManager:
@@ -179,7 +179,7 @@ class BundleManager:
         self._pending: tuple[ActivePolicy, str, str] | None = None  # policy, status, reason
         self._pending_lock = threading.Lock()
         self._watch: _Rates | None = None  # the freshly swapped-in bundle, until it passes its window
-        self._baseline = (0.0, 0.0)  # cost and intervention rates of the bundle it replaced
+        self._baseline = np.zeros(3)  # cost, intervention and failure rates of the bundle it replaced
         self._recent: _Rates | None = None  # the running bundle's recent rates (the next baseline)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._pointer_mtime = 0.0
@@ -339,7 +339,7 @@ class BundleManager:
             else:
                 self.previous = old
                 enough = self._recent is not None and self._recent.total >= self.rollback_cfg.min_steps
-                self._baseline = self._recent.rates() if enough else (0.0, 0.0)
+                self._baseline = self._recent.rates() if enough else np.zeros(3)
                 watch = old is not None and self.rollback_cfg.enabled
                 self._watch = _Rates(policy.version, self.rollback_cfg.window_steps) if watch else None
                 self._status(policy.version, "loaded")
@@ -351,27 +351,29 @@ class BundleManager:
             log.info("swapped in bundle v%d (%s)", policy.version, status)
         return self.active
 
-    def observe(self, step: Step) -> None:
-        """Track rates; roll a new bundle back if its cost or intervention rate is over the threshold
-        and worse than the previous bundle's by more than `min_degradation`."""
+    def observe(self, step: Step, inference_failed: bool = False) -> None:
+        """Track rates; roll a new bundle back if its cost, intervention or inference-failure rate is
+        over its threshold and worse than the replaced bundle's by more than `min_degradation`."""
         if self._recent is not None and step.bundle_version == self._recent.version:
-            self._recent.add(step)
+            self._recent.add(step, inference_failed)
         w = self._watch
         if w is None or step.bundle_version != w.version:
             return
-        w.add(step)
+        w.add(step, inference_failed)
         cfg = self.rollback_cfg
         if w.total < cfg.min_steps:
             return
-        (cost_rate, shield_rate), (base_cost, base_shield) = w.rates(), self._baseline
-        costly = cost_rate > cfg.max_cost_rate and cost_rate > base_cost + cfg.min_degradation
-        shielded = shield_rate > cfg.max_intervention_rate and shield_rate > base_shield + cfg.min_degradation
-        if costly or shielded:
+        rates = w.rates()
+        limits = np.array([cfg.max_cost_rate, cfg.max_intervention_rate, cfg.max_failure_rate])
+        worse = (rates > limits) & (rates > self._baseline + cfg.min_degradation)
+        if worse.any():
             self._watch = None
             self.request_rollback(
-                f"v{w.version} over {w.total} steps: cost rate {cost_rate:.3f} (max {cfg.max_cost_rate}, previous "
-                f"{base_cost:.3f}), intervention rate {shield_rate:.3f} (max {cfg.max_intervention_rate}, previous "
-                f"{base_shield:.3f})"
+                f"v{w.version} over {w.total} steps: "
+                + ", ".join(
+                    f"{name} rate {r:.3f} (max {lim}, previous {b:.3f})"
+                    for name, r, lim, b in zip(RATE_NAMES, rates, limits, self._baseline, strict=True)
+                )
             )
         elif w.total >= cfg.window_steps:
             log.info("bundle v%d passed its %d-step watch window", w.version, w.total)

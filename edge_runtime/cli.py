@@ -51,7 +51,7 @@ def _top_parser() -> argparse.ArgumentParser:
 def _load_part(name: str, parser: argparse.ArgumentParser) -> None:
     module_name, func_name, _, extra = PARTS[name]
     try:
-        module = importlib.import_module(module_name)
+        getattr(importlib.import_module(module_name), func_name)(parser)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in {"edge_runtime", "protocol", "hardware", "sim_bridge", "trainer"}:
             raise
@@ -59,7 +59,6 @@ def _load_part(name: str, parser: argparse.ArgumentParser) -> None:
             f"reachsafe {name}: needs the Python package {exc.name!r}, which is not installed here. "
             f"Install the part's extra: pip install 'reachsafe[{extra}]'"
         ) from None
-    getattr(module, func_name)(parser)
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -16,8 +16,9 @@ from edge_runtime.config import EdgeConfig
 from edge_runtime.runtime import STATUS_FILE, EdgeRuntime, write_json_atomically
 from edge_runtime.spool import SpoolError
 from hardware.errors import HardwareError
+from hardware.factory import make_robot
 from protocol.bundle import load_bundle
-from protocol.config import ConfigError, add_config_arguments, load_config, load_config_file
+from protocol.config import ConfigError, add_config_arguments, load_config
 from protocol.errors import BundleError, KeyFileError
 from protocol.keys import load_trusted_keys
 
@@ -83,14 +84,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_doctor(verbs: argparse._SubParsersAction) -> None:
-    """`doctor` is the hardware engineer's module (edge_runtime/doctor.py); the verb exists once it does."""
-    try:
-        from edge_runtime.doctor import add_doctor_arguments, doctor_main
-    except ModuleNotFoundError as exc:
-        if exc.name != "edge_runtime.doctor":
-            raise
-        log.debug("edge_runtime.doctor is not installed; `reachsafe edge doctor` is unavailable")
-        return
+    """`doctor` lives in edge_runtime/doctor.py (the hardware engineer's robot checks)."""
+    from edge_runtime.doctor import add_doctor_arguments, doctor_main
+
     doctor = verbs.add_parser("doctor", help="check this robot: hardware, providers, keys, trainer link")
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=doctor_main)
@@ -103,14 +99,6 @@ def _load_edge_config(args: argparse.Namespace) -> EdgeConfig:
     if args.spool is not None:
         cfg = cfg.replace(spool_dir=args.spool)
     return cfg
-
-
-def _make_robot(spec: str):  # -> hardware.factory.Robot
-    from hardware.factory import make_robot
-
-    if spec.endswith((".yaml", ".yml")):
-        return make_robot(load_config_file(spec))
-    return make_robot(spec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
-        runtime = EdgeRuntime(cfg, _make_robot(args.hardware), args.trainer, args.keys, args.bundle)
+        runtime = EdgeRuntime(cfg, make_robot(args.hardware), args.trainer, args.keys, args.bundle)
         summary = runtime.run(stop, max_episodes=args.max_episodes, duration=args.duration)
     except (BundleError, BundleRejected, HardwareError, SpoolError, KeyFileError, ValueError) as exc:
         print(f"reachsafe edge run: cannot start: {exc}", file=sys.stderr)

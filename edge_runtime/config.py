@@ -19,6 +19,9 @@ class RollbackConfig(Config):
     min_steps: int = option(100, "No automatic rollback before this many steps of the new bundle.")
     max_cost_rate: float = option(0.2, "Roll back if mean cost per step over the window exceeds this.")
     max_intervention_rate: float = option(0.5, "Roll back if the fraction of shielded steps exceeds this.")
+    max_failure_rate: float = option(
+        0.05, "Roll back if the fraction of ticks whose inference failed (error, NaN/inf) exceeds this."
+    )
     min_degradation: float = option(
         0.05, "...and only if that rate is worse than the replaced bundle's recent rate by more than this."
     )

@@ -11,12 +11,13 @@ Brake ticks are recorded too (policy = fallback), so rewards, costs and episode 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -26,11 +27,14 @@ from edge_runtime.metrics import Metrics
 from edge_runtime.select import select
 from edge_runtime.shield import shield
 from edge_runtime.steps import Step
+from hardware.base import Signals
 from hardware.errors import HardwareError, StaleFrameError
 from hardware.factory import Robot
 from protocol.constants import POLICY_FALLBACK
 
 log = logging.getLogger(__name__)
+
+BRAKE_LOG_INTERVAL = 1.0  # seconds between log lines for the same brake reason
 
 
 class Clock(Protocol):
@@ -49,6 +53,27 @@ class MonotonicClock:
         return stop.wait(max(0.0, seconds))
 
 
+class _Fault(NamedTuple):
+    """Why this tick brakes instead of acting."""
+
+    reason: str
+    detail: object
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the tick executes: the shielded action, the policy's proposal, which policy, shield flag."""
+
+    action: np.ndarray
+    proposed: np.ndarray
+    policy: int
+    shielded: bool
+
+
+_BRAKE = _Decision(np.zeros(0, np.float32), np.zeros(0, np.float32), POLICY_FALLBACK, False)
+INFERENCE_FAULTS = ("nonfinite", "inference_error")
+
+
 @dataclass(frozen=True)
 class ActivePolicy:
     """The policy the loop runs this tick."""
@@ -63,8 +88,8 @@ class PolicySource(Protocol):
         """Swap in a pending policy if one is ready; return the one to run (None: brake)."""
         ...
 
-    def observe(self, step: Step) -> None:
-        """See every executed step (rollback monitoring)."""
+    def observe(self, step: Step, inference_failed: bool) -> None:
+        """See every executed step and whether the policy's inference failed on it (rollback monitoring)."""
         ...
 
 
@@ -123,6 +148,7 @@ class ControlLoop:
         self.last_tick_end = self.clock.now()
         self._miss_streak = 0
         self._estop = False
+        self._brake_logged: dict[str, float] = {}
         self._episode = 0
         self._obs_shape = tuple(robot.camera.features.get("image_shape", (64, 64, 3)))
         self._action_dim = int(robot.drive.features["action_dim"])
@@ -140,7 +166,11 @@ class ControlLoop:
     def brake(self, reason: str, detail: object = "") -> None:
         """Stop the drive now and count why (never raises: braking is the last resort)."""
         self.metrics.count(f"edge/brakes/{reason}")
-        log.warning("brake (%s)%s", reason, f": {detail}" if detail else "")
+        now = self.clock.now()
+        if now - self._brake_logged.get(reason, -math.inf) >= BRAKE_LOG_INTERVAL:
+            self._brake_logged[reason] = now
+            total = int(self.metrics.counter(f"edge/brakes/{reason}"))
+            log.warning("brake (%s, %d so far)%s", reason, total, f": {detail}" if detail else "")
         try:
             with self.drive_lock:
                 self.robot.drive.stop()
@@ -151,89 +181,41 @@ class ControlLoop:
     def tick(self) -> Step | None:
         """One control step; returns the recorded step (None if the signals could not be read)."""
         t_start = self.clock.now()
-        zeros = np.zeros(self._action_dim, np.float32)
         policy = self.policies.at_tick_boundary()
-        image, t_obs, brake_reason, detail = self._last_image, t_start, None, ""
-        proposed, action, policy_id, shielded = zeros, zeros, POLICY_FALLBACK, False
-        with self._stage("camera"):
-            try:
-                frame = self.robot.camera.read_latest(self.cfg.max_frame_age)
-                image, t_obs = frame.image, frame.t
-                self._last_image = image
-            except StaleFrameError as exc:
-                brake_reason, detail = "stale_frame", exc
-            except HardwareError as exc:
-                brake_reason, detail = "camera_error", exc
-        if brake_reason is None and self._estop:
-            brake_reason, detail = "estop", "emergency stop held"
-        if brake_reason is None and policy is None:
-            brake_reason, detail = "no_policy", "no bundle loaded"
-        if brake_reason is None:
+        image, t_obs, fault = self._read_camera(t_start)
+        if fault is None and self._estop:
+            fault = _Fault("estop", "emergency stop held")
+        if fault is None and policy is None:
+            fault = _Fault("no_policy", "no bundle loaded")
+        decision = _BRAKE
+        if fault is None:
             assert policy is not None
-            try:
-                with self._stage("inference"):
-                    noise = (
-                        self.rng.standard_normal(self._action_dim).astype(np.float32) * self.cfg.noise_scale
-                        if self.cfg.mode == "explore"
-                        else None
-                    )
-                    out = policy.session.act(image, noise)
-            except NonFiniteOutputError as exc:
-                brake_reason, detail = "nonfinite", exc
-            except InferenceError as exc:
-                brake_reason, detail = "inference_error", exc
-            else:
-                with self._stage("select"):
-                    sel = select(out, self.cfg.mode, self.cfg.kappa_t, self.cfg.kappa_c, self.rng)
-                with self._stage("shield"):
-                    if self.cfg.shield_enabled:
-                        threshold = (
-                            self.cfg.shield_threshold
-                            if self.cfg.shield_threshold is not None
-                            else policy.shield_threshold
-                        )
-                        decision = shield(out, sel.policy, threshold)
-                        action, shielded = decision.action, decision.shielded
-                    else:
-                        action = sel.action
-                proposed, policy_id = sel.action, sel.policy
-                if shielded:
-                    self.metrics.count("edge/interventions")
+            decision, fault = self._decide(policy, image)
         with self._stage("drive"):
-            if brake_reason is None:
+            if fault is None:
                 try:
                     with self.drive_lock:
-                        self.robot.drive.apply(action)
+                        self.robot.drive.apply(decision.action)
                 except (HardwareError, ValueError) as exc:
-                    brake_reason, detail = "drive_error", exc
-            if brake_reason is not None:
-                self.brake(brake_reason, detail)
-                proposed, action, policy_id, shielded = zeros, zeros, POLICY_FALLBACK, False
+                    fault = _Fault("drive_error", exc)
+            if fault is not None:
+                self.brake(fault.reason, fault.detail)
+                decision = _BRAKE
             t_act = self.clock.now()
-        with self._stage("signals"):
-            try:
-                sig = self.robot.signals.read()
-            except HardwareError as exc:
-                self.metrics.count("edge/errors/signals")
-                log.warning("could not read task signals (%s); they carry over to the next read", exc)
-                sig = None
-        if sig is not None and sig.estop != self._estop:
-            self._estop = sig.estop
-            log.warning("emergency stop %s", "pressed: braking until it clears" if sig.estop else "cleared")
-            if sig.estop and brake_reason is None:
-                self.brake("estop", "emergency stop pressed")
+        sig = self._read_signals(braked=fault is not None)
         step = None
         if sig is not None:
+            zeros = np.zeros(self._action_dim, np.float32)
             step = Step(
                 obs=image,
-                action=np.asarray(action, np.float32),
-                proposed=np.asarray(proposed, np.float32),
+                action=zeros if decision is _BRAKE else decision.action,
+                proposed=zeros if decision is _BRAKE else decision.proposed,
                 reward=float(sig.reward),
                 cost=float(sig.cost),
                 terminated=bool(sig.terminated),
                 truncated=bool(sig.truncated),
-                policy=int(policy_id),
-                shielded=bool(shielded),
+                policy=decision.policy,
+                shielded=decision.shielded,
                 bundle_version=policy.version if policy is not None else -1,
                 episode=self._episode,
                 t_obs=float(t_obs),
@@ -241,12 +223,64 @@ class ControlLoop:
             )
             with self._stage("uplink"):
                 self.sink.add(step)
-                self.policies.observe(step)
+                self.policies.observe(step, fault is not None and fault.reason in INFERENCE_FAULTS)
             self.stats.add(step)
             if step.terminated or step.truncated:
                 self._episode += 1
         self._finish_tick(t_start)
         return step
+
+    def _read_camera(self, now: float) -> tuple[np.ndarray, float, _Fault | None]:
+        """The newest frame (image, capture time), or the last good image and a fault."""
+        with self._stage("camera"):
+            try:
+                frame = self.robot.camera.read_latest(self.cfg.max_frame_age)
+            except StaleFrameError as exc:
+                return self._last_image, now, _Fault("stale_frame", exc)
+            except HardwareError as exc:
+                return self._last_image, now, _Fault("camera_error", exc)
+        self._last_image = frame.image
+        return frame.image, frame.t, None
+
+    def _decide(self, policy: ActivePolicy, image: np.ndarray) -> tuple[_Decision, _Fault | None]:
+        """Inference → policy expansion → shield."""
+        try:
+            with self._stage("inference"):
+                noise = None
+                if self.cfg.mode == "explore":
+                    noise = (
+                        self.rng.standard_normal(self._action_dim).astype(np.float32) * self.cfg.noise_scale
+                    )
+                out = policy.session.act(image, noise)
+        except NonFiniteOutputError as exc:
+            return _BRAKE, _Fault("nonfinite", exc)
+        except InferenceError as exc:
+            return _BRAKE, _Fault("inference_error", exc)
+        with self._stage("select"):
+            sel = select(out, self.cfg.mode, self.cfg.kappa_t, self.cfg.kappa_c, self.rng)
+        if not self.cfg.shield_enabled:
+            return _Decision(sel.action, sel.action, sel.policy, False), None
+        with self._stage("shield"):
+            override = self.cfg.shield_threshold
+            d = shield(out, sel.policy, override if override is not None else policy.shield_threshold)
+        if d.shielded:
+            self.metrics.count("edge/interventions")
+        return _Decision(d.action, sel.action, sel.policy, d.shielded), None
+
+    def _read_signals(self, braked: bool) -> Signals | None:
+        with self._stage("signals"):
+            try:
+                sig = self.robot.signals.read()
+            except HardwareError as exc:
+                self.metrics.count("edge/errors/signals")
+                log.warning("could not read task signals (%s); they carry over to the next read", exc)
+                return None
+        if sig.estop != self._estop:
+            self._estop = sig.estop
+            log.warning("emergency stop %s", "pressed: braking until it clears" if sig.estop else "cleared")
+            if sig.estop and not braked:
+                self.brake("estop", "emergency stop pressed")
+        return sig
 
     def _finish_tick(self, t_start: float) -> None:
         end = self.clock.now()

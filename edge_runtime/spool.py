@@ -189,6 +189,10 @@ class Spool:
                     f.flush()
                     os.fsync(f.fileno())
         except OSError as exc:
+            try:  # never leave a partial record in front of the records that follow
+                os.truncate(seg, offset)
+            except OSError:
+                self._active = None  # start a fresh segment; recovery drops this one's partial tail
             raise SpoolError(f"cannot write spool segment {seg}: {exc}; is the disk full?") from exc
         self._segment_sizes[seg] = offset + record_len
         self.entries.append(SpoolEntry(seq, first_step, n_steps, seg, offset + HEADER.size, len(payload)))

@@ -28,7 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from edge_runtime.config import EdgeConfig
 from edge_runtime.metrics import Metrics
-from edge_runtime.spool import Spool, SpoolEntry
+from edge_runtime.spool import Spool, SpoolEntry, SpoolError
 from edge_runtime.steps import Step, to_columns
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
@@ -36,6 +36,8 @@ from protocol.messages import Ack, BundleMessage, ErrorMessage, Heartbeat, Hello
 from protocol.sockets import ClientCurve, client_socket
 
 log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL = 0.2  # seconds between updates of the spool / unacked gauges
 
 
 @dataclass(frozen=True)
@@ -135,10 +137,13 @@ class Uplink:
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         need_hello = True
-        next_heartbeat = time.monotonic()
+        next_heartbeat = next_gauges = time.monotonic()
         try:
             while not self._stop.is_set():
                 self._seal_batches()
+                if time.monotonic() >= next_gauges:
+                    next_gauges = time.monotonic() + GAUGE_INTERVAL
+                    self._update_gauges()
                 if need_hello:
                     need_hello = not self._try_send(sock, self._hello())
                     if not need_hello:
@@ -200,6 +205,8 @@ class Uplink:
         old = self._batch and time.monotonic() - self._batch_started >= self.cfg.batch_max_age
         if self._batch and (old or self._flush.is_set()):
             self._spool_batch()
+
+    def _update_gauges(self) -> None:
         self.metrics.gauge("edge/spool_bytes", self.spool.total_bytes)
         self.metrics.gauge("edge/spool_dropped_steps", self.spool.dropped_steps)
         self.metrics.gauge("edge/unacked_steps", self.unacked_steps)
@@ -212,8 +219,12 @@ class Uplink:
             first_step=self.spool.next_step,
             columns=to_columns(self._batch),
         )
-        self.spool.append(encode(msg), msg.seq, msg.first_step, len(self._batch))
-        self.metrics.count("edge/uplink/batches_spooled")
+        try:
+            self.spool.append(encode(msg), msg.seq, msg.first_step, len(self._batch))
+            self.metrics.count("edge/uplink/batches_spooled")
+        except SpoolError as exc:  # e.g. disk full: these steps cannot be kept; the robot drives on
+            self.metrics.count("edge/uplink/spool_write_failed_steps", len(self._batch))
+            log.error("dropping %d step(s): %s", len(self._batch), exc)
         self._batch = []
 
     def _try_send(self, sock: zmq.Socket, msg: Message | bytes) -> bool:

@@ -63,8 +63,12 @@ class SimLink:
         """Send ``msg``, wait for a reply of type ``expect``; DeviceTimeoutError if none comes."""
         self.open()
         assert self._sock is not None
-        self._sock.send(encode(msg), zmq.NOBLOCK)
-        if not self._sock.poll(self.timeout_s * 1000.0, zmq.POLLIN):
+        try:
+            self._sock.send(encode(msg), zmq.NOBLOCK)
+            answered = bool(self._sock.poll(self.timeout_s * 1000.0, zmq.POLLIN))
+        except zmq.Again:  # send queue full: the server has been gone for a while
+            answered = False
+        if not answered:
             self.timeouts += 1
             self.close()  # drop the pending request: its late reply must not answer the next one
             raise DeviceTimeoutError(

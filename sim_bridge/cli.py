@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from sim_bridge.policies import POLICIES
@@ -13,6 +14,17 @@ from sim_bridge.tasks import SPLITS, TASKS
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK = "reachsafe/SafeGoal1-v0"
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def _task_args(p: argparse.ArgumentParser) -> None:
@@ -84,22 +96,22 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("collect", help="collect an offline dataset (HDF5, DSRL keys) with scripted policies")
     _task_args(p)
     p.add_argument("--policy", default="mixed", choices=POLICIES, help="behaviour policy")
-    p.add_argument("--episodes", type=int, default=20, help="number of episodes")
+    p.add_argument("--episodes", type=_positive(int), default=20, help="number of episodes")
     p.add_argument(
         "--out", required=True, help="output .h5 file (a reward-cost scatter .png is written beside it)"
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--workers", type=_positive(int), default=1, help="parallel worker processes")
     p.add_argument("--obs-mode", default="image", choices=("image", "state"), help="observation stored")
-    p.add_argument("--episode-steps", type=int, default=300, help="steps per episode")
+    p.add_argument("--episode-steps", type=_positive(int), default=300, help="steps per episode")
     p.add_argument("--compression", default="lzf", choices=("lzf", "gzip"), help="HDF5 compression")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("serve", help="run simulated robots as hardware servers (real-time paced)")
     _task_args(p)
     p.add_argument("--bind", required=True, help="ROUTER endpoint, e.g. tcp://127.0.0.1:5600")
-    p.add_argument("--robots", type=int, default=1, help="number of robots (ids robot0..robotN-1)")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
-    p.add_argument("--episode-steps", type=int, default=300, help="steps per episode")
+    p.add_argument("--robots", type=_positive(int), default=1, help="number of robots (ids robot0..robotN-1)")
+    p.add_argument("--speed", type=_positive(float), default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--episode-steps", type=_positive(int), default=300, help="steps per episode")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("view", help="render one episode as an animation (camera + top-down view)")
@@ -108,6 +120,6 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", help="run this bundle's policy (through edge_runtime's inference wrapper)")
     p.add_argument("--keys", help="directory/file of trusted signing keys (*.pub) to verify --bundle")
     p.add_argument("--policy", default="careful", choices=POLICIES, help="scripted policy when no --bundle")
-    p.add_argument("--steps", type=int, default=300, help="episode length")
-    p.add_argument("--every", type=int, default=2, help="keep every n-th step as a frame")
+    p.add_argument("--steps", type=_positive(int), default=300, help="episode length")
+    p.add_argument("--every", type=_positive(int), default=2, help="keep every n-th step as a frame")
     p.set_defaults(func=_view)

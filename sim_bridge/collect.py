@@ -104,8 +104,10 @@ def run_episode(env: gym.Env, policy_name: str, seed: int) -> tuple[dict[str, np
     return out, stats
 
 
-def _collect_chunk(cfg: CollectConfig, first: int, count: int, shard: str) -> list[dict]:
-    """Worker: episodes [first, first+count) into ``shard``; returns their stats as plain dicts."""
+def _collect_chunk(cfg_json: str, first: int, count: int, shard: str) -> None:
+    """Worker: episodes [first, first+count) into ``shard``, their stats in its ``stats`` attribute
+    (JSON). Only strings and ints cross the process boundary; the data goes through the file."""
+    cfg = CollectConfig(**json.loads(cfg_json))
     env = _env(cfg)
     stats: list[dict] = []
     with h5py.File(shard, "w") as f:
@@ -117,7 +119,7 @@ def _collect_chunk(cfg: CollectConfig, first: int, count: int, shard: str) -> li
             stats.append({**asdict(st), "index": i})
         for k in DSRL_KEYS:
             f.create_dataset(k, data=np.concatenate(parts[k]))
-    return stats
+        f.attrs["stats"] = json.dumps(stats)
 
 
 def _append(dst: h5py.File, src: h5py.File, compression: str) -> None:
@@ -150,27 +152,33 @@ def collect(cfg: CollectConfig, out: Path, workers: int = 1, progress: bool = Tr
     """Collect ``cfg.episodes`` episodes into ``out`` (HDF5, DSRL keys); returns per-episode stats."""
     if cfg.compression not in ("lzf", "gzip"):
         raise ValueError(f"compression {cfg.compression!r}: use 'lzf' or 'gzip'")
+    if cfg.episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     chunks = [(s, min(_CHUNK_EPISODES, cfg.episodes - s)) for s in range(0, cfg.episodes, _CHUNK_EPISODES)]
     t0 = time.monotonic()
-    results: dict[int, list[dict]] = {}
+    cfg_json = json.dumps(asdict(cfg))
     with tempfile.TemporaryDirectory(prefix=".collect-", dir=out.parent) as tmp:
         shards = {first: os.path.join(tmp, f"shard_{first:06d}.h5") for first, _ in chunks}
         bar = tqdm(total=cfg.episodes, unit="ep", desc=f"collect {cfg.task}", disable=not progress)
         if workers <= 1:
             for first, count in chunks:
-                results[first] = _collect_chunk(cfg, first, count, shards[first])
+                _collect_chunk(cfg_json, first, count, shards[first])
                 bar.update(count)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_collect_chunk, cfg, f, c, shards[f]): (f, c) for f, c in chunks}
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(chunks)), mp_context=get_context("spawn")
+            ) as pool:
+                futures = {pool.submit(_collect_chunk, cfg_json, f, c, shards[f]): c for f, c in chunks}
                 for fut in as_completed(futures):
-                    first, count = futures[fut]
-                    results[first] = fut.result()
-                    bar.update(count)
+                    fut.result()  # re-raises a worker's exception
+                    bar.update(futures[fut])
         bar.close()
-        stats = [EpisodeStats(**d) for first, _ in chunks for d in results[first]]
+        stats = []
+        for first, _ in chunks:
+            with h5py.File(shards[first], "r") as f:
+                stats += [EpisodeStats(**d) for d in json.loads(f.attrs["stats"])]
         metadata = {
             "task": cfg.task,
             "split": cfg.split,

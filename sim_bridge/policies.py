@@ -2,7 +2,7 @@
 
 - ``careful``: follows a cost-to-go field (``sim_bridge.planner``) that keeps clear of hazards and solids.
 - ``reckless``: the same controller with hazards ignored, so it cuts straight through them.
-- ``noisy``: a random caution level and Gaussian action noise, per episode.
+- ``noisy``: a random caution level (mostly low) and Gaussian action noise, per episode.
 - ``random``: smooth random actions (an Ornstein-Uhlenbeck process).
 - ``mixed``: one of the above per episode (weights ``MIX_WEIGHTS``).
 Every policy draws randomness only from the generator given to ``reset``.
@@ -98,7 +98,8 @@ class NoisyPolicy:
         self._inner = ExpertPolicy("noisy", 0.5, 0.4)
 
     def reset(self, rng: np.random.Generator) -> None:
-        self._inner = ExpertPolicy("noisy", float(rng.uniform(0.0, 1.0)), float(rng.uniform(0.25, 0.6)))
+        # caution ~ U(0,1)^3: most noisy episodes lean reckless, so costs spread between the experts
+        self._inner = ExpertPolicy("noisy", float(rng.uniform(0.0, 1.0) ** 3), float(rng.uniform(0.25, 0.6)))
         self._inner.reset(rng)
 
     def act(self, s: NavState) -> np.ndarray:

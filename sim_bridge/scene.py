@@ -7,11 +7,12 @@ Each scene owns its own DIRECT client, so several envs can live in one process (
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import numpy as np
 import pybullet
-from pybullet_utils import bullet_client
 
 from sim_bridge.layout import BUTTON_RADIUS, PILLAR_RADIUS, ROBOT_RADIUS, Layout
 from sim_bridge.tasks import Colour, LayoutParams
@@ -24,6 +25,20 @@ _WALL_HEIGHT = 0.4
 _UNIT_QUAT = (0.0, 0.0, 0.0, 1.0)
 
 
+class _Client:
+    """pybullet calls bound to one DIRECT client (like pybullet_utils' BulletClient, which passes an
+    ``options`` string to ``connect`` that makes pybullet print ``argv[0]=`` on stdout)."""
+
+    def __init__(self) -> None:
+        self.cid = pybullet.connect(pybullet.DIRECT)
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(getattr(pybullet, name), physicsClientId=self.cid)
+
+    def disconnect(self) -> None:
+        pybullet.disconnect(physicsClientId=self.cid)
+
+
 def _rgba(c: Colour, a: float = 1.0) -> list[float]:
     return [c[0], c[1], c[2], a]
 
@@ -32,7 +47,8 @@ class Scene:
     def __init__(self, params: LayoutParams, image_size: int = 64) -> None:
         self.params = params
         self.image_size = image_size
-        self._pb = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        self._pb = _Client()
+        self._closed = False
         self._heights: dict[int, float] = {}
         pal = params.palette
         half = params.arena_half
@@ -150,6 +166,6 @@ class Scene:
         return self._render(size, view, proj)
 
     def close(self) -> None:
-        if self._pb is not None:
+        if not self._closed:
             self._pb.disconnect()
-            self._pb = None  # type: ignore[assignment]
+            self._closed = True

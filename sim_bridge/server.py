@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -246,6 +249,20 @@ class SimServer:
                     self.errors,
                 )
                 steps_at_stats, next_stats = total, now + _STATS_EVERY_S
+
+
+@contextmanager
+def running(cfg: ServerConfig) -> Iterator[SimServer]:
+    """A server stepping in a background thread of this process (tests, benchmarks, notebooks)."""
+    server = SimServer(cfg)
+    thread = threading.Thread(target=server.run, name="sim-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(5)
+        server.close()
 
 
 def serve(cfg: ServerConfig) -> int:

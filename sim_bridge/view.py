@@ -1,7 +1,7 @@
 """``reachsafe sim view``: one episode as an animation, robot camera beside a top-down view.
 
-The top-down panel draws the path so far, marks every step that cost (red ring) and each goal
-reached (green ring); a caption gives step, return and cost. The policy is a bundle's agent graph
+The top-down panel draws the path so far, marks every step that cost (red ring), each goal
+reached (green ring) and the current goal (dark green cross, also after it faded from view); a caption gives step, return and cost. The policy is a bundle's agent graph
 run through ``edge_runtime.inference.AgentSession`` (what the robot would run, greedy), or a
 scripted policy. GIF needs only Pillow; MP4 needs an ``ffmpeg`` binary on PATH.
 """
@@ -72,7 +72,14 @@ class _TopDown:
 
 
 def _frame(
-    camera: np.ndarray, top: np.ndarray, mapper: _TopDown, path: list, costs: list, goals: list, caption: str
+    camera: np.ndarray,
+    top: np.ndarray,
+    mapper: _TopDown,
+    path: list,
+    costs: list,
+    goals: list,
+    goal_xy: np.ndarray,
+    caption: str,
 ) -> Image.Image:
     canvas = Image.new("RGB", (2 * PANEL, PANEL + 22), (255, 255, 255))
     canvas.paste(Image.fromarray(camera).resize((PANEL, PANEL), Image.NEAREST), (0, 0))
@@ -83,6 +90,9 @@ def _frame(
     for xy, colour in [(p, (220, 0, 0)) for p in costs] + [(p, (0, 170, 0)) for p in goals]:
         x, y = mapper.px(xy)
         draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=colour, width=2)
+    gx, gy = mapper.px(goal_xy)  # the current goal, also once it has faded from the camera
+    draw.line((gx - 5, gy - 5, gx + 5, gy + 5), fill=(0, 120, 0), width=2)
+    draw.line((gx - 5, gy + 5, gx + 5, gy - 5), fill=(0, 120, 0), width=2)
     canvas.paste(panel, (PANEL, 0))
     ImageDraw.Draw(canvas).text((6, PANEL + 5), caption, fill=(0, 0, 0))
     return canvas
@@ -111,7 +121,8 @@ def render_episode(cfg: ViewConfig, policy: Policy) -> tuple[list[Image.Image], 
             goals.append(goal_before)
         if t % cfg.every == 0 or terminated or truncated:
             caption = f"{cfg.task} [{cfg.split}]  step {t + 1}  return {ret:6.2f}  cost {cost:4.0f}"
-            frames.append(_frame(obs, env.render(), mapper, path, costs, goals, caption))
+            top = env.render()
+            frames.append(_frame(obs, top, mapper, path, costs, goals, sim.nav_state().goal_xy, caption))
         if terminated or truncated:
             break
     env.close()

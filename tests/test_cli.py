@@ -1,39 +1,104 @@
-"""The ``reachsafe`` dispatcher: every part loads, every verb has help, and the README lists them."""
+"""The ``reachsafe`` dispatcher: every part loads, every verb has help, and the README's CLI
+reference is generated from the real parsers (``python tests/test_cli.py --write`` refreshes it)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
-
-from conftest import REPO
-from edge_runtime.cli import PARTS, build_parser
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- CLI-REFERENCE:BEGIN -->", "<!-- CLI-REFERENCE:END -->"
 
 
-def _verbs(part: str) -> list[str]:
+def _part_parser(part: str) -> argparse.ArgumentParser:
+    from edge_runtime.cli import build_parser
+
     parser = build_parser([part])
-    sub = parser._subparsers._group_actions[0].choices[part]
-    actions = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
-    return sorted(actions[0].choices) if actions else []
+    return parser._subparsers._group_actions[0].choices[part]
 
 
-@pytest.mark.parametrize("part", sorted(PARTS))
-def test_every_part_and_verb_is_in_the_readme(part: str) -> None:
-    readme = (REPO / "README.md").read_text()
-    verbs = _verbs(part)
-    commands = [f"reachsafe {part} {verb}" for verb in verbs] or [f"reachsafe {part}"]
-    missing = [c for c in commands if c not in readme]
-    assert not missing, f"README.md's CLI reference lacks {missing}"
+def _verbs(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            return {name: (sub, helps.get(name, "")) for name, sub in action.choices.items()}
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser) -> str:
+    opts = []
+    for a in parser._actions:
+        if a.option_strings and a.dest not in ("help",) and not a.dest.startswith("cfg__"):
+            opts.append(a.option_strings[-1])
+        elif not a.option_strings and not isinstance(a, argparse._SubParsersAction):
+            opts.append(a.metavar or a.dest.upper())
+    has_cfg = any(a.dest.startswith("cfg__") for a in parser._actions)
+    return " ".join(f"`{o}`" for o in opts) + (" + every config field as `--field`" if has_cfg else "")
+
+
+def cli_reference() -> str:
+    from edge_runtime.cli import PARTS
+
+    rows = ["| command | what it does | options |", "|---|---|---|"]
+    for part, (_, _, part_help, _) in PARTS.items():
+        parser = _part_parser(part)
+        verbs = _verbs(parser)
+        if not verbs:
+            rows.append(f"| `reachsafe {part}` | {part_help} | {_options(parser)} |")
+        for verb, (sub, verb_help) in verbs.items():
+            rows.append(f"| `reachsafe {part} {verb}` | {verb_help} | {_options(sub)} |")
+    return "\n".join(rows)
+
+
+def _readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    match = re.search(re.escape(BEGIN) + r"\n(.*?)\n?" + re.escape(END), text, re.S)
+    assert match, "README.md lacks the CLI-REFERENCE markers"
+    return match.group(1).strip()
+
+
+def test_readme_cli_reference_matches_the_parsers() -> None:
+    assert _readme_block() == cli_reference().strip(), (
+        "README.md's CLI reference is stale: run `.venv/bin/python tests/test_cli.py --write`"
+    )
 
 
 def test_help_is_instant_and_loads_no_part() -> None:
-    code = "import sys; from edge_runtime.cli import build_parser; build_parser([]); print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch','trainer','sim_bridge','pybullet'}))"
+    code = (
+        "import sys; from edge_runtime.cli import build_parser; build_parser([]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch','trainer','sim_bridge','pybullet'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_unknown_part_is_a_usage_error() -> None:
-    out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "warp"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "warp"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_part_with_missing_dependency_says_which_extra(tmp_path: Path) -> None:
+    # a robot without torch: hide torch and ask for a trainer verb
+    blocker = tmp_path / "torch.py"
+    blocker.write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env_path = f"{tmp_path}:{REPO}"
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "train", "offline", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode != 0
+    assert "reachsafe[trainer]" in out.stderr, out.stderr
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    sys.path.insert(0, str(REPO))
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{cli_reference()}\n{END}", text, flags=re.S)
+    readme.write_text(new)
+    print("README.md CLI reference updated")

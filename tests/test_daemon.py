@@ -38,8 +38,12 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_hdf5(dataset, root / "ds.h5")
     from trainer.dataset import load_dataset
 
-    cfg = OfflineConfig(steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False)
-    train_offline(load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False)
+    cfg = OfflineConfig(
+        steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False
+    )
+    train_offline(
+        load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False
+    )
     return root / "run"
 
 
@@ -67,7 +71,9 @@ class Robot:
         return decode(self.sock.recv())
 
     def recv_until(self, pred, timeout_s: float = 15.0) -> Message:  # noqa: ANN001
-        return poll_until(lambda: (lambda m: m if m is not None and pred(m) else None)(self.recv(0.2)), timeout_s)
+        return poll_until(
+            lambda: (lambda m: m if m is not None and pred(m) else None)(self.recv(0.2)), timeout_s
+        )
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -105,7 +111,9 @@ def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp
         robot.recv_until(lambda m: isinstance(m, Ack) and m.seq == 7)
         bundle = robot.recv_until(lambda m: isinstance(m, BundleMessage), 60.0)
         assert bundle.version >= 2 and bundle.parent == bundle.version - 1
-        status = poll_until(lambda: _status_if(run, lambda s: s.get("duplicates") == 1 and s["updates"] > 0), 20.0)
+        status = poll_until(
+            lambda: _status_if(run, lambda s: s.get("duplicates") == 1 and s["updates"] > 0), 20.0
+        )
         assert status["steps_stored"] == 8 * BATCH
         assert status["robots"]["r1"]["steps"] == 8 * BATCH
         out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "trainer", "status", "--run", str(run)],
@@ -116,8 +124,18 @@ def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp
         ctx.term()
     assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0, processes.log(daemon)
     assert (run / "online" / "latest.pt").is_file()
-    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
-    assert sorted(p.name for p in (run / "bundles").iterdir())[0].startswith("v0000")
+    final = json.loads((run / "status.json").read_text())
+    assert final["state"] == "stopped"
+    kept = sorted(p.name for p in (run / "bundles").iterdir())
+    assert len(kept) <= 5 and kept[-1] == f"v{final['bundle_version']:06d}"
+    # --resume: same updates, λ state and bundle chain; the store's steps are back in the replay
+    (run / "status.json").unlink()
+    daemon = start_daemon(processes, run, free_tcp_port(), "--resume")
+    resumed = poll_until(lambda: _status_if(run, lambda s: s["state"] == "running"), 60.0)
+    assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0, processes.log(daemon)
+    assert resumed["updates"] >= final["updates"] and resumed["phase"] == "online"
+    assert resumed["bundle_version"] == final["bundle_version"] and resumed["steps_stored"] == 8 * BATCH
+    assert resumed["replay_transitions"] > 0
 
 
 def _status_if(run: Path, pred) -> dict | None:  # noqa: ANN001
@@ -132,22 +150,44 @@ def _raw(body: dict) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def test_malformed_messages_get_typed_errors_and_daemon_keeps_serving(processes, offline_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_malformed_messages_get_typed_errors_and_daemon_keeps_serving(
+    processes, offline_run: Path, tmp_path: Path
+) -> None:  # noqa: ANN001
     run = fresh_run(offline_run, tmp_path)
     port = free_tcp_port()
     daemon = start_daemon(processes, run, port, "--vpa.enabled", "false")
     ctx = zmq.Context()
     robot = Robot(ctx, f"tcp://127.0.0.1:{port}", robot_id="bad", stream_id="x")
     good = encode(robot.steps(0))
-    huge_array = msgpack.ExtType(ARRAY_EXT_TYPE, bytes([1, 5]) + b"uint8" + (1 << 40).to_bytes(8, "little") + bytes(1))
+    huge_array = msgpack.ExtType(
+        ARRAY_EXT_TYPE, bytes([1, 5]) + b"uint8" + (1 << 40).to_bytes(8, "little") + bytes(1)
+    )
     cases = {
         "decode": good[: len(good) // 2],  # truncated msgpack
-        "field": _raw({"v": 1, "type": "steps", "robot_id": 7, "stream_id": "x", "seq": "zero", "first_step": 0,
-                       "columns": {}}),  # fmt: skip
+        "field": _raw(
+            {
+                "v": 1,
+                "type": "steps",
+                "robot_id": 7,
+                "stream_id": "x",
+                "seq": "zero",
+                "first_step": 0,
+                "columns": {},
+            }
+        ),  # fmt: skip
         "version": _raw({"v": 99, "type": "hello"}),
         "unknown_type": _raw({"v": 1, "type": "launch_missiles"}),
-        "oversize": _raw({"v": 1, "type": "steps", "robot_id": "bad", "stream_id": "x", "seq": 0, "first_step": 0,
-                          "columns": {"obs": huge_array}}),  # fmt: skip
+        "oversize": _raw(
+            {
+                "v": 1,
+                "type": "steps",
+                "robot_id": "bad",
+                "stream_id": "x",
+                "seq": 0,
+                "first_step": 0,
+                "columns": {"obs": huge_array},
+            }
+        ),  # fmt: skip
     }
     try:
         for code, frame in cases.items():

@@ -27,7 +27,7 @@ class FixedPolicy:
     def at_tick_boundary(self) -> ActivePolicy | None:
         return self.policy
 
-    def observe(self, step: Step) -> None:
+    def observe(self, step: Step, inference_failed: bool) -> None:
         self.seen.append(step)
 
 

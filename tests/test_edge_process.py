@@ -52,8 +52,12 @@ def test_kill_9_mid_stream_then_restart_gives_every_step_exactly_once(tmp_path, 
         )
         assert edge.poll() is None, processes.log(edge)
         trainer.ack = False  # the trainer stores but stops ACKing: unacked batches pile up in the spool
-        poll_until(lambda: len(list((tmp_path / "spool").glob("seg-*.log"))) > 0 and len(trainer.steps_of()) >= 48, 30,
-                   what="unacked batches in the spool")  # fmt: skip
+        n0 = len(trainer.steps_of())
+        poll_until(
+            lambda: list((tmp_path / "spool").glob("seg-*.log")) and len(trainer.steps_of()) >= n0 + 8,
+            30,
+            what="unacked batches stored by the trainer and kept in the spool",
+        )
         edge.send_signal(signal.SIGKILL)
         edge.wait(10)
         before = len(trainer.steps_of())
@@ -82,4 +86,4 @@ def test_kill_9_mid_stream_then_restart_gives_every_step_exactly_once(tmp_path, 
     stored = trainer.steps_of()
     assert len(stored) > before and trainer.duplicates > 0  # unacked batches were re-sent and de-duplicated
     assert stored == list(range(summary["stream_next_step"])), "lost or duplicated steps"
-    assert "edge summary:" in log2 and "SIGTERM: stopping" in log2 and "brake (shutdown)" in log2
+    assert "edge summary:" in log2 and "SIGTERM: stopping" in log2 and "brake (shutdown" in log2

@@ -208,3 +208,24 @@ def test_install_rollback_and_status_commands_steer_a_running_runtime(tmp_path, 
     assert summary["bundle_versions_seen"] == [1, 2, 1]
     assert [s.status for s in trainer.statuses] == ["loaded", "rolled_back"]
     assert reachsafe(["edge", "rollback", "--state-dir", state]) == 1  # nothing older left to go back to
+
+
+def test_nan_emitting_bundle_brakes_and_is_rolled_back(tmp_path, keys) -> None:
+    keys_dir, signing = keys
+    v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
+    # v2 passes verification and its warm-up (black frames) but emits NaN on every camera frame
+    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, nan_above=0.0)
+    trainer = StubTrainer(free_tcp_port()).start()
+    cfg = _cfg(tmp_path, rollback=RollbackConfig(window_steps=100, min_steps=20))
+    try:
+        run = Running(tmp_path, keys_dir, v1, trainer, cfg)
+        poll_until(lambda: trainer.hellos, 10, what="HELLO")
+        trainer.push("robot0", _message(v2))
+        poll_until(lambda: any(s.status == "rolled_back" for s in trainer.statuses), 15, what="rollback")
+        summary = run.finish()
+    finally:
+        trainer.stop()
+    assert summary["bundle_versions_seen"] == [1, 2, 1]
+    assert 20 <= summary["brakes"]["nonfinite"] < 60
+    rolled = next(s for s in trainer.statuses if s.status == "rolled_back")
+    assert "inference failure rate 1.000" in rolled.reason

@@ -8,7 +8,9 @@ from trainer.lagrange import LagrangeConfig, PIDLagrangian
 
 
 def pid(**kw: object) -> PIDLagrangian:
-    base = dict(mode="pid", cost_limit=10.0, kp=1.0, ki=0.5, kd=2.0, p_ema_alpha=0.5, d_ema_alpha=0.5, d_delay=2)
+    base = dict(
+        mode="pid", cost_limit=10.0, kp=1.0, ki=0.5, kd=2.0, p_ema_alpha=0.5, d_ema_alpha=0.5, d_delay=2
+    )
     base.update(kw)
     return PIDLagrangian(LagrangeConfig(**base))
 

@@ -20,7 +20,8 @@ def test_whole_loop_closes_on_localhost(tmp_path: Path) -> None:
     # every step the robot recorded was acknowledged, i.e. durably stored by the trainer
     assert edge["steps_acked"] == edge["steps_sent"]
     assert result.trainer["steps_stored"] == edge["steps_acked"]
-    # the robot started on the offline bundle and swapped in at least one newer version
+    # the robot started on the offline bundle and swapped in at least one newer version (the runtime may
+    # also roll back to an earlier one when its cost monitor fires, so the list need not be sorted)
     versions = edge["bundle_versions_seen"]
-    assert len(versions) >= 2 and versions == sorted(versions), versions
+    assert versions[0] == 1 and max(versions) > 1, versions
     assert (tmp_path / "run" / "bundles").is_dir()

@@ -20,7 +20,7 @@ def test_collect_cli_writes_a_valid_dsrl_file_with_workers(tmp_path: Path) -> No
     cmd += ["--policy", "mixed", "--episodes", "4", "--episode-steps", "25", "--workers", "2", "--seed", "3"]
     res = subprocess.run(cmd + ["--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
-    stats = json.loads(res.stdout[res.stdout.index("{") :])
+    stats = json.loads(res.stdout)  # stdout is exactly the statistics JSON
     assert stats["episodes"] == 4 and stats["steps"] == 100
     assert out.with_suffix(".png").stat().st_size > 5000
     with h5py.File(out, "r") as f:

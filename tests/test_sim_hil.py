@@ -14,7 +14,11 @@ from conftest import REPO, free_tcp_port, poll_until
 
 def _run(*args: str, timeout: float) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "edge_runtime.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert res.returncode == 0, f"reachsafe {' '.join(args)} failed:\n{res.stderr[-3000:]}"
 
@@ -27,14 +31,47 @@ def test_two_runtimes_drive_a_two_robot_fleet_against_one_trainer(tmp_path: Path
         *("sim", "collect", "--episodes", "2", "--episode-steps", "40", "--seed", "0", "--out", str(data)),
         timeout=120,
     )
-    _run(*("train", "offline", "--dataset", str(data), "--out", str(run), "--steps", "4", "--keys", str(keys)), timeout=600)
+    _run(
+        *("train", "offline", "--dataset", str(data), "--out", str(run), "--steps", "4", "--keys", str(keys)),
+        timeout=600,
+    )
+    # the viewer runs the signed bundle through the runtime's inference wrapper
+    gif = tmp_path / "bundle.gif"
+    _run(
+        *(
+            "sim",
+            "view",
+            "--bundle",
+            str(run / "bundle"),
+            "--keys",
+            str(keys),
+            "--steps",
+            "20",
+            "--out",
+            str(gif),
+        ),
+        timeout=120,
+    )
+    assert gif.stat().st_size > 10_000
 
     sim_ep, trainer_ep = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
     sim = processes.reachsafe(
-        *("sim", "serve", "--bind", sim_ep, "--robots", "2", "--episode-steps", "60", "--seed", "0"), name="sim"
+        *("sim", "serve", "--bind", sim_ep, "--robots", "2", "--episode-steps", "60", "--seed", "0"),
+        name="sim",
     )
     trainer = processes.reachsafe(
-        *("trainer", "serve", "--run", str(run), "--bind", trainer_ep, "--keys", str(keys), "--ship-every-s", "5"),
+        *(
+            "trainer",
+            "serve",
+            "--run",
+            str(run),
+            "--bind",
+            trainer_ep,
+            "--keys",
+            str(keys),
+            "--ship-every-s",
+            "5",
+        ),
         name="trainer",
     )
     edges = []
@@ -44,7 +81,8 @@ def test_two_runtimes_drive_a_two_robot_fleet_against_one_trainer(tmp_path: Path
                 *("edge", "run", "--bundle", str(run / "bundle"), "--trainer", trainer_ep),
                 *("--hardware", f"{sim_ep}/{rid}".replace("tcp://", "sim:tcp://"), "--rate", "20"),
                 *("--keys", str(keys), "--max-episodes", "1", "--summary", str(tmp_path / f"{rid}.json")),
-                *("--spool", str(tmp_path / f"spool_{rid}"), "--robot-id", rid),
+                *("--spool", str(tmp_path / f"spool_{rid}"), "--state-dir", str(tmp_path / f"state_{rid}")),
+                *("--robot-id", rid),
                 name=rid,
             )
         )

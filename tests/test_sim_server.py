@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,23 +15,16 @@ from hardware import DeviceTimeoutError, HardwareError, StaleFrameError, make_ro
 from hardware.sim import SimCamera, SimDrive
 from protocol.codec import decode, encode
 from protocol.messages import ErrorMessage, HwDrive
-from sim_bridge.server import ServerConfig, SimServer
+from sim_bridge.server import ServerConfig, SimServer, running
 
 
 @pytest.fixture
 def server() -> Iterator[SimServer]:
-    """Two robots at 4x real time, in a thread of this process (so the test can see the poses)."""
-    srv = SimServer(
+    """Two robots at 4x real time with 40-step episodes."""
+    with running(
         ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", robots=2, speed=4.0, episode_steps=40)
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
-        thread.join(5)
-        srv.close()
 
 
 def test_frames_arrive_fresh_with_increasing_ids(server: SimServer) -> None:
@@ -41,15 +33,30 @@ def test_frames_arrive_fresh_with_increasing_ids(server: SimServer) -> None:
         assert robot.features["rate_hz"] == pytest.approx(80.0)
         first = robot.camera.read_latest(max_age=0.5)
         assert first.image.shape == (64, 64, 3) and first.image.dtype == np.uint8
-        assert 0.0 <= first.age() < 0.1
+        assert first.age() >= 0.0
         later = poll_until(
             lambda: (f := robot.camera.read_latest(max_age=0.5)).frame_id > first.frame_id + 5 and f,
             timeout=5,
             what="new frames",
         )
         assert later.t > first.t
-        with pytest.raises(StaleFrameError):
-            robot.camera.read_latest(max_age=-1.0)
+        # server time mapped to ours: a frame of an 80 Hz stream is young (generous bound: loaded CI)
+        assert 0.0 <= later.age() < 0.5
+
+
+def test_a_stalled_stream_gives_stale_frames() -> None:
+    """At 1/20 of real time a frame comes every second: between frames the newest one goes stale."""
+    with running(ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", speed=0.05)) as srv:
+        with make_robot(f"sim:{srv.endpoint}") as robot:
+
+            def stale() -> bool:
+                try:
+                    robot.camera.read_latest(max_age=0.3)
+                except StaleFrameError as e:
+                    return e.age > 0.3
+                return False
+
+            poll_until(stale, timeout=5, what="a stale frame")
 
 
 def test_drive_moves_only_the_addressed_robot_and_stop_holds_it(server: SimServer) -> None:
@@ -117,7 +124,7 @@ def test_timeout_when_server_is_gone_then_recovery(processes) -> None:  # noqa: 
     t0 = time.monotonic()
     with pytest.raises(DeviceTimeoutError, match="did not answer"):
         drive.apply(np.array([0.5, 0.0]))
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.0  # the 0.3 s timeout, not a hang
     with pytest.raises(DeviceTimeoutError):
         drive.stop()
     # the server comes back on the same port: the same device works again (fresh socket)
@@ -134,7 +141,7 @@ def _try(fn) -> bool:  # noqa: ANN001
     return True
 
 
-def test_malformed_and_refused_requests_get_errors_and_the_server_keeps_serving(server: SimServer) -> None:
+def test_malformed_and_refused_requests_get_errors_and_the_server_keeps_running(server: SimServer) -> None:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(server.endpoint)
     try:

@@ -13,7 +13,9 @@ from sim_bridge.view import PANEL, ViewConfig, view
 
 def test_view_writes_a_gif_with_camera_topdown_and_cost_marks(tmp_path: Path) -> None:
     out = tmp_path / "ep.gif"
-    cfg = ViewConfig(task="reachsafe/SafeGoal2-v0", out=out, seed=3, steps=60, policy="reckless", every=3)
+    cfg = ViewConfig(
+        task="reachsafe/SafeGoal2-v0", out=out, split="unseen", seed=0, steps=60, policy="reckless", every=3
+    )
     summary = view(cfg)
     assert summary["steps"] == 60
     im = Image.open(out)

@@ -21,7 +21,11 @@ def test_duplicates_are_detected_within_and_across_groups(tmp_path: Path) -> Non
     assert store.put_many([batch(0), batch(1), batch(1)]) == [True, True, False]
     assert store.put_many([batch(0), batch(2), batch(0, stream="other")]) == [False, True, True]
     assert store.steps_stored == 16
-    assert store.acked_seq("r", "s") == 2 and store.acked_seq("r", "other") == 0 and store.acked_seq("x", "s") == -1
+    assert (
+        store.acked_seq("r", "s") == 2
+        and store.acked_seq("r", "other") == 0
+        and store.acked_seq("x", "s") == -1
+    )
     store.close()
 
 

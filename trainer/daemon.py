@@ -34,7 +34,7 @@ from trainer.daemon_bundles import BundleShelf
 from trainer.daemon_ingest import IngestServer
 from trainer.daemon_learner import DaemonLearner
 from trainer.networks import load_checkpoint
-from trainer.online import OnlineLearner, load_offline_dataset
+from trainer.online import OnlineLearner, load_offline_dataset, shield_threshold_for
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -77,7 +77,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="Key directory (`reachsafe keys generate`): signing.key signs bundles; with trainer.key_secret "
         "the socket uses CURVE and admits the robot keys in KEYS/robots/*.key (else KEYS/robot.key).",
     )
-    p.add_argument("--dataset", type=Path, help="Offline dataset for replay mixing and VPA (default: the run's).")
+    p.add_argument(
+        "--dataset", type=Path, help="Offline dataset for replay mixing and VPA (default: the run's)."
+    )
     p.add_argument("--resume", action="store_true", help="Continue from RUN/online/latest.pt.")
     p.add_argument("--config", type=Path, help="OnlineConfig YAML (kind: online); options below override it.")
     add_config_arguments(p, OnlineConfig)
@@ -124,7 +126,7 @@ def serve(args: argparse.Namespace) -> int:
     replay = StepReplay(cfg.replay_capacity, spec.obs_shape, spec.action_dim)
     refill_replay(store, replay)
     signing_key = load_signing_key(resolve_signing_key(args.keys, run))
-    shelf = BundleShelf(run.root, signing_key, cfg.shield_threshold, cfg.keep_bundles)
+    shelf = BundleShelf(run.root, signing_key, shield_threshold_for(cfg, offline_ckpt), cfg.keep_bundles)
     metrics = MetricsWriter(paths.tensorboard)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -204,4 +206,3 @@ def _write_status(
         write_status(path, status)
     except OSError as exc:
         logger.warning("cannot write %s: %s", path, exc)
-

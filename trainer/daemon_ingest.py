@@ -121,7 +121,9 @@ class IngestServer:
         with self._lock:
             return {
                 "robots": {
-                    rid: r.summary(now) for rid, r in self.robots.items() if now - r.last_seen < PEER_TIMEOUT_S
+                    rid: r.summary(now)
+                    for rid, r in self.robots.items()
+                    if now - r.last_seen < PEER_TIMEOUT_S
                 },
                 "steps_in": self.steps_in,
                 "steps_per_s": self.rate.per_s(),
@@ -149,9 +151,13 @@ class IngestServer:
 
     def _send(self, identity: bytes, msg: Message) -> None:
         try:
-            self.sock.send_multipart([identity, encode(msg, max_message_bytes=self.max_message_bytes)], zmq.NOBLOCK)
+            self.sock.send_multipart(
+                [identity, encode(msg, max_message_bytes=self.max_message_bytes)], zmq.NOBLOCK
+            )
         except zmq.Again:
-            logger.warning("send queue to peer full, dropped a %s (the robot will resend / re-HELLO)", msg.TYPE)
+            logger.warning(
+                "send queue to peer full, dropped a %s (the robot will resend / re-HELLO)", msg.TYPE
+            )
         except zmq.ZMQError as exc:
             logger.warning("cannot send %s to peer: %s", msg.TYPE, exc)
 
@@ -168,7 +174,9 @@ class IngestServer:
             return
         payload = frames[1]
         try:
-            msg = decode(payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes)
+            msg = decode(
+                payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes
+            )
             if isinstance(msg, Steps):
                 validate_step_columns(msg.columns, self.obs_shape, self.action_dim)
         except ProtocolError as exc:
@@ -186,9 +194,13 @@ class IngestServer:
             with self._lock:
                 robot.metrics = dict(msg.metrics)
         elif isinstance(msg, ErrorMessage):
-            logger.warning("robot reported an error (%s) about our %s: %s", msg.code, msg.ref_type, msg.message)
+            logger.warning(
+                "robot reported an error (%s) about our %s: %s", msg.code, msg.ref_type, msg.message
+            )
         else:
-            self._reject(identity, FieldError(f"a trainer does not accept {msg.TYPE!r} messages", msg_type=msg.TYPE))
+            self._reject(
+                identity, FieldError(f"a trainer does not accept {msg.TYPE!r} messages", msg_type=msg.TYPE)
+            )
 
     def _touch(self, robot_id: str, identity: bytes) -> RobotState:
         now = time.monotonic()
@@ -217,7 +229,11 @@ class IngestServer:
             robot.bundle_version = hello.bundle_version if hello.bundle_version >= 0 else None
         logger.info(
             "HELLO %s stream %s runtime %s bundle v%d resume_seq %d",
-            hello.robot_id, hello.stream_id, hello.runtime_version, hello.bundle_version, hello.resume_seq,
+            hello.robot_id,
+            hello.stream_id,
+            hello.runtime_version,
+            hello.bundle_version,
+            hello.resume_seq,
         )
         acked = self.store.acked_seq(hello.robot_id, hello.stream_id)
         if acked >= 0:
@@ -235,7 +251,9 @@ class IngestServer:
         log("robot %s bundle v%d %s %s", st.robot_id, st.version, st.status, st.reason)
 
     def _commit(self, group: list[tuple[bytes, Steps, bytes]]) -> None:
-        pending = [PendingBatch(m.robot_id, m.stream_id, m.seq, m.first_step, m.n_steps, raw) for _, m, raw in group]
+        pending = [
+            PendingBatch(m.robot_id, m.stream_id, m.seq, m.first_step, m.n_steps, raw) for _, m, raw in group
+        ]
         try:
             inserted = self.store.put_many(pending)
         except StoreError as exc:
@@ -276,7 +294,9 @@ class IngestServer:
                 live = [r for r in self.robots.values() if now - r.last_seen < PEER_TIMEOUT_S]
             for robot in live:
                 self._send(robot.identity, bundle)
-            logger.info("shipped bundle v%d (parent %s) to %d robot(s)", bundle.version, bundle.parent, len(live))
+            logger.info(
+                "shipped bundle v%d (parent %s) to %d robot(s)", bundle.version, bundle.parent, len(live)
+            )
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -285,7 +305,10 @@ class IngestServer:
         self._last_heartbeat = now
         with self._lock:
             live = [r.identity for r in self.robots.values() if now - r.last_seen < PEER_TIMEOUT_S]
-            metrics = {"fleet/steps_in": float(self.steps_in), "fleet/errors": float(sum(self.errors.values()))}
+            metrics = {
+                "fleet/steps_in": float(self.steps_in),
+                "fleet/errors": float(sum(self.errors.values())),
+            }
         hb = Heartbeat(sender_id=self.sender_id, time=now, metrics=metrics)
         for identity in live:
             self._send(identity, hb)

@@ -88,7 +88,10 @@ class DaemonLearner:
             now = time.monotonic()
             changed = self.grad_steps > shipped_at  # never ship an unchanged policy
             ship_t = self.cfg.ship_every_s > 0 and now - last_ship >= self.cfg.ship_every_s
-            ship_n = self.cfg.ship_every_updates > 0 and self.grad_steps - shipped_at >= self.cfg.ship_every_updates
+            ship_n = (
+                self.cfg.ship_every_updates > 0
+                and self.grad_steps - shipped_at >= self.cfg.ship_every_updates
+            )
             if changed and (ship_t or ship_n):
                 self.ship()
                 last_ship, shipped_at = now, self.grad_steps

@@ -23,7 +23,9 @@ LagrangianMode = Literal["adaptive", "pid", "fixed"]
 
 @dataclass
 class LagrangeConfig(Config):
-    mode: LagrangianMode = option("adaptive", "adaptive = PID + Marvel gain adaptation; pid = plain PID; fixed = constant λ.")
+    mode: LagrangianMode = option(
+        "adaptive", "adaptive = PID + Marvel gain adaptation; pid = plain PID; fixed = constant λ."
+    )
     cost_limit: float = option(25.0, "Episode cost limit d.")
     kp: float = option(0.1, "Initial proportional gain K_p0.")
     ki: float = option(0.01, "Initial integral gain K_i0.")

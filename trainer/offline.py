@@ -86,9 +86,8 @@ class OfflineLearner:
         critic_modules = [a.encoder, a.q_r, a.q_c, a.q_h, a.v_r, a.v_c, a.v_h]
         if self.world_model is not None:
             critic_modules.append(self.world_model)
-        self.critic_params = [p for m in critic_modules for p in m.parameters()]
-        self.critic_opt = torch.optim.Adam(self.critic_params, lr=cfg.lr)
-        self.actor_opt = torch.optim.Adam(a.actor_on.parameters(), lr=cfg.lr)
+        self.params = [p for m in [*critic_modules, a.actor_on] for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.wm_weights = WorldModelLossWeights(
             consistency=cfg.wm_consistency_coef,
@@ -146,7 +145,7 @@ class OfflineLearner:
             "q_c": _ensemble_mse(a.q_c(z, act), y_c),
             "q_h": _ensemble_mse(a.q_h(z, act), y_h),
         }
-        critic_loss = sum(losses.values())
+        loss = sum(losses.values())
         metrics: dict[str, float] = {}
         if self.world_model is not None:
             wm_loss, wm_parts = self.world_model.loss(
@@ -158,9 +157,8 @@ class OfflineLearner:
                 torch.from_numpy(batch.terminals),
                 self.wm_weights,
             )
-            critic_loss = critic_loss + wm_loss
+            loss = loss + wm_loss
             metrics.update({f"wm/{k}": v for k, v in wm_parts.items()})
-        self._step(self.critic_opt, critic_loss, self.critic_params)
 
         with torch.no_grad():
             if cfg.method == "bc":
@@ -176,9 +174,10 @@ class OfflineLearner:
                     cfg.max_weight_h,
                     cfg.max_weight_r,
                 )
-        log_prob = a.actor_on.log_prob(zd, act)
+        # the actor's loss also shapes the encoder: pixels → goal direction is learnt fastest from the actions
+        log_prob = a.actor_on.log_prob(z, act)
         actor_loss = weighted_bc_loss(log_prob, weights)
-        self._step(self.actor_opt, actor_loss, list(a.actor_on.parameters()))
+        self._step(loss + actor_loss)
 
         polyak(self.target_encoder, a.encoder, cfg.target_ema)
         polyak(self.target_q_r, a.q_r, cfg.target_ema)
@@ -201,12 +200,12 @@ class OfflineLearner:
         )
         return metrics
 
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
-        opt.zero_grad(set_to_none=True)
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        opt.step()
+            nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
 
     # ----- evaluation helpers -----------------------------------------------------------
     @torch.no_grad()
@@ -248,8 +247,7 @@ class OfflineLearner:
             "target_q_r": self.target_q_r.state_dict(),
             "target_q_c": self.target_q_c.state_dict(),
             "target_q_h": self.target_q_h.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
         }
         if self.world_model is not None:
@@ -263,8 +261,7 @@ class OfflineLearner:
         self.target_q_r.load_state_dict(state["target_q_r"])
         self.target_q_c.load_state_dict(state["target_q_c"])
         self.target_q_h.load_state_dict(state["target_q_h"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         if self.world_model is not None:
             if "world_model" not in state:

@@ -96,18 +96,30 @@ def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineData
     source = path or Path(str(ckpt.get("dataset", {}).get("source", "")))
     if not str(source) or not source.is_file():
         logger.warning(
-            "offline dataset %s not found: no replay mixing and no value pre-alignment (pass --dataset FILE)", source
+            "offline dataset %s not found: no replay mixing and no value pre-alignment (pass --dataset FILE)",
+            source,
         )
         return None
     return load_dataset(source)
 
 
-def on_policy_next(agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def shield_threshold_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> float:
+    """The configured shield threshold, else the offline run's (else 0)."""
+    if cfg.shield_threshold is not None:
+        return cfg.shield_threshold
+    return float(offline_ckpt.get("config", {}).get("shield_threshold", 0.0))
+
+
+def on_policy_next(
+    agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """a' ~ π_on(z'): SAC-Lag's bootstrap."""
     return agent.actor_on.sample(z_next)
 
 
-def offline_policy_next(agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def offline_policy_next(
+    agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """a' ~ π_off(o') through π_off's own encoder: Value Pre-Alignment's bootstrap."""
     return agent.actor_off.sample(agent.encoder_off(next_obs))
 
@@ -120,7 +132,9 @@ class OnlineLearner:
         self.cfg = cfg
         for p in list(agent.encoder_off.parameters()) + list(agent.actor_off.parameters()):
             p.requires_grad_(False)  # π_off is frozen
-        self.target = nn.ModuleDict({name: copy.deepcopy(m) for name, m in self._tracked()}).requires_grad_(False)
+        self.target = nn.ModuleDict({name: copy.deepcopy(m) for name, m in self._tracked()}).requires_grad_(
+            False
+        )
         critic_params = [
             *agent.encoder.parameters(),
             *agent.q_r.parameters(),
@@ -164,7 +178,11 @@ class OnlineLearner:
         loss_r = F.mse_loss(q_r, y_r.unsqueeze(-1).expand_as(q_r))
         loss_c = F.mse_loss(q_c, y_c.unsqueeze(-1).expand_as(q_c))
         loss = loss_r + loss_c
-        metrics = {"online/loss_q_r": float(loss_r), "online/loss_q_c": float(loss_c), "online/q_r": float(q_r.mean())}
+        metrics = {
+            "online/loss_q_r": loss_r.item(),
+            "online/loss_q_c": loss_c.item(),
+            "online/q_r": q_r.mean().item(),
+        }
         if cfg.learn_qh:
             loss_h, h_metrics = self._reach_loss(z, z_next_t, t)
             loss = loss + loss_h
@@ -186,7 +204,7 @@ class OnlineLearner:
         loss_q = F.mse_loss(q_h, y_h.unsqueeze(-1).expand_as(q_h))
         # V_h toward a low expectile of the max-ensemble Q_h (≈ the best in-sample feasibility)
         loss_v = expectile_loss(ag.v_h(z.detach()) - q_h.max(dim=-1).values.detach(), cfg.qh_expectile)
-        return loss_q + loss_v, {"online/loss_q_h": float(loss_q), "online/loss_v_h": float(loss_v)}
+        return loss_q + loss_v, {"online/loss_q_h": loss_q.item(), "online/loss_v_h": loss_v.item()}
 
     def actor_step(self, batch: Batch) -> dict[str, float]:
         """SAC-Lag actor loss (α log π − Q_r + λ Q_c)/(1 + λ) and the α update."""
@@ -200,7 +218,11 @@ class OnlineLearner:
         self.opt_actor.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_actor.step()
-        metrics = {"online/loss_actor": float(loss), "online/entropy": float(-logp.mean()), "online/alpha": self.alpha}
+        metrics = {
+            "online/loss_actor": loss.item(),
+            "online/entropy": -logp.mean().item(),
+            "online/alpha": self.alpha,
+        }
         if self.cfg.autotune_alpha:
             loss_a = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
             self.opt_alpha.zero_grad(set_to_none=True)

@@ -36,23 +36,34 @@ class OnlineConfig(Config):
     lr_alpha: float = option(3e-4, "Learning rate of the entropy temperature.")
     alpha_init: float = option(0.05, "Initial entropy temperature α.")
     autotune_alpha: bool = option(True, "Learn α toward the target entropy −dim(A).")
-    offline_ratio: float = option(0.5, "Fraction of every batch drawn from the offline dataset (rest: online replay).")
+    offline_ratio: float = option(
+        0.5, "Fraction of every batch drawn from the offline dataset (rest: online replay)."
+    )
     utd_ratio: float = option(1.0, "Gradient updates per new online step (update-to-data ratio).")
     warmup_steps: int = option(256, "Online steps collected before the first update.")
     replay_capacity: int = option(100_000, "Online replay size in steps (one uint8 frame per step).")
     learn_qh: bool = option(True, "Keep training the reachability critic Q_h online.")
     c_scale: float = option(25.0, "Reachability: h = +c_scale where c > 0, else −1 (FISOR).")
     qh_expectile: float = option(0.9, "Expectile of V_h toward the lower (feasible) side of Q_h.")
-    shield_threshold: float = option(0.0, "Q_h above this → the shield replaces the action (written into bundles).")
+    shield_threshold: float | None = option(
+        None,
+        "Q_h above this → the shield replaces the action (written into bundles); unset = the offline run's.",
+    )
     lagrange: LagrangeConfig = option(default_factory=LagrangeConfig, help="λ controller.")
     vpa: VPAConfig = option(default_factory=VPAConfig, help="Value Pre-Alignment.")
     expansion: ExpansionConfig = option(default_factory=ExpansionConfig, help="Safe policy expansion.")
     torch_threads: int = option(1, "torch intra-op threads of the learner (leave a core for ingest).")
     checkpoint_every_s: float = option(120.0, "Seconds between checkpoints (also written on SIGTERM).")
-    ship_every_s: float = option(60.0, "Daemon: ship a new bundle every this many seconds (0 = never by time).")
-    ship_every_updates: int = option(0, "Daemon: ship a new bundle every this many updates (0 = never by count).")
+    ship_every_s: float = option(
+        60.0, "Daemon: ship a new bundle every this many seconds (0 = never by time)."
+    )
+    ship_every_updates: int = option(
+        0, "Daemon: ship a new bundle every this many updates (0 = never by count)."
+    )
     keep_bundles: int = option(5, "Daemon: bundles kept in RUN/bundles/ for rollback.")
-    quantize: Literal["auto", "fp32", "int8"] = option("fp32", "Quantization of shipped bundles (see trainer.export).")
+    quantize: Literal["auto", "fp32", "int8"] = option(
+        "fp32", "Quantization of shipped bundles (see trainer.export)."
+    )
 
     def validate(self) -> None:
         if not 0.0 <= self.offline_ratio <= 1.0:
@@ -62,6 +73,8 @@ class OnlineConfig(Config):
         if not 0.0 < self.gamma < 1.0:
             raise ConfigError(f"gamma must be in (0, 1), got {self.gamma}")
         if self.keep_bundles < 2:
-            raise ConfigError(f"keep_bundles must be ≥ 2 (the current one and one to roll back to), got {self.keep_bundles}")
+            raise ConfigError(
+                f"keep_bundles must be ≥ 2 (the current one and one to roll back to), got {self.keep_bundles}"
+            )
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be ≥ 2, got {self.batch_size}")

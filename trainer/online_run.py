@@ -11,10 +11,12 @@ tb/ (TensorBoard). SIGTERM / SIGINT stop after the current step with a checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from edge_runtime.select import select
 from edge_runtime.shield import shield as apply_shield
 from protocol.constants import POLICY_ONLINE
 from trainer.networks import Agent, load_checkpoint, save_checkpoint
-from trainer.online import MixedSampler, OnlineLearner, load_offline_dataset
+from trainer.online import MixedSampler, OnlineLearner, load_offline_dataset, shield_threshold_for
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -68,7 +70,9 @@ def frame_of(obs: Any, obs_key: str | None) -> np.ndarray:
     """The image observation (dict observations: ``obs[obs_key]``)."""
     if isinstance(obs, dict):
         if obs_key is None or obs_key not in obs:
-            raise EnvSpecError(f"the env returns a dict observation {sorted(obs)}; pick the image with --obs-key")
+            raise EnvSpecError(
+                f"the env returns a dict observation {sorted(obs)}; pick the image with --obs-key"
+            )
         obs = obs[obs_key]
     return np.asarray(obs)
 
@@ -76,12 +80,17 @@ def frame_of(obs: Any, obs_key: str | None) -> np.ndarray:
 class PolicyRunner:
     """Acts like the robot: graph outputs → policy expansion (or π_on only) → shield."""
 
-    def __init__(self, agent: Agent, cfg: OnlineConfig, use_shield: bool) -> None:
-        self.agent, self.cfg, self.use_shield = agent, cfg, use_shield
+    def __init__(self, agent: Agent, cfg: OnlineConfig, shield_threshold: float | None) -> None:
+        """``shield_threshold`` None: no shield."""
+        self.agent, self.cfg, self.threshold = agent, cfg, shield_threshold
 
-    def act(self, frame: np.ndarray, rng: np.random.Generator, kappa_c: float, greedy: bool) -> tuple[np.ndarray, int, bool]:
+    def act(
+        self, frame: np.ndarray, rng: np.random.Generator, kappa_c: float, greedy: bool
+    ) -> tuple[np.ndarray, int, bool]:
         a_dim = self.agent.spec.action_dim
-        noise = np.zeros((1, a_dim), np.float32) if greedy else rng.standard_normal((1, a_dim)).astype(np.float32)
+        noise = (
+            np.zeros((1, a_dim), np.float32) if greedy else rng.standard_normal((1, a_dim)).astype(np.float32)
+        )
         with torch.no_grad():
             outs = self.agent.graph_outputs(torch.as_tensor(frame[None]), torch.as_tensor(noise))
         out = AgentOutput(*(o[0].numpy() for o in outs))
@@ -90,9 +99,9 @@ class PolicyRunner:
             policy, action = sel.policy, sel.action
         else:
             policy, action = POLICY_ONLINE, np.asarray(out.a_on, np.float32)
-        if not self.use_shield:
+        if self.threshold is None:
             return action, policy, False
-        decision = apply_shield(out, policy, self.cfg.shield_threshold)
+        decision = apply_shield(out, policy, self.threshold)
         return np.asarray(decision.action, np.float32), policy, decision.shielded
 
 
@@ -133,9 +142,10 @@ def train_online(
         metrics.scalars(ValuePreAligner(learner, dataset, cfg.vpa).run(rng), 0)
         logger.info("VPA took %.1f s", time.monotonic() - t0)
     env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
-    runner = PolicyRunner(agent, cfg, use_shield)
-    result = OnlineRunResult(out, 0, int(state.get("episodes", 0)), cumulative_cost=float(state.get("cumulative_cost", 0.0)))
-    stop = _stop_flag()
+    runner = PolicyRunner(agent, cfg, shield_threshold_for(cfg, offline_ckpt) if use_shield else None)
+    result = OnlineRunResult(
+        out, 0, int(state.get("episodes", 0)), cumulative_cost=float(state.get("cumulative_cost", 0.0))
+    )
     episodes_log = (out / "episodes.jsonl").open("a")
     start_t, t0 = int(state.get("steps", 0)), time.monotonic()
     last_ckpt, budget = t0, 0.0
@@ -147,45 +157,48 @@ def train_online(
             "steps": t, "episodes": result.episodes, "cumulative_cost": result.cumulative_cost,
             "numpy_rng": rng.bit_generator.state}})  # fmt: skip
 
-    t = start_t
-    for t in range(start_t, steps):
-        if stop["set"]:
-            break
-        action, policy, shielded = runner.act(frame, rng, learner.kappa_c(), greedy=False)
-        obs2, reward, terminated, truncated, info = env.step(action)
-        cost = float(info.get("cost", 0.0))
-        replay.add_batch("env", t, {
-            "obs": frame[None], "action": action[None], "reward": np.array([reward], np.float32),
-            "cost": np.array([cost], np.float32), "terminated": np.array([terminated]),
-            "truncated": np.array([truncated])})  # fmt: skip
-        ep["ret"] += float(reward)
-        ep["cost"] += cost
-        ep["len"] += 1
-        ep["offline"] += int(policy != POLICY_ONLINE)
-        ep["shielded"] += int(shielded)
-        result.cumulative_cost += cost
-        if terminated or truncated:
-            _end_episode(result, learner, ep, t + 1, episodes_log, metrics)
-            ep = {k: 0 if isinstance(v, int) else 0.0 for k, v in ep.items()}
-            obs2 = env.reset()[0]
-        frame = frame_of(obs2, obs_key)
-        if t + 1 >= cfg.warmup_steps:
-            budget += cfg.utd_ratio
-            while budget >= 1.0:
-                budget -= 1.0
-                m = learner.update(sampler.sample(cfg.batch_size, rng))
-                if learner.updates % 100 == 0:
-                    metrics.scalars({**m, **learner.lagrange.metrics()}, t + 1)
-        if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
-            checkpoint(t + 1)
-            last_ckpt = time.monotonic()
-    else:
-        t = steps
+    with _stop_on_signals() as stop:
+        t = start_t
+        for t in range(start_t, steps):
+            if stop["set"]:
+                break
+            action, policy, shielded = runner.act(frame, rng, learner.kappa_c(), greedy=False)
+            obs2, reward, terminated, truncated, info = env.step(action)
+            cost = float(info.get("cost", 0.0))
+            replay.add_batch("env", t, {
+                "obs": frame[None], "action": action[None], "reward": np.array([reward], np.float32),
+                "cost": np.array([cost], np.float32), "terminated": np.array([terminated]),
+                "truncated": np.array([truncated])})  # fmt: skip
+            ep["ret"] += float(reward)
+            ep["cost"] += cost
+            ep["len"] += 1
+            ep["offline"] += int(policy != POLICY_ONLINE)
+            ep["shielded"] += int(shielded)
+            result.cumulative_cost += cost
+            if terminated or truncated:
+                _end_episode(result, learner, ep, t + 1, episodes_log, metrics)
+                ep = {k: 0 if isinstance(v, int) else 0.0 for k, v in ep.items()}
+                obs2 = env.reset()[0]
+            frame = frame_of(obs2, obs_key)
+            if t + 1 >= cfg.warmup_steps:
+                budget += cfg.utd_ratio
+                while budget >= 1.0:
+                    budget -= 1.0
+                    m = learner.update(sampler.sample(cfg.batch_size, rng))
+                    if learner.updates % 100 == 0:
+                        metrics.scalars({**m, **learner.lagrange.metrics()}, t + 1)
+            if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
+                checkpoint(t + 1)
+                last_ckpt = time.monotonic()
+        else:
+            t = steps
     result.steps = t
     checkpoint(t)
     episodes_log.close()
     if eval_episodes > 0 and not stop["set"]:
-        result.final_eval = evaluate(runner, env, obs_key, eval_episodes, learner.kappa_c(), cfg.seed + 10_000)
+        result.final_eval = evaluate(
+            runner, env, obs_key, eval_episodes, learner.kappa_c(), cfg.seed + 10_000
+        )
     result.seconds = time.monotonic() - t0
     env.close()
     metrics.close()
@@ -193,7 +206,9 @@ def train_online(
     return result
 
 
-def evaluate(runner: PolicyRunner, env: Any, obs_key: str | None, episodes: int, kappa_c: float, seed: int) -> dict[str, float]:
+def evaluate(
+    runner: PolicyRunner, env: Any, obs_key: str | None, episodes: int, kappa_c: float, seed: int
+) -> dict[str, float]:
     """Greedy episodes (selection in eval mode, zero noise, shield on as configured)."""
     rng = np.random.default_rng(seed)
     rets, costs = [], []
@@ -210,7 +225,9 @@ def evaluate(runner: PolicyRunner, env: Any, obs_key: str | None, episodes: int,
             "cost_mean": float(np.mean(costs)), "cost_std": float(np.std(costs)), "episodes": episodes}  # fmt: skip
 
 
-def _end_episode(result: OnlineRunResult, learner: OnlineLearner, ep: dict, step: int, log: Any, metrics: MetricsWriter) -> None:
+def _end_episode(
+    result: OnlineRunResult, learner: OnlineLearner, ep: dict, step: int, log: Any, metrics: MetricsWriter
+) -> None:
     result.episodes += 1
     result.returns.append(ep["ret"])
     result.costs.append(ep["cost"])
@@ -249,13 +266,18 @@ def _check_frame(frame: np.ndarray, agent: Agent) -> np.ndarray:
     return frame
 
 
-def _stop_flag() -> dict[str, bool]:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[dict[str, bool]]:
+    """SIGTERM / SIGINT set a flag the loop checks; the previous handlers come back afterwards."""
     flag = {"set": False}
 
     def handler(signum: int, _frame: Any) -> None:
         logger.info("%s: stopping after this step (checkpoint first)", signal.Signals(signum).name)
         flag["set"] = True
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return flag
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)

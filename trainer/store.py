@@ -111,7 +111,9 @@ class StepStore:
                 "SELECT segment, MAX(offset + length) FROM batches WHERE segment = (SELECT MAX(segment) FROM batches)"
             ).fetchone()
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open step store {self.root}: {exc}; check the path and free disk space") from exc
+            raise StoreError(
+                f"cannot open step store {self.root}: {exc}; check the path and free disk space"
+            ) from exc
         for robot_id, stream_id, seq, n in rows:
             self._acks.setdefault((robot_id, stream_id), _StreamAcks()).add(seq)
             self.steps_stored += n
@@ -132,7 +134,9 @@ class StepStore:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         size = os.fstat(self._fd).st_size
         if size > valid_bytes:
-            logger.warning("step store: dropping %d unacknowledged bytes at the end of %s", size - valid_bytes, path)
+            logger.warning(
+                "step store: dropping %d unacknowledged bytes at the end of %s", size - valid_bytes, path
+            )
             os.ftruncate(self._fd, valid_bytes)
             os.fsync(self._fd)
         os.lseek(self._fd, valid_bytes, os.SEEK_SET)
@@ -167,7 +171,18 @@ class StepStore:
             self._open_segment(0)
         rows, offset = [], self._offset
         for b in fresh:
-            rows.append((b.robot_id, b.stream_id, b.seq, b.first_step, b.n_steps, self._segment, offset, len(b.payload)))
+            rows.append(
+                (
+                    b.robot_id,
+                    b.stream_id,
+                    b.seq,
+                    b.first_step,
+                    b.n_steps,
+                    self._segment,
+                    offset,
+                    len(b.payload),
+                )
+            )
             offset += len(b.payload)
         try:
             _write_all(self._fd, [b.payload for b in fresh])
@@ -212,7 +227,9 @@ class StepStore:
                     fds[segment] = os.open(self._segment_path(segment), os.O_RDONLY)
                 payload = os.pread(fds[segment], length, offset)
                 if len(payload) != length:
-                    raise StoreError(f"step store {self.root}: segment {segment} is shorter than its index says")
+                    raise StoreError(
+                        f"step store {self.root}: segment {segment} is shorter than its index says"
+                    )
                 yield StoredBatch(row, robot_id, stream_id, seq, first, n, payload)
         finally:
             for fd in fds.values():

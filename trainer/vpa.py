@@ -29,7 +29,9 @@ class ValuePreAligner:
         self.cfg = cfg
         self.steps_done = 0
         learner.sync_targets()
-        logger.info("value pre-alignment: %d critic updates on %d offline transitions", cfg.steps, len(dataset))
+        logger.info(
+            "value pre-alignment: %d critic updates on %d offline transitions", cfg.steps, len(dataset)
+        )
 
     @property
     def done(self) -> bool:
@@ -43,7 +45,11 @@ class ValuePreAligner:
         if self.steps_done % self.cfg.log_every == 0 or self.done:
             logger.info(
                 "VPA %d/%d: loss Q_r %.4f  loss Q_c %.4f  mean Q_r %.3f",
-                self.steps_done, self.cfg.steps, m["online/loss_q_r"], m["online/loss_q_c"], m["online/q_r"],
+                self.steps_done,
+                self.cfg.steps,
+                m["online/loss_q_r"],
+                m["online/loss_q_c"],
+                m["online/q_r"],
             )
         if self.done:
             self.learner.sync_targets()

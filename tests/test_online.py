@@ -1,0 +1,119 @@
+"""Online learner: selection over each policy's own Q, SAC-Lag's (1+λ) actor loss, replay mixing, and
+`train_online` end to end (with resume) on a tiny cost-reporting gymnasium env."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from edge_runtime.select import selection_probabilities
+from trainer.dataset import Batch
+from trainer.networks import Agent, AgentSpec, save_checkpoint
+from trainer.online import MixedSampler, OnlineLearner
+from trainer.online_config import OnlineConfig, VPAConfig
+from trainer.online_run import train_online
+from trainer.replay import StepReplay
+from trainer.synthetic import make_point_dataset, write_hdf5
+
+
+def small_agent(seed: int = 0) -> Agent:
+    torch.manual_seed(seed)
+    return Agent(AgentSpec(obs_shape=(2,), action_dim=2, latent_dim=8, hidden_dim=32))
+
+
+def test_each_policy_is_scored_at_its_own_action_and_selection_follows_the_formula() -> None:
+    agent = small_agent()
+    with torch.no_grad():  # make π_on differ from π_off so that the two actions differ
+        for p in agent.actor_on.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        obs, noise = torch.randn(5, 2), torch.zeros(5, 2)
+        a_on, a_off, q_r, q_c, *_ = agent.graph_outputs(obs, noise)
+        z = agent.encoder(obs)
+        for col, a in enumerate((a_on, a_off)):
+            assert torch.allclose(q_r[:, col], agent.q_r(z, a).min(dim=-1).values)
+            assert torch.allclose(q_c[:, col], agent.q_c(z, a).max(dim=-1).values)
+    assert not torch.allclose(a_on, a_off)
+    kappa_t, kappa_c = 5.0, 0.3
+    for i in range(5):
+        score = kappa_t * (q_r[i].numpy().astype(np.float64) - kappa_c * q_c[i].numpy())
+        expected = np.exp(score) / np.exp(score).sum()
+        assert selection_probabilities(q_r[i].numpy(), q_c[i].numpy(), kappa_t, kappa_c) == pytest.approx(
+            expected
+        )
+
+
+def test_actor_loss_is_normalised_by_one_plus_lambda() -> None:
+    agent = small_agent()
+    learner = OnlineLearner(agent, OnlineConfig(autotune_alpha=False, alpha_init=0.2))
+    learner.lagrange.lam = 3.0
+    batch = make_point_dataset(episodes=2, length=16).sample(16, np.random.default_rng(0))
+    with torch.no_grad():
+        torch.manual_seed(7)
+        z = agent.encoder(torch.as_tensor(batch.obs))
+        a, logp = agent.actor_on.sample(z)
+        q_r = agent.q_r(z, a).min(dim=-1).values
+        q_c = agent.q_c(z, a).max(dim=-1).values
+        expected = ((0.2 * logp - q_r + 3.0 * q_c) / 4.0).mean().item()
+    torch.manual_seed(7)
+    assert learner.actor_step(batch)["online/loss_actor"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixed_sampler_draws_the_configured_offline_fraction() -> None:
+    offline = make_point_dataset(episodes=2, length=16)  # observations in [-1, 1]
+    replay = StepReplay(64, (2,), 2)
+    replay.obs = np.zeros((64, 2), np.float32)  # state replay for the test: mark online obs with 5.0
+    n = 20
+    replay.add_batch("s", 0, {"obs": np.full((n, 2), 5.0, np.float32), "action": np.zeros((n, 2), np.float32),
+                              "reward": np.zeros(n, np.float32), "cost": np.zeros(n, np.float32),
+                              "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool)})  # fmt: skip
+    batch: Batch = MixedSampler(offline, replay, 0.25).sample(40, np.random.default_rng(0))
+    assert int((batch.obs[:, 0] == 5.0).sum()) == 30
+    assert MixedSampler(offline, StepReplay(8, (2,), 2), 0.25).sample(
+        8, np.random.default_rng(0)
+    ).obs.shape == (8, 2)
+
+
+class PointCostEnv(gym.Env):
+    """Point robot: reward = progress to (0, 0.8), cost 1 per step with x > 0.5, 20 steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.s, self.t = self.np_random.uniform(-0.9, 0.9, 2).astype(np.float32), 0
+        return self.s.copy(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        goal = np.array([0.0, 0.8], np.float32)
+        s2 = np.clip(self.s + 0.15 * np.asarray(action, np.float32), -1, 1)
+        reward = float(np.linalg.norm(goal - self.s) - np.linalg.norm(goal - s2))
+        self.s, self.t = s2, self.t + 1
+        return s2.copy(), reward, False, self.t >= 20, {"cost": float(s2[0] > 0.5)}
+
+
+def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
+    gym.register("reachsafe_test/PointCost-v0", entry_point=PointCostEnv)
+    write_hdf5(make_point_dataset(episodes=4, length=20), tmp_path / "ds.h5")
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", small_agent(), 0,
+                    extra={"dataset": {"source": str(tmp_path / "ds.h5")}})  # fmt: skip
+    cfg = OnlineConfig(batch_size=16, warmup_steps=20, vpa=VPAConfig(steps=5))
+    out = tmp_path / "online"
+    first = train_online(tmp_path / "run", "reachsafe_test/PointCost-v0", 60, cfg, out, eval_episodes=0)
+    assert (first.steps, first.episodes) == (60, 3)
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40, 60] and all(r["lambda"] >= 0 for r in rows)
+    assert rows[-1]["cumulative_cost"] == pytest.approx(first.cumulative_cost)
+    second = train_online(
+        tmp_path / "run", "reachsafe_test/PointCost-v0", 100, cfg, out, resume=True, eval_episodes=2
+    )
+    assert (second.steps, second.episodes) == (100, 5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_eval"]["episodes"] == 2 and summary["steps"] == 100
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["online"]["updates"] == 100 - 20 + 1 and ckpt["online_run"]["steps"] == 100
