@@ -372,7 +372,9 @@ def main(ticks: int = SWAP_TICKS) -> dict[str, Any]:
             f"weights under inference_mode. Ticks use synthetic in-memory hardware. The swap run is a separate "
             f"torch-free process: real ControlLoop + BundleManager + Uplink (fsync'd spool, ACKing ROUTER), "
             f"{swap['ticks']} ticks at {RATE_HZ:.0f} Hz, a signed bundle submitted every {SWAP_EVERY} ticks "
-            f"(verified, built and warmed off the control thread), all steps acked: {swap['all_acked']}."
+            f"(verified, built and warmed off the control thread), all steps acked: {swap['all_acked']}. "
+            f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s); on a shared machine "
+            "the p99 tails are mostly other processes' work."
         ),
         "int8": int8,
         "fp32": fp32,

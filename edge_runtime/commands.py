@@ -69,8 +69,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     ):
         p = verbs.add_parser(name, help=helptext)
         p.add_argument(
-            "--state-dir", type=Path, default=EdgeConfig().state_dir, help="runtime state directory"
+            "--state-dir",
+            type=Path,
+            help=f"runtime state directory [default: --config's, else {EdgeConfig().state_dir}]",
         )
+        p.add_argument("--config", type=Path, help="the runtime's EdgeConfig YAML (for its state_dir)")
         p.set_defaults(func=func)
         if name == "status":
             p.add_argument("--json", action="store_true", help="print the raw status JSON")
@@ -131,12 +134,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return args.state_dir
+    try:
+        return load_config(EdgeConfig, args.config).state_dir
+    except ConfigError as exc:
+        raise SystemExit(f"reachsafe edge {args.verb}: {exc}") from None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    path = args.state_dir / STATUS_FILE
+    path = _state_dir(args) / STATUS_FILE
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError):
-        print(f"no runtime status at {path}; is `reachsafe edge run --state-dir {args.state_dir}` running?")
+        print(f"no runtime status at {path}; is `reachsafe edge run --state-dir {path.parent}` running?")
         return 1
     age = time.time() - status.get("time_unix", 0)
     status["stale"] = bool(status.get("running")) and age > STATUS_STALE_S
@@ -157,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    store = BundleStore(args.state_dir / "bundles", trusted_keys=[])
+    store = BundleStore(_state_dir(args) / "bundles", trusted_keys=[])
     try:
         bad, good = store.rollback()
     except BundleRejected as exc:
@@ -169,7 +181,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     trusted = load_trusted_keys(args.keys)
-    store = BundleStore(args.state_dir / "bundles", trusted)
+    store = BundleStore(_state_dir(args) / "bundles", trusted)
     current = store.pointer()["current"]
     spec: tuple[tuple[int, ...] | None, int | None] = (None, None)
     if current is not None:

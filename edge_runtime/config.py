@@ -66,6 +66,9 @@ class EdgeConfig(Config):
     engine_cache_dir: Path = option(
         Path.home() / ".cache" / "reachsafe" / "trt_engines", "TensorRT engine cache root."
     )
+    trt_fp16: bool = option(
+        False, "Build fp16 TensorRT engines (check shield decisions agree with fp32 first)."
+    )
     state_dir: Path = option(
         Path.home() / ".local" / "state" / "reachsafe" / "edge",
         "Installed bundles, the status file and (by default) the spool live here; one per robot deployment.",

@@ -75,6 +75,7 @@ class SessionOptions:
     providers: tuple[str, ...] = ()
     engine_cache_dir: Path = DEFAULT_ENGINE_CACHE
     warmup_runs: int = 3
+    trt_fp16: bool = False  # fp16 engines change Q_h numerics: opt in only after checking shield agreement
 
 
 def available_providers() -> list[str]:
@@ -132,15 +133,17 @@ def tensorrt_version() -> str:
         return "unknown"
 
 
-def engine_cache_key(model: bytes) -> str:
-    """TensorRT engines are only valid for one model, onnxruntime build, TensorRT build and GPU."""
+def engine_cache_key(model: bytes, fp16: bool = False) -> str:
+    """TensorRT engines are only valid for one model, precision, onnxruntime build, TensorRT build and GPU."""
     h = hashlib.sha256()
-    for part in (
+    parts = (
         hashlib.sha256(model).hexdigest(),
+        f"fp16={fp16}",
         ort.__version__,
         tensorrt_version(),
         device_fingerprint(),
-    ):
+    )
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:24]
@@ -150,7 +153,7 @@ def _provider_options(providers: list[str], model: bytes, options: SessionOption
     result: list[dict[str, Any]] = []
     for p in providers:
         if p == "TensorrtExecutionProvider":
-            cache = Path(options.engine_cache_dir) / engine_cache_key(model)
+            cache = Path(options.engine_cache_dir) / engine_cache_key(model, options.trt_fp16)
             cache.mkdir(parents=True, exist_ok=True)
             result.append(
                 {
@@ -158,7 +161,7 @@ def _provider_options(providers: list[str], model: bytes, options: SessionOption
                     "trt_engine_cache_path": str(cache),
                     "trt_timing_cache_enable": "True",
                     "trt_timing_cache_path": str(cache),
-                    "trt_fp16_enable": "True",
+                    "trt_fp16_enable": str(options.trt_fp16),
                 }
             )
         else:

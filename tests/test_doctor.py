@@ -62,7 +62,11 @@ def test_all_checks_pass_against_the_sim_server(tmp_path, keys, trainer_port, pr
     poll_until(sim_up, 60.0, 0.1, "the sim server")
     results = run_doctor(cfg)
     assert [r.name for r in results] == list(CHECKS)
-    assert all(r.status == "pass" for r in results), format_table(results)
+    # the camera check measures the frame rate, which a loaded CI machine can push just below the
+    # control rate: that is a warning, never a failure; every other check must pass outright
+    assert all(r.status == "pass" or (r.name == "camera" and r.status == "warn") for r in results), (
+        format_table(results)
+    )
     by_name = {r.name: r.detail for r in results}
     assert by_name["bundle"].startswith("v2 (fp32)") and "64x64 RGB" in by_name["camera"]
 

@@ -87,3 +87,40 @@ def test_kill_9_mid_stream_then_restart_gives_every_step_exactly_once(tmp_path, 
     assert len(stored) > before and trainer.duplicates > 0  # unacked batches were re-sent and de-duplicated
     assert stored == list(range(summary["stream_next_step"])), "lost or duplicated steps"
     assert "edge summary:" in log2 and "SIGTERM: stopping" in log2 and "brake (shutdown" in log2
+
+
+def test_stalled_robot_brakes_and_the_runtime_recovers(tmp_path, processes) -> None:
+    """SIGSTOP the sim server (camera, drive and signals all stall), then SIGCONT it."""
+    generate_keys(tmp_path / "keys")
+    (tmp_path / "robot_keys").mkdir()
+    shutil.copy(tmp_path / "keys" / "signing.pub", tmp_path / "robot_keys" / "signing.pub")
+    key = load_signing_key(tmp_path / "keys" / "signing.key")
+    bundle = make_test_bundle(tmp_path / "bundle", key, 1, obs_shape=(64, 64, 3))
+    sim_port = free_tcp_port()
+    sim = processes.reachsafe(
+        "sim", "serve", "--bind", f"tcp://127.0.0.1:{sim_port}", "--seed", "0", name="sim"
+    )
+    trainer = StubTrainer(free_tcp_port()).start()
+    summary_path = tmp_path / "summary.json"
+    try:
+        edge = processes.reachsafe(
+            *_edge_args(tmp_path, bundle, trainer, sim_port, "--summary", str(summary_path)), name="edge"
+        )
+        poll_until(lambda: len(trainer.steps_of()) >= 20 or edge.poll() is not None, 60, what="steps")
+        assert edge.poll() is None, processes.log(edge)
+        sim.send_signal(signal.SIGSTOP)
+        poll_until(
+            lambda: "brake (camera_error" in processes.log(edge), 10, what="a brake on the stalled camera"
+        )
+        sim.send_signal(signal.SIGCONT)
+        resumed = len(trainer.steps_of())
+        poll_until(lambda: len(trainer.steps_of()) >= resumed + 20, 30, what="steps after the stall")
+        assert processes.stop(edge, signal.SIGTERM) == 0, processes.log(edge)
+    finally:
+        sim.send_signal(signal.SIGCONT)
+        trainer.stop()
+        processes.stop(sim)
+    summary = json.loads(summary_path.read_text())
+    assert summary["brakes"]["camera_error"] >= 1 and summary["brakes"]["watchdog"] >= 1
+    assert summary["deadline_misses"] >= 1
+    assert summary["all_acked"] and trainer.steps_of() == list(range(summary["stream_next_step"]))

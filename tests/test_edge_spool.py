@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_runtime.spool import Spool
 from edge_runtime.steps import Step, to_columns
@@ -83,3 +85,43 @@ def test_full_spool_drops_the_oldest_segment(tmp_path) -> None:
     assert s.total_bytes <= 6 * rec
     assert [e.seq for e in s.pending()] == [2, 3, 4, 5, 6, 7]
     assert s.dropped_steps == 8
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(1, 5)),
+            st.tuples(st.just("ack"), st.floats(0, 1)),
+            st.tuples(st.just("crash"), st.booleans()),
+        ),
+        max_size=40,
+    )
+)
+def test_any_mix_of_appends_acks_and_crashes_keeps_exactly_the_unacked_batches(tmp_path_factory, ops) -> None:
+    """Model check: after any sequence (including kill -9 with a torn record), the spool holds exactly
+    the unacked batches, and sequence numbers / step indices continue without reuse or gaps."""
+    root = tmp_path_factory.mktemp("spool")
+    rec = len(_batch(Spool(root / "probe", 10**7, 10**6, fsync=False))[0]) + 8
+    open_spool = lambda: Spool(root / "s", max_bytes=10**7, segment_bytes=3 * rec, fsync=False)  # noqa: E731
+    s = open_spool()
+    issued: dict[int, int] = {}  # seq -> n_steps of every batch completely written
+    acked, next_seq, next_step = -1, 0, 0
+    for op, arg in ops:
+        if op == "append":
+            s.append(*_batch(s, arg))
+            issued[next_seq] = arg
+            next_seq, next_step = next_seq + 1, next_step + arg
+        elif op == "ack" and next_seq > 0:
+            target = acked + round(arg * (next_seq - 1 - acked))
+            s.ack(target)
+            acked = max(acked, target)
+        elif op == "crash":
+            segments = sorted((root / "s").glob("seg-*.log"))
+            if arg and segments:
+                with open(segments[-1], "ab") as f:
+                    f.write(b"\x40\x00\x00\x00\x01\x02\x03\x04torn")
+            s = open_spool()
+        assert [e.seq for e in s.pending()] == [q for q in sorted(issued) if q > acked]
+        assert [e.n_steps for e in s.pending()] == [issued[q] for q in sorted(issued) if q > acked]
+        assert (s.next_seq, s.next_step) == (next_seq, next_step)

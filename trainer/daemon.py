@@ -160,7 +160,13 @@ def serve(args: argparse.Namespace) -> int:
     logger.info("trainer daemon serving on %s (%s), run %s", args.bind, security, run.root)
     try:
         while not stop.wait(STATUS_EVERY_S):
-            _write_status(paths.status, "running", args.bind, security, started, ingest, dl)
+            status = _write_status(paths.status, "running", args.bind, security, started, ingest, dl)
+            metrics.scalars(
+                {"fleet/robots": len(status["robots"]), "fleet/steps_per_s": status["steps_per_s"],
+                 "fleet/steps_stored": status["steps_stored"], "fleet/errors": status["errors"],
+                 "fleet/duplicates": status["duplicates"], "online/updates_per_s": status["updates_per_s"]},
+                int(status["uptime_s"]),
+            )  # fmt: skip
     finally:
         stop.set()
         for t in threads:
@@ -191,7 +197,7 @@ def _guard(fn: Any, stop: threading.Event) -> Any:
 
 def _write_status(
     path: Path, state: str, bind: str, security: str, started: float, ingest: IngestServer, dl: DaemonLearner
-) -> None:
+) -> dict[str, Any]:
     status = {
         "state": state,
         "pid": os.getpid(),
@@ -206,3 +212,4 @@ def _write_status(
         write_status(path, status)
     except OSError as exc:
         logger.warning("cannot write %s: %s", path, exc)
+    return status

@@ -139,8 +139,8 @@ class DaemonLearner:
 
     def _record(self, m: dict[str, float]) -> None:
         self.last_metrics = m
-        if self.learner.updates % 50 == 0:
-            self.metrics.scalars(m, self.learner.updates)
+        if self.grad_steps % 50 == 0:
+            self.metrics.scalars(m, self.grad_steps)
 
     def ship(self) -> None:
         try:

@@ -117,7 +117,7 @@ def run_demo(out: Path, s: DemoSettings) -> DemoResult:
                                      "--hardware", f"{sim_ep.replace('tcp://', 'sim:tcp://')}",
                                      "--rate", str(s.rate_hz), "--keys", str(keys),
                                      "--max-episodes", str(s.episodes), "--summary", str(summary_path),
-                                     "--spool", str(out / "spool")), out)
+                                     "--spool", str(out / "spool"), "--state-dir", str(out / "edge_state")), out)
         services.append(edge)
         deadline = time.monotonic() + s.timeout_s
         while edge.alive() and time.monotonic() < deadline:

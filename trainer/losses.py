@@ -15,9 +15,12 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     return (weight * diff.pow(2)).mean()
 
 
+SAFE_SIGNAL = -1.0
+
+
 def reachability_signal(cost: torch.Tensor, c_scale: float) -> torch.Tensor:
-    """h = +c_scale where c > 0 (in a hazard), −1 elsewhere (FISOR)."""
-    return torch.where(cost > 0, torch.full_like(cost, c_scale), torch.full_like(cost, -1.0))
+    """h = +c_scale where c > 0 (in a hazard), −1 (``SAFE_SIGNAL``) elsewhere (FISOR)."""
+    return torch.where(cost > 0, torch.full_like(cost, c_scale), torch.full_like(cost, SAFE_SIGNAL))
 
 
 def hj_target(h: torch.Tensor, next_v_h: torch.Tensor, terminal: torch.Tensor, gamma: float) -> torch.Tensor:

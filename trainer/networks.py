@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.losses import SAFE_SIGNAL
+
 GRAPH_INPUTS = ("obs", "noise")
 GRAPH_OUTPUTS = ("a_on", "a_off", "q_r", "q_c", "q_h", "candidates")
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
@@ -193,6 +195,11 @@ class Agent(nn.Module):
         self.v_c = ValueNet(L, Hd)
         self.q_h = QEnsemble(L, A, Hd, spec.n_qh)
         self.v_h = ValueNet(L, Hd)
+        # Start Q_h and V_h at the fixed point of a state that never reaches a hazard. The HJ backup
+        # propagates danger (the max) within a few backups, but decays an initial 0 toward −1 only by
+        # (1 − γ) per backup: starting at 0 leaves every state "infeasible" for ~10⁵ updates.
+        for head in [*self.q_h.members, self.v_h.net]:
+            nn.init.constant_(head[-1].bias, SAFE_SIGNAL)
         self.register_buffer("primitives", torch.tensor(spec.primitives, dtype=torch.float32).reshape(-1, A))
         self.sync_online_from_offline()
 

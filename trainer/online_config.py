@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from protocol.config import Config, ConfigError, option
 from trainer.lagrange import LagrangeConfig
@@ -61,9 +60,6 @@ class OnlineConfig(Config):
         0, "Daemon: ship a new bundle every this many updates (0 = never by count)."
     )
     keep_bundles: int = option(5, "Daemon: bundles kept in RUN/bundles/ for rollback.")
-    quantize: Literal["auto", "fp32", "int8"] = option(
-        "fp32", "Quantization of shipped bundles (see trainer.export)."
-    )
 
     def validate(self) -> None:
         if not 0.0 <= self.offline_ratio <= 1.0:

@@ -10,7 +10,6 @@ wrong). Each frame is stored once, so memory is one uint8 frame per step.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
 
 import numpy as np
 
@@ -85,6 +84,3 @@ class StepReplay:
             next_obs=self.obs[self.next_slot[pick]],
             terminals=self.done[pick] > 0.5,
         )
-
-    def state(self) -> dict[str, Any]:
-        return {"added": self.added, "transitions": len(self)}

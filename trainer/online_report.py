@@ -1,0 +1,91 @@
+"""Curves (PNG) and a markdown table from `reachsafe train online` output directories.
+
+    python -m trainer.online_report --out docs/online_curves.png LABEL=DIR[,DIR...] ...
+
+Each LABEL groups the seeds of one variant (e.g. method=runs/m_s0,runs/m_s1). Curves are the
+per-episode return and cost and the cumulative cost against environment steps, mean over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_run(out: Path) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((out / "summary.json").read_text())
+    return {"rows": rows, "summary": summary}
+
+
+def table(groups: dict[str, list[dict[str, Any]]], cost_limit: float) -> str:
+    lines = [
+        "| variant | seeds | steps | return, first 3 ep. | return, last 3 ep. | cost, last 3 ep. | cumulative cost "
+        "| final eval return | final eval cost | ≤ limit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in groups.items():
+
+        def ms(values: list[float]) -> str:
+            return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+        first = [np.mean([r["return"] for r in run["rows"][:3]]) for run in runs]
+        last = [np.mean([r["return"] for r in run["rows"][-3:]]) for run in runs]
+        last_cost = [np.mean([r["cost"] for r in run["rows"][-3:]]) for run in runs]
+        cum = [run["summary"]["cumulative_cost"] for run in runs]
+        ev_r = [run["summary"]["final_eval"].get("return_mean", float("nan")) for run in runs]
+        ev_c = [run["summary"]["final_eval"].get("cost_mean", float("nan")) for run in runs]
+        lines.append(
+            f"| {label} | {len(runs)} | {runs[0]['summary']['steps']} | {ms(first)} | {ms(last)} | {ms(last_cost)} "
+            f"| {ms(cum)} | {ms(ev_r)} | {ms(ev_c)} | {'yes' if np.mean(ev_c) <= cost_limit else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for label, runs in groups.items():
+        n = min(len(run["rows"]) for run in runs)
+        steps = np.array([r["step"] for r in runs[0]["rows"][:n]])
+        for ax, key in zip(axes, ("return", "cost", "cumulative_cost"), strict=True):
+            values = np.array([[r[key] for r in run["rows"][:n]] for run in runs])
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            ax.plot(steps, mean, label=label)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            ax.set_xlabel("environment steps")
+            ax.set_title(
+                f"episode {key.replace('_', ' ')}" if key != "cumulative_cost" else "cumulative cost"
+            )
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("groups", nargs="+", help="LABEL=DIR[,DIR...]")
+    ap.add_argument("--out", type=Path, required=True, help="PNG path of the curves")
+    ap.add_argument("--cost-limit", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    groups = {}
+    for spec in args.groups:
+        label, _, dirs = spec.partition("=")
+        groups[label] = [load_run(Path(d)) for d in dirs.split(",")]
+    plot(groups, args.out)
+    print(table(groups, args.cost_limit))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
