@@ -7,15 +7,36 @@ Each scene owns its own DIRECT client, so several envs can live in one process (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+import sys
 from typing import Any
 
 import numpy as np
-import pybullet
 
-from sim_bridge.layout import BUTTON_RADIUS, PILLAR_RADIUS, ROBOT_RADIUS, Layout
-from sim_bridge.tasks import Colour, LayoutParams
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """PyBullet's C code prints a build banner on stdout at import; keep stdout for our output
+    (``sim collect`` prints its statistics there as JSON)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+with _stdout_to_stderr():
+    import pybullet
+
+from sim_bridge.layout import BUTTON_RADIUS, PILLAR_RADIUS, ROBOT_RADIUS, Layout  # noqa: E402
+from sim_bridge.tasks import Colour, LayoutParams  # noqa: E402
 
 CAMERA_FOV_DEG = 90.0
 CAMERA_HEIGHT = 0.18
