@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -204,3 +205,11 @@ def client_socket(
     return _make(
         ctx, socket_type, endpoint, curve, allow_plain_remote, max_message_bytes, linger_ms, "connect"
     )
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free right now (for tests and local demos; another process
+    may take it before it is bound, so bind promptly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

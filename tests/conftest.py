@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,14 @@ from typing import Any
 
 import pytest
 
+from protocol.sockets import free_tcp_port  # noqa: F401  (re-exported for the tests)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def poll_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+def poll_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Call ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -47,7 +43,11 @@ class Processes:
         log = self.logdir / f"{name}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.Popen(
-            list(args), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
+            list(args),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=REPO,
             start_new_session=True,
         )
         self.procs.append((proc, log))

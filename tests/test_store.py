@@ -1,18 +1,29 @@
-"""The durable step store: de-duplication, ACK bookkeeping, crash leftovers, reading back."""
+"""The durable step store (de-duplication, ACK bookkeeping, crash leftovers, reading back) and the
+ingest server's pipelined group commit over a real ROUTER socket."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
+import zmq
+from conftest import poll_until
+
 from protocol.codec import decode, encode
-from protocol.messages import Steps
+from protocol.messages import Ack, Steps
+from protocol.sockets import client_socket, server_socket
+from trainer.daemon_ingest import IngestServer
 from trainer.replay_synthetic import synthetic_columns
-from trainer.store import PendingBatch, StepStore
+from trainer.store import PendingBatch, StepStore, StoreError
+
+OBS = (4, 4, 3)
 
 
 def batch(seq: int, robot: str = "r", stream: str = "s", n: int = 4) -> PendingBatch:
     msg = Steps(robot_id=robot, stream_id=stream, seq=seq, first_step=seq * n,
-                columns=synthetic_columns(n, seq * n, obs_shape=(4, 4, 3)))  # fmt: skip
+                columns=synthetic_columns(n, seq * n, obs_shape=OBS))  # fmt: skip
     return PendingBatch(robot, stream, seq, seq * n, n, encode(msg))
 
 
@@ -59,3 +70,99 @@ def test_unindexed_tail_from_a_crash_is_dropped_and_payloads_read_back(tmp_path:
     assert store.step_index() == [("r", "s", 0, 4), ("r", "s", 4, 4), ("r", "s", 8, 4)]
     assert [b.row for b in store.iter_batches(after_row=store.row_before_last(4))] == [got[-1].row]
     store.close()
+
+
+def test_unsynced_store_keeps_the_same_contract(tmp_path: Path) -> None:
+    store = StepStore(tmp_path / "st", sync=False)  # benchmark-only mode: no fsync, same bookkeeping
+    payload = memoryview(batch(0).payload)  # the ingest server hands over zero-copy frame views
+    assert store.put_many([PendingBatch("r", "s", 0, 0, 4, payload), batch(0)]) == [True, False]
+    store.close()
+    store = StepStore(tmp_path / "st")
+    assert [b.payload for b in store.iter_batches()] == [bytes(payload)] and store.acked_seq("r", "s") == 0
+    store.close()
+
+
+class FlakyStore(StepStore):
+    """Fails the first ``failures`` group commits, as a full disk would."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+        self.groups: list[int] = []
+
+    def put_many(self, batches: Sequence[PendingBatch]) -> list[bool]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("disk full (simulated)")
+        self.groups.append(len(batches))
+        return super().put_many(batches)
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[IngestServer, zmq.Socket, list[Steps]]]:
+    """An IngestServer on its own thread behind a real ROUTER, a DEALER robot, and what on_batch saw."""
+    ctx = zmq.Context()
+    router = server_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:*")
+    store = FlakyStore(tmp_path / "st", failures=getattr(request, "param", 0))
+    seen: list[Steps] = []
+    server = IngestServer(router, store, OBS, 2, lambda m, eps: seen.append(m), max_group=4)
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,), kwargs={"poll_ms": 10})
+    thread.start()
+    robot = client_socket(ctx, zmq.DEALER, router.last_endpoint.decode())
+    try:
+        yield server, robot, seen
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        robot.close(linger=0)
+        router.close(linger=0)
+        ctx.term()
+        store.close()
+    assert not thread.is_alive()
+
+
+def acks_until(
+    robot: zmq.Socket, server: IngestServer, last: int, resend: list[bytes] | None = None
+) -> list[int]:
+    """ACKed seqs until ``last`` is ACKed; each ACK must already be durable in the store."""
+    got: list[int] = []
+    while not got or got[-1] < last:
+        if not robot.poll(3000):
+            assert resend is not None, f"no ACK for 3 s; got {got}"
+            for frame in resend:  # what a runtime does after its resend timeout
+                robot.send(frame)
+            resend = None
+            continue
+        msg = decode(robot.recv())
+        if not isinstance(msg, Ack):  # heartbeats
+            continue
+        assert server.store.acked_seq("r", "s") >= msg.seq  # ACK means stored
+        got.append(msg.seq)
+    return got
+
+
+def test_pipelined_groups_ack_only_stored_batches_and_dedupe_resends(served) -> None:  # noqa: ANN001
+    server, robot, seen = served
+    frames = [batch(i).payload for i in range(12)]
+    for f in frames + frames[3:9]:  # a resend burst overlapping groups still being committed
+        robot.send(f)
+    acks = acks_until(robot, server, 11)
+    assert acks == sorted(acks)
+    assert [m.seq for m in seen] == list(range(12))  # on_batch: each batch once, in stream order
+    poll_until(lambda: server.duplicates == 6, 10, what="the resent batches to be recognised as duplicates")
+    assert server.store.steps_stored == 48 and len(seen) == 12
+    assert max(server.store.groups) <= 4 and len(server.store.groups) >= 3
+    assert [b.payload for b in server.store.iter_batches()] == frames  # bytes stored as received
+
+
+@pytest.mark.parametrize("served", [1], indirect=True)
+def test_failed_commit_is_not_acked_and_resent_batches_are_stored(served) -> None:  # noqa: ANN001
+    server, robot, seen = served
+    frames = [batch(i).payload for i in range(3)]
+    for f in frames:
+        robot.send(f)
+    acks_until(robot, server, 2, resend=frames)
+    assert [m.seq for m in seen] == [0, 1, 2] and server.store.steps_stored == 12

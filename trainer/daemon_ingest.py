@@ -2,9 +2,16 @@
 
 Runs on its own thread and owns the socket (ZeroMQ sockets are not thread-safe); other threads
 hand it bundles through :meth:`IngestServer.broadcast`. Received batches are grouped: everything
-that arrived since the last commit goes into one store transaction (one fsync), then every
-stream in the group is ACKed with its highest contiguously stored seq. Malformed messages get a
-typed `error` reply and a counter; the loop keeps serving.
+that arrived since the last commit goes into one store transaction (one write, one fsync, one
+index commit), then every stream in the group is ACKed with its highest contiguously stored seq.
+
+The commit is pipelined: a committer thread stores group N (fsync, index) while this thread
+keeps receiving and validating group N+1; it wakes this thread over an inproc socket when the
+group is durable, and only then are its batches counted, handed to ``on_batch`` and ACKed. One
+group is in flight at a time, so the store sees groups in arrival order. Frames are received
+without copying and their bytes go to the segment file as received.
+
+Malformed messages get a typed `error` reply and a counter; the loop keeps serving.
 """
 
 from __future__ import annotations
@@ -75,6 +82,64 @@ class RobotState:
         }
 
 
+@dataclass(frozen=True)
+class _Received:
+    """A validated `steps` batch waiting for its group commit; ``payload`` is the received frame."""
+
+    identity: bytes
+    msg: Steps
+    payload: memoryview
+
+
+class _Committer:
+    """Stores one group at a time on its own thread, so that fsync does not stall receiving.
+
+    Create, use and close it on the ingest thread: ``wake`` (an inproc PAIR) becomes readable when
+    the submitted group is durable, then :meth:`result` returns ``StepStore.put_many``'s answer or
+    the exception it raised.
+    """
+
+    def __init__(self, ctx: zmq.Context, store: StepStore) -> None:
+        self.store = store
+        self.endpoint = f"inproc://reachsafe-ingest-commit-{id(self):x}"
+        self.wake = ctx.socket(zmq.PAIR)
+        self.wake.bind(self.endpoint)
+        self._ctx = ctx
+        self._todo: queue.SimpleQueue[list[PendingBatch] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[list[bool] | Exception] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ingest-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, group: list[_Received]) -> None:
+        self._todo.put(
+            [PendingBatch(r.msg.robot_id, r.msg.stream_id, r.msg.seq, r.msg.first_step, r.msg.n_steps, r.payload)
+             for r in group]
+        )  # fmt: skip
+
+    def result(self) -> list[bool] | Exception:
+        """Wait for the submitted group's outcome."""
+        self.wake.recv()
+        return self._done.get()
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.PAIR)
+        sock.connect(self.endpoint)
+        try:
+            while (batches := self._todo.get()) is not None:
+                try:
+                    self._done.put(self.store.put_many(batches))
+                except Exception as exc:  # handed to the ingest thread, which logs or re-raises it
+                    self._done.put(exc)
+                sock.send(b"")
+        finally:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+        self.wake.close(linger=0)
+
+
 class IngestServer:
     """Serve robots on a bound ROUTER socket until ``stop`` is set."""
 
@@ -135,19 +200,45 @@ class IngestServer:
 
     # ----- the loop ---------------------------------------------------------------------------
     def serve(self, stop: threading.Event, poll_ms: int = 50) -> None:
-        while not stop.is_set():
-            group: list[tuple[bytes, Steps, bytes]] = []
-            if self.sock.poll(poll_ms, zmq.POLLIN):
-                while len(group) < self.max_group:
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(frames, group)
-            if group:
-                self._commit(group)
-            self._flush_outbox()
-            self._heartbeat()
+        committer = _Committer(self.sock.context, self.store)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(committer.wake, zmq.POLLIN)
+        group: list[_Received] = []
+        inflight: list[_Received] | None = None
+        receiving = True
+        try:
+            while not stop.is_set():
+                events = dict(poller.poll(poll_ms))
+                if committer.wake in events and inflight is not None:
+                    self._finish(inflight, committer.result())
+                    inflight = None
+                if self.sock in events:
+                    self._receive(group)
+                if group and inflight is None:
+                    committer.submit(group)
+                    inflight, group = group, []
+                if receiving != (len(group) < self.max_group):  # full: leave the rest queued in ZeroMQ
+                    receiving = not receiving
+                    poller.modify(self.sock, zmq.POLLIN if receiving else 0)
+                self._flush_outbox()
+                self._heartbeat()
+            for last in (inflight, group):  # store and ACK everything already received
+                if last:
+                    if last is group:
+                        committer.submit(group)
+                    self._finish(last, committer.result())
+        finally:
+            committer.close()
+
+    def _receive(self, group: list[_Received]) -> None:
+        """Take every message ZeroMQ has queued (up to a full group) without copying the frames."""
+        while len(group) < self.max_group:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames, group)
 
     def _send(self, identity: bytes, msg: Message) -> None:
         try:
@@ -167,12 +258,12 @@ class IngestServer:
         logger.warning("rejected a message (%s): %s", exc.code, exc)
         self._send(identity, ErrorMessage.from_exception(exc))
 
-    def _handle(self, frames: list[bytes], group: list[tuple[bytes, Steps, bytes]]) -> None:
-        identity = frames[0]
+    def _handle(self, frames: list[zmq.Frame], group: list[_Received]) -> None:
+        identity = frames[0].bytes
         if len(frames) != 2:
             self._reject(identity, FieldError(f"expected one frame per message, got {len(frames) - 1}"))
             return
-        payload = frames[1]
+        payload = frames[1].buffer
         try:
             msg = decode(
                 payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes
@@ -184,7 +275,7 @@ class IngestServer:
             return
         if isinstance(msg, Steps):
             self._touch(msg.robot_id, identity)
-            group.append((identity, msg, payload))
+            group.append(_Received(identity, msg, payload))
         elif isinstance(msg, Hello):
             self._on_hello(identity, msg)
         elif isinstance(msg, BundleStatus):
@@ -250,18 +341,17 @@ class IngestServer:
         log = logger.info if st.status == "loaded" else logger.warning
         log("robot %s bundle v%d %s %s", st.robot_id, st.version, st.status, st.reason)
 
-    def _commit(self, group: list[tuple[bytes, Steps, bytes]]) -> None:
-        pending = [
-            PendingBatch(m.robot_id, m.stream_id, m.seq, m.first_step, m.n_steps, raw) for _, m, raw in group
-        ]
-        try:
-            inserted = self.store.put_many(pending)
-        except StoreError as exc:
-            logger.error("%s; nothing of this group is ACKed, robots will resend", exc)
+    def _finish(self, group: list[_Received], result: list[bool] | Exception) -> None:
+        """Account, hand on and ACK a group the committer has made durable (or failed to)."""
+        if isinstance(result, StoreError):
+            logger.error("%s; nothing of this group is ACKed, robots will resend", result)
             return
+        if isinstance(result, Exception):
+            raise result
         acks: dict[tuple[str, str], bytes] = {}
-        for (identity, msg, _), new in zip(group, inserted, strict=True):
-            acks[(msg.robot_id, msg.stream_id)] = identity
+        for got, new in zip(group, result, strict=True):
+            msg = got.msg
+            acks[(msg.robot_id, msg.stream_id)] = got.identity
             if not new:
                 with self._lock:
                     self.duplicates += 1

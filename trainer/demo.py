@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from protocol.sockets import free_tcp_port
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ class DemoResult:
     exit_codes: dict = field(default_factory=dict)
 
 
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "edge_runtime.cli", *args]
 
@@ -66,7 +61,10 @@ class _Service:
         self.log_path = logdir / f"{name}.log"
         print(f"==> start {name}: reachsafe {' '.join(cmd[3:])}  (log: {self.log_path})", flush=True)
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cmd,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -96,28 +94,94 @@ def run_demo(out: Path, s: DemoSettings) -> DemoResult:
         _run_step("generate signing and CurveZMQ keys", _cli("keys", "generate", "--out", str(keys)))
     _run_step(
         "collect an offline dataset with scripted behaviour policies",
-        _cli("sim", "collect", "--task", s.task, "--policy", "mixed", "--episodes", str(s.dataset_episodes),
-             "--out", str(data), "--workers", "2", "--seed", str(s.seed)),
+        _cli(
+            "sim",
+            "collect",
+            "--task",
+            s.task,
+            "--policy",
+            "mixed",
+            "--episodes",
+            str(s.dataset_episodes),
+            "--out",
+            str(data),
+            "--workers",
+            "2",
+            "--seed",
+            str(s.seed),
+        ),
     )
     _run_step(
         "train offline and export a signed bundle",
-        _cli("train", "offline", "--dataset", str(data), "--out", str(run), "--steps", str(s.offline_steps),
-             "--keys", str(keys), "--seed", str(s.seed)),
+        _cli(
+            "train",
+            "offline",
+            "--dataset",
+            str(data),
+            "--out",
+            str(run),
+            "--steps",
+            str(s.offline_steps),
+            "--keys",
+            str(keys),
+            "--seed",
+            str(s.seed),
+        ),
     )
     sim_ep, trainer_ep = f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}"
     summary_path = out / "edge_summary.json"
     services: list[_Service] = []
     result = DemoResult()
     try:
-        services.append(_Service("sim", _cli("sim", "serve", "--task", s.task, "--bind", sim_ep,
-                                             "--seed", str(s.seed)), out))
-        services.append(_Service("trainer", _cli("trainer", "serve", "--run", str(run), "--bind", trainer_ep,
-                                                 "--keys", str(keys), "--ship-every-s", str(s.ship_every_s)), out))
-        edge = _Service("edge", _cli("edge", "run", "--bundle", str(run / "bundle"), "--trainer", trainer_ep,
-                                     "--hardware", f"{sim_ep.replace('tcp://', 'sim:tcp://')}",
-                                     "--rate", str(s.rate_hz), "--keys", str(keys),
-                                     "--max-episodes", str(s.episodes), "--summary", str(summary_path),
-                                     "--spool", str(out / "spool"), "--state-dir", str(out / "edge_state")), out)
+        services.append(
+            _Service(
+                "sim", _cli("sim", "serve", "--task", s.task, "--bind", sim_ep, "--seed", str(s.seed)), out
+            )
+        )
+        services.append(
+            _Service(
+                "trainer",
+                _cli(
+                    "trainer",
+                    "serve",
+                    "--run",
+                    str(run),
+                    "--bind",
+                    trainer_ep,
+                    "--keys",
+                    str(keys),
+                    "--ship-every-s",
+                    str(s.ship_every_s),
+                ),
+                out,
+            )
+        )
+        edge = _Service(
+            "edge",
+            _cli(
+                "edge",
+                "run",
+                "--bundle",
+                str(run / "bundle"),
+                "--trainer",
+                trainer_ep,
+                "--hardware",
+                f"{sim_ep.replace('tcp://', 'sim:tcp://')}",
+                "--rate",
+                str(s.rate_hz),
+                "--keys",
+                str(keys),
+                "--max-episodes",
+                str(s.episodes),
+                "--summary",
+                str(summary_path),
+                "--spool",
+                str(out / "spool"),
+                "--state-dir",
+                str(out / "edge_state"),
+            ),
+            out,
+        )
         services.append(edge)
         deadline = time.monotonic() + s.timeout_s
         while edge.alive() and time.monotonic() < deadline:
@@ -126,7 +190,9 @@ def run_demo(out: Path, s: DemoSettings) -> DemoResult:
                     raise RuntimeError(f"{svc.name} exited early:\n{svc.tail()}")
             time.sleep(0.5)
         if edge.alive():
-            raise RuntimeError(f"the runtime did not finish {s.episodes} episodes in {s.timeout_s:.0f}s:\n{edge.tail()}")
+            raise RuntimeError(
+                f"the runtime did not finish {s.episodes} episodes in {s.timeout_s:.0f}s:\n{edge.tail()}"
+            )
     finally:
         for svc in reversed(services):
             result.exit_codes[svc.name] = svc.stop()
@@ -164,5 +230,7 @@ def _main(args: argparse.Namespace) -> int:
 def add_commands(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for keys, dataset, run and logs")
     parser.add_argument("--episodes", type=int, default=DemoSettings.episodes, help="episodes the robot runs")
-    parser.add_argument("--timeout", type=float, default=DemoSettings.timeout_s, help="give up after this many s")
+    parser.add_argument(
+        "--timeout", type=float, default=DemoSettings.timeout_s, help="give up after this many s"
+    )
     parser.set_defaults(func=_main)

@@ -56,7 +56,7 @@ class PendingBatch:
     seq: int
     first_step: int
     n_steps: int
-    payload: bytes
+    payload: bytes | memoryview  # the encoded message as received (a zero-copy frame view is fine)
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,15 @@ class _StreamAcks:
 class StepStore:
     """Append-only, de-duplicating, crash-safe store of step batches (thread-safe)."""
 
-    def __init__(self, root: str | Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, root: str | Path, segment_bytes: int = SEGMENT_BYTES, *, sync: bool = True) -> None:
+        """Open (or create) the store at ``root``.
+
+        ``sync=False`` skips every fsync (ACKed data may then be lost in a power cut): only for
+        benchmarks that measure what durability costs, never for a daemon.
+        """
         self.root = Path(root)
         self.segment_bytes = segment_bytes
+        self.sync = sync
         self._lock = threading.Lock()
         self._acks: dict[tuple[str, str], _StreamAcks] = {}
         self.steps_stored = 0
@@ -104,7 +110,7 @@ class StepStore:
             self.root.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.index_path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
             self._db.executescript(_SCHEMA)
             rows = self._db.execute("SELECT robot_id, stream_id, seq, n_steps FROM batches").fetchall()
             last = self._db.execute(
@@ -186,7 +192,8 @@ class StepStore:
             offset += len(b.payload)
         try:
             _write_all(self._fd, [b.payload for b in fresh])
-            os.fsync(self._fd)
+            if self.sync:
+                os.fsync(self._fd)
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             cur.executemany(
