@@ -17,10 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+#: run by ``make bench`` (minutes in all)
 BENCHMARKS = {
     "sim": "bench.sim_bench",
     "edge": "bench.edge_bench",
     "transport": "bench.transport_bench",
+}
+#: learning experiments, run only when named (``python -m bench.run_all offline``): ~15+ min on 2 cores
+LONG_BENCHMARKS = {
+    "offline": "bench.offline_results",
 }
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
@@ -42,30 +47,49 @@ def to_markdown(name: str, result: dict) -> str:
     if result.get("notes"):
         lines += ["", str(result["notes"])]
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines += ["", f"_Measured {stamp} on {platform.node() or 'this machine'} ({platform.processor() or platform.machine()}), "
-              f"Python {platform.python_version()}; re-run with `make bench`._"]
+    lines += [
+        "",
+        f"_Measured {stamp} on {platform.node() or 'this machine'} ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}; re-run with `python -m bench.run_all {name}`._",
+    ]
     return "\n".join(lines)
 
 
 def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    text = path.read_text() if path.exists() else "# Results\n\nNumbers measured by `make bench` and the experiment scripts.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Results\n\nNumbers measured by `make bench` and the experiment scripts.\n"
+    )
     block = f"{begin}\n{markdown}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"benchmarks to run (default all: {list(BENCHMARKS)})")
+    known = {**BENCHMARKS, **LONG_BENCHMARKS}
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: {list(BENCHMARKS)}; long, only when named: {list(LONG_BENCHMARKS)})",
+    )
     args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(known)}")
+    args.names = args.names or list(BENCHMARKS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     failed = []
     for name in args.names:
         print(f"\n==> bench {name}", flush=True)
         try:
-            result = importlib.import_module(BENCHMARKS[name]).main()
+            result = importlib.import_module(known[name]).main()
         except Exception as exc:  # one broken benchmark must not hide the others' numbers
             logging.exception("benchmark %s failed", name)
             failed.append(f"{name}: {exc}")

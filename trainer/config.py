@@ -47,7 +47,34 @@ class OfflineConfig(Config):
     wm_cost_coef: float = option(1.0, "Weight of the cost-head loss.")
     wm_continue_coef: float = option(0.5, "Weight of the continuation-head loss.")
     cost_pos_weight: float = option(10.0, "Up-weighting of positive (c > 0) samples in the cost head.")
-    shield_threshold: float = option(0.0, "Shield intervenes when Q_h(z, chosen) exceeds this.")
+    shield_calibration: Literal["quantile", "fixed"] = option(
+        "quantile",
+        "How the exported shield threshold on Q_h is chosen. quantile: from Q_h at the dataset's own actions, "
+        "so that the shield intervenes on at most shield_max_safe_intervention of the safe ones; "
+        "fixed: shield_threshold.",
+    )
+    shield_max_safe_intervention: float = option(
+        0.05,
+        "quantile calibration: largest fraction of safe in-sample actions (no cost within shield_cost_horizon "
+        "steps) the shield may replace.",
+    )
+    shield_threshold_floor: float | None = option(
+        0.0,
+        "quantile calibration never goes below this (0: the principled Q_h ≤ 0 boundary; null: no floor).",
+    )
+    shield_cost_horizon: int = option(
+        10, "A dataset step is safe when it and the next shield_cost_horizon − 1 steps of its episode cost 0."
+    )
+    shield_calibration_samples: int = option(4096, "Dataset steps on which Q_h is evaluated to calibrate.")
+    shield_threshold: float = option(
+        0.0, "fixed calibration: the shield intervenes when Q_h(z, chosen) exceeds this."
+    )
+    selection_kappa_t: float = option(
+        5.0, "Policy-expansion temperature κ_T shipped in the bundle (robots use it unless they override it)."
+    )
+    selection_kappa_c: float = option(
+        0.1, "Weight κ_c of Q_c in the policy-expansion score, shipped in the bundle."
+    )
     primitives: list[list[float]] = option(
         default_factory=lambda: [list(p) for p in DEFAULT_PRIMITIVES],
         help="Fixed candidate actions the shield may fall back to, after a_on, a_off and brake.",
@@ -73,3 +100,9 @@ class OfflineConfig(Config):
             raise ConfigError(f"wm_horizon must be >= 1, got {self.wm_horizon}")
         if self.n_qh < 1:
             raise ConfigError(f"n_qh must be >= 1, got {self.n_qh}")
+        if not 0.0 <= self.shield_max_safe_intervention < 1.0:
+            raise ConfigError(
+                f"shield_max_safe_intervention must lie in [0, 1), got {self.shield_max_safe_intervention}"
+            )
+        if self.shield_cost_horizon < 1 or self.shield_calibration_samples < 1:
+            raise ConfigError("shield_cost_horizon and shield_calibration_samples must be >= 1")

@@ -1,0 +1,183 @@
+"""Calibrate the shield threshold on Q_h from the dataset's in-sample (state, action) pairs.
+
+The principled threshold is 0 (Q_h ≤ 0: the robot can stay out of hazards), but after a short
+training run Q_h sits near 0 everywhere and a threshold of 0 replaces most actions. Here each
+dataset step is labelled *safe* when it and the next K steps of its episode cost nothing, and
+*cost-leading* otherwise; the threshold is the smallest value that keeps the shield's
+interventions on safe in-sample actions at or below a set fraction (an order statistic of Q_h on
+safe steps), never below a floor (0 by default). The report says what fraction of cost-leading
+steps the shield would still catch. One implementation serves the offline export and the daemon
+(which ships the offline run's calibration with every bundle).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from trainer.dataset import OfflineDataset
+from trainer.networks import Agent
+
+logger = logging.getLogger(__name__)
+
+CalibrationMethod = Literal["quantile", "fixed"]
+
+
+class CalibrationError(ValueError):
+    """The shield cannot be calibrated on this data."""
+
+
+@dataclass(frozen=True)
+class ShieldCalibration:
+    """The threshold and what it does on the calibration sample (rates are None without samples)."""
+
+    threshold: float
+    method: str
+    quantile: float | None
+    floor: float | None
+    safe_intervention_rate: float | None
+    catch_rate: float | None
+    samples: int
+    safe_samples: int
+    cost_leading_samples: int
+    cost_horizon: int
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The bundle manifest's ``shield`` section: ``{threshold, calibration: {...}}``."""
+        report = asdict(self)
+        threshold = report.pop("threshold")
+        return {"threshold": float(threshold), "calibration": report}
+
+    def summary(self) -> str:
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.1%}"
+
+        return (
+            f"shield threshold {self.threshold:.4g} ({self.method}"
+            + (f", quantile {self.quantile:.3f}" if self.quantile is not None else "")
+            + f"): intervenes on {pct(self.safe_intervention_rate)} of {self.safe_samples} safe in-sample actions, "
+            f"catches {pct(self.catch_rate)} of {self.cost_leading_samples} cost-leading ones "
+            f"(cost within {self.cost_horizon} steps)"
+        )
+
+
+def safe_step_mask(costs: np.ndarray, episode_bounds: list[tuple[int, int]], horizon: int) -> np.ndarray:
+    """Boolean (N,): step t and the next ``horizon − 1`` steps of its episode all have zero cost.
+
+    A step near the end of its episode looks only at the steps the episode still has.
+    """
+    if horizon < 1:
+        raise CalibrationError(f"cost horizon must be >= 1, got {horizon}")
+    costly = np.asarray(costs, np.float64).reshape(-1) > 0
+    safe = np.zeros(len(costly), dtype=bool)
+    for start, stop in episode_bounds:
+        c = costly[start:stop].astype(np.int64)
+        # costs in [t, t + horizon) of this episode, from a cumulative sum
+        cum = np.concatenate([[0], np.cumsum(c)])
+        t = np.arange(stop - start)
+        ahead = cum[np.minimum(t + horizon, stop - start)] - cum[t]
+        safe[start:stop] = ahead == 0
+    return safe
+
+
+def calibrate_threshold(
+    q_h: np.ndarray,
+    safe: np.ndarray,
+    method: CalibrationMethod,
+    max_safe_intervention: float = 0.05,
+    floor: float | None = 0.0,
+    fixed_threshold: float = 0.0,
+    cost_horizon: int = 0,
+) -> ShieldCalibration:
+    """Pick the threshold from Q_h at in-sample actions and their safe / cost-leading labels.
+
+    ``quantile``: the k-th smallest safe Q_h with k = n_safe − ⌊f·n_safe⌋, so that at most a
+    fraction f = ``max_safe_intervention`` of safe steps have Q_h above it; raised to ``floor``
+    (None: no floor). ``fixed``: ``fixed_threshold``. Both report the rates the threshold gives.
+    """
+    q_h = np.asarray(q_h, np.float64).reshape(-1)
+    safe = np.asarray(safe, bool).reshape(-1)
+    if q_h.shape != safe.shape:
+        raise CalibrationError(f"q_h {q_h.shape} and safe mask {safe.shape} differ in length")
+    if not np.all(np.isfinite(q_h)):
+        raise CalibrationError("Q_h is not finite on the calibration sample; the critic diverged")
+    q_safe, q_cost = q_h[safe], q_h[~safe]
+    quantile = None
+    if method == "fixed":
+        threshold = float(fixed_threshold)
+    elif method == "quantile":
+        if not 0.0 <= max_safe_intervention < 1.0:
+            raise CalibrationError(f"max_safe_intervention must lie in [0, 1), got {max_safe_intervention}")
+        if len(q_safe) == 0:
+            raise CalibrationError(
+                "no safe steps to calibrate on (every step leads into cost within the horizon); "
+                "use shield_calibration: fixed or a shorter shield_cost_horizon"
+            )
+        k = len(q_safe) - math.floor(max_safe_intervention * len(q_safe))
+        threshold = float(np.sort(q_safe)[k - 1])
+        quantile = k / len(q_safe)
+        if floor is not None:
+            threshold = max(threshold, float(floor))
+    else:
+        raise CalibrationError(f"unknown shield calibration {method!r}; use 'quantile' or 'fixed'")
+    return ShieldCalibration(
+        threshold=threshold,
+        method=method,
+        quantile=quantile,
+        floor=None if method == "fixed" or floor is None else float(floor),
+        safe_intervention_rate=float(np.mean(q_safe > threshold)) if len(q_safe) else None,
+        catch_rate=float(np.mean(q_cost > threshold)) if len(q_cost) else None,
+        samples=int(len(q_h)),
+        safe_samples=int(len(q_safe)),
+        cost_leading_samples=int(len(q_cost)),
+        cost_horizon=int(cost_horizon),
+    )
+
+
+@torch.no_grad()
+def in_sample_q_h(agent: Agent, dataset: OfflineDataset, index: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Q_h(z, a_data) (ensemble max, as in the graph) at the dataset steps ``index``."""
+    was_training = agent.training
+    agent.eval()
+    try:
+        out = []
+        for i in range(0, len(index), batch):
+            idx = index[i : i + batch]
+            z = agent.encoder(torch.from_numpy(dataset.observations[idx]))
+            out.append(agent.qh_max(z, torch.from_numpy(dataset.actions[idx])).numpy())
+    finally:
+        agent.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def calibrate_shield(
+    agent: Agent,
+    dataset: OfflineDataset,
+    method: CalibrationMethod,
+    max_safe_intervention: float,
+    floor: float | None,
+    fixed_threshold: float,
+    cost_horizon: int,
+    samples: int,
+    seed: int = 0,
+) -> ShieldCalibration:
+    """Label every dataset step, evaluate Q_h on up to ``samples`` of them and calibrate."""
+    safe = safe_step_mask(dataset.costs, dataset.episode_bounds(), cost_horizon)
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(len(dataset), size=min(samples, len(dataset)), replace=False))
+    result = calibrate_threshold(
+        in_sample_q_h(agent, dataset, index),
+        safe[index],
+        method,
+        max_safe_intervention=max_safe_intervention,
+        floor=floor,
+        fixed_threshold=fixed_threshold,
+        cost_horizon=cost_horizon,
+    )
+    logger.info("%s", result.summary())
+    return result
