@@ -15,15 +15,40 @@ from collections.abc import Sequence
 
 #: part → (module, function adding the part's verbs to its parser, one-line help, extra to install)
 PARTS: dict[str, tuple[str, str, str, str]] = {
-    "edge": ("edge_runtime.commands", "add_commands", "run, inspect and roll back the robot runtime", "robot"),
-    "flash": ("edge_runtime.deploy", "add_commands", "package the runtime for a robot (folder or ssh)", "robot"),
+    "edge": (
+        "edge_runtime.commands",
+        "add_commands",
+        "run, inspect and roll back the robot runtime",
+        "robot",
+    ),
+    "flash": (
+        "edge_runtime.deploy",
+        "add_commands",
+        "package the runtime for a robot (folder or ssh)",
+        "robot",
+    ),
     "keys": ("protocol.cli", "add_commands", "generate signing and CurveZMQ key pairs", "robot"),
     "sim": ("sim_bridge.cli", "add_commands", "PyBullet tasks: collect datasets, serve robots, view", "sim"),
     "train": ("trainer.cli", "add_train_commands", "train a policy offline or online", "trainer"),
-    "trainer": ("trainer.cli", "add_trainer_commands", "the trainer daemon: serve a fleet, status", "trainer"),
-    "export": ("trainer.cli", "add_export_command", "export a run to a signed bundle (ONNX, int8)", "trainer"),
+    "trainer": (
+        "trainer.cli",
+        "add_trainer_commands",
+        "the trainer daemon: serve a fleet, status",
+        "trainer",
+    ),
+    "export": (
+        "trainer.cli",
+        "add_export_command",
+        "export a run to a signed bundle (ONNX, int8)",
+        "trainer",
+    ),
     "eval": ("trainer.cli", "add_eval_command", "evaluate a bundle on a simulated task", "trainer"),
-    "demo": ("trainer.demo", "add_commands", "the whole loop on localhost with the PyBullet bridge", "trainer,sim"),
+    "demo": (
+        "trainer.demo",
+        "add_commands",
+        "the whole loop on localhost with the PyBullet bridge",
+        "trainer,sim",
+    ),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -53,7 +78,13 @@ def _load_part(name: str, parser: argparse.ArgumentParser) -> None:
     try:
         getattr(importlib.import_module(module_name), func_name)(parser)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in {"edge_runtime", "protocol", "hardware", "sim_bridge", "trainer"}:
+        if exc.name and exc.name.split(".")[0] in {
+            "edge_runtime",
+            "protocol",
+            "hardware",
+            "sim_bridge",
+            "trainer",
+        }:
             raise
         raise MissingExtraError(
             f"reachsafe {name}: needs the Python package {exc.name!r}, which is not installed here. "

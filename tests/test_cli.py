@@ -77,7 +77,11 @@ def test_help_is_instant_and_loads_no_part() -> None:
 
 def test_unknown_part_is_a_usage_error() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "warp"], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edge_runtime.cli", "warp"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
@@ -89,7 +93,11 @@ def test_part_with_missing_dependency_says_which_extra(tmp_path: Path) -> None:
     env_path = f"{tmp_path}:{REPO}"
     out = subprocess.run(
         [sys.executable, "-m", "edge_runtime.cli", "train", "offline", "--help"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode != 0
     assert "reachsafe[trainer]" in out.stderr, out.stderr
@@ -99,6 +107,11 @@ if __name__ == "__main__" and "--write" in sys.argv:
     sys.path.insert(0, str(REPO))
     readme = REPO / "README.md"
     text = readme.read_text()
-    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{cli_reference()}\n{END}", text, flags=re.S)
+    new = re.sub(
+        re.escape(BEGIN) + r".*?" + re.escape(END),
+        lambda _: f"{BEGIN}\n{cli_reference()}\n{END}",
+        text,
+        flags=re.S,
+    )
     readme.write_text(new)
     print("README.md CLI reference updated")

@@ -10,7 +10,9 @@ from trainer.demo import DemoSettings, run_demo
 
 
 def test_whole_loop_closes_on_localhost(tmp_path: Path) -> None:
-    settings = DemoSettings(dataset_episodes=6, offline_steps=60, episodes=2, ship_every_s=4.0, timeout_s=240.0)
+    settings = DemoSettings(
+        dataset_episodes=6, offline_steps=60, episodes=2, ship_every_s=4.0, timeout_s=240.0
+    )
     result = run_demo(tmp_path, settings)
 
     assert result.exit_codes == {"edge": 0, "trainer": 0, "sim": 0}, result.exit_codes

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,22 +127,30 @@ def build_bundle(
     signing_key: Ed25519PrivateKey | str | Path,
     int8: bool = False,
     calib_frames: np.ndarray | None = None,
-    shield_threshold: float | None = None,
+    shield: Mapping[str, Any] | None = None,
+    selection: Mapping[str, float] | None = None,
     training_step: int | None = None,
     metrics: dict[str, float] | None = None,
 ) -> BundleResult:
     """Export, check and sign a bundle into ``out_dir`` (replacing an older bundle there).
 
-    ``source`` is an :class:`Agent` or a run directory (its latest checkpoint is used, and its
-    config supplies the shield threshold). With ``int8`` the graph is quantized with
-    ``calib_frames`` and int8 is shipped only if it passes :func:`trainer.quantize.decide`.
+    ``source`` is an :class:`Agent` or a run directory (its latest checkpoint is used, and the
+    checkpoint supplies the shield section and selection parameters). ``shield`` is the manifest's
+    ``shield`` section (``{threshold, calibration?}``, see :mod:`trainer.shield_calibration`) and
+    ``selection`` its ``{kappa_t, kappa_c}``; given, they replace the source's (an Agent has a
+    threshold of 0 and no selection section: robots then use their own defaults). With ``int8``
+    the graph is quantized with ``calib_frames`` and int8 is shipped only if it passes
+    :func:`trainer.quantize.decide`.
     """
     from protocol.bundle import write_bundle
     from protocol.keys import load_signing_key
 
-    agent, step, threshold = _resolve_source(source)
-    if shield_threshold is not None:
-        threshold = shield_threshold
+    agent, step, shield_section, selection_section = _resolve_source(source)
+    if shield is not None:
+        shield_section = dict(shield)
+    if selection is not None:
+        selection_section = {k: float(v) for k, v in selection.items()}
+    threshold = float(shield_section["threshold"])
     if training_step is not None:
         step = training_step
     if not agent.spec.is_image:
@@ -181,10 +190,12 @@ def build_bundle(
                 "candidates": agent.spec.candidate_names,
             },
             "quantization": {"shipped": shipped, "reason": reason, "report": report},
-            "shield": {"threshold": float(threshold)},
+            "shield": {**shield_section, "threshold": threshold},
             "training_step": int(step),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         }
+        if selection_section is not None:
+            manifest["selection"] = selection_section
         staged = out_dir.with_name(f".{out_dir.name}.new-{os.getpid()}")
         if staged.exists():
             shutil.rmtree(staged)
@@ -194,15 +205,33 @@ def build_bundle(
     return BundleResult(out_dir, shipped, reason, report)
 
 
-def _resolve_source(source: Agent | str | Path) -> tuple[Agent, int, float]:
+def _resolve_source(
+    source: Agent | str | Path,
+) -> tuple[Agent, int, dict[str, Any], dict[str, float] | None]:
+    """(agent, training step, shield section, selection section or None) of an agent or run dir."""
     if isinstance(source, Agent):
-        return source, 0, DEFAULT_SHIELD_THRESHOLD
+        return source, 0, {"threshold": DEFAULT_SHIELD_THRESHOLD}, None
     from trainer.networks import load_checkpoint
     from trainer.run_dir import RunDir
 
     agent, ckpt = load_checkpoint(RunDir(Path(source)).require_checkpoint())
-    threshold = float(ckpt.get("config", {}).get("shield_threshold", DEFAULT_SHIELD_THRESHOLD))
-    return agent, int(ckpt["step"]), threshold
+    return agent, int(ckpt["step"]), checkpoint_shield(ckpt), checkpoint_selection(ckpt)
+
+
+def checkpoint_shield(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's calibrated shield section, else its config's fixed threshold (older runs), else 0."""
+    if isinstance(ckpt.get("shield"), Mapping):
+        return dict(ckpt["shield"])
+    config = ckpt.get("config", {})
+    return {"threshold": float(config.get("shield_threshold", DEFAULT_SHIELD_THRESHOLD))}
+
+
+def checkpoint_selection(ckpt: Mapping[str, Any]) -> dict[str, float] | None:
+    """``{kappa_t, kappa_c}`` from an offline checkpoint's config; None for runs older than these fields."""
+    config = ckpt.get("config", {})
+    if "selection_kappa_t" not in config or "selection_kappa_c" not in config:
+        return None
+    return {"kappa_t": float(config["selection_kappa_t"]), "kappa_c": float(config["selection_kappa_c"])}
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ from trainer.export import BundleResult, build_bundle
 from trainer.networks import load_checkpoint, save_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
 from trainer.run_dir import RunDir, RunDirError, resolve_signing_key
+from trainer.shield_calibration import ShieldCalibration, calibrate_shield
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +39,50 @@ def write_config(cfg: OfflineConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump({"kind": CONFIG_KIND, **cfg.to_dict()}, sort_keys=False))
 
 
+def dataset_source(dataset: OfflineDataset) -> str:
+    """The dataset's file as an absolute path (the daemon runs from other directories); "<memory>" as is."""
+    path = Path(dataset.source)
+    return str(path.resolve()) if path.is_file() else dataset.source
+
+
+def calibrate_for_config(learner: OfflineLearner, dataset: OfflineDataset) -> ShieldCalibration:
+    """The shield threshold of the trained agent, calibrated as the config says."""
+    cfg = learner.cfg
+    return calibrate_shield(
+        learner.agent,
+        dataset,
+        cfg.shield_calibration,
+        max_safe_intervention=cfg.shield_max_safe_intervention,
+        floor=cfg.shield_threshold_floor,
+        fixed_threshold=cfg.shield_threshold,
+        cost_horizon=cfg.shield_cost_horizon,
+        samples=cfg.shield_calibration_samples,
+        seed=cfg.seed,
+    )
+
+
 def save_learner(
-    run: RunDir, learner: OfflineLearner, rng: np.random.Generator, dataset: OfflineDataset
+    run: RunDir,
+    learner: OfflineLearner,
+    rng: np.random.Generator,
+    dataset: OfflineDataset,
+    shield: ShieldCalibration | None = None,
 ) -> Path:
-    """Checkpoint the (finalized) agent with learner + optimiser + sampler state; also as latest.pt."""
+    """Checkpoint the (finalized) agent with learner + optimiser + sampler state; also as latest.pt.
+
+    ``shield`` (the final checkpoint) is stored as the manifest section later exports and the
+    daemon ship.
+    """
     learner.finalize()
     extra = {
         "kind": CONFIG_KIND,
         "config": learner.cfg.to_dict(),
         "learner": learner.state_dict(),
         "numpy_rng": rng.bit_generator.state,
-        "dataset": {"source": dataset.source, "steps": len(dataset), "metadata": dataset.metadata},
+        "dataset": {"source": dataset_source(dataset), "steps": len(dataset), "metadata": dataset.metadata},
     }
+    if shield is not None:
+        extra["shield"] = shield.to_manifest()
     path = run.checkpoint_for(learner.step)
     save_checkpoint(path, learner.agent, learner.step, extra)
     save_checkpoint(run.latest, learner.agent, learner.step, extra)
@@ -134,7 +167,9 @@ def train_offline(
     finally:
         bar.close()
         writer.close()
-    save_learner(run, learner, rng, dataset)
+    learner.finalize()
+    shield = calibrate_for_config(learner, dataset)
+    save_learner(run, learner, rng, dataset, shield)
     bundle = None
     if export:
         bundle = build_bundle(
@@ -143,7 +178,8 @@ def train_offline(
             version=1,
             parent=None,
             signing_key=signing_key,
-            shield_threshold=cfg.shield_threshold,
+            shield=shield.to_manifest(),
+            selection={"kappa_t": cfg.selection_kappa_t, "kappa_c": cfg.selection_kappa_c},
             training_step=learner.step,
             metrics={k: v for k, v in last_means.items() if k.startswith("train/")},
         )
