@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import statistics
 import tempfile
 import threading
 import time
@@ -150,7 +151,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
 
 
 def main(
-    robots: int = 8, batches: int = 150, batch_steps: int = 16, window: int = 8, repeats: int = 3
+    robots: int = 8, batches: int = 150, batch_steps: int = 16, window: int = 8, repeats: int = 5
 ) -> dict[str, Any]:
     frames = [encoded_batches(f"robot{r}", batches, batch_steps) for r in range(robots)]
     total_bytes = sum(len(f) for fs in frames for f in fs)
@@ -162,11 +163,12 @@ def main(
     }
     if tmpfs:
         runs["store on tmpfs"] = (tmpfs, True)
-    best: dict[str, tuple[float, float]] = {}
+    walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
 
     def keep(name: str, wall: float, cpu: float) -> None:
-        if name not in best or wall < best[name][0]:
-            best[name] = (wall, cpu)
+        walls.setdefault(name, []).append(wall)
+        cpus.setdefault(name, []).append(cpu)
 
     for _ in range(repeats):  # interleaved, so that load from other processes hits every row alike
         wall, cpu, _ = _timed(lambda: ceiling(frames))
@@ -181,27 +183,42 @@ def main(
             wall, cpu, _ = _timed(lambda: disk_line(frames, Path(tmp), robots * window))  # noqa: B023
             keep("disk", wall, cpu)
     mb, gb = total_bytes / 1e6, total_bytes / 1e9
-    ceiling_s = best["ceiling"][0]
+    ceiling_s, ceiling_med = min(walls["ceiling"]), statistics.median(walls["ceiling"])
     labels = {
         "ceiling": "bare PUSH/PULL (ceiling)",
         "disk": f"disk line: write + fsync per {robots * window} frames, no network",
     }
     table = [
-        {"path": labels.get(name, f"trainer ingest, {name}"), "MB_per_s": mb / wall, "steps_per_s": total_steps / wall,
-         "ratio": ceiling_s / wall, "cpu_s_per_GB": cpu / gb}
-        for name, (wall, cpu) in best.items()
+        {"path": labels.get(name, f"trainer ingest, {name}"), "MB_per_s": mb / min(w), "steps_per_s": total_steps / min(w),
+         "ratio": ceiling_s / min(w), "median_MB_per_s": mb / statistics.median(w),
+         "median_ratio": ceiling_med / statistics.median(w), "cpu_s_per_GB": statistics.median(cpus[name]) / gb}
+        for name, w in walls.items()
     ]  # fmt: skip
+    cpu = {name: statistics.median(c) / gb for name, c in cpus.items()}
+    disk_mbs, durable_mbs = mb / min(walls["disk"]), mb / min(walls["store on disk"])
+    disk_verdict = (
+        f"The disk is not the limit: the disk line writes and fsyncs the same bytes at {disk_mbs:.0f} MB/s."
+        if disk_mbs > 1.5 * durable_mbs
+        else f"Durable ingest is close to the disk line ({disk_mbs:.0f} MB/s with fsync): the disk bounds it here."
+    )
     return {
         "title": "Transport: trainer ingest from 8 robots vs bare PUSH/PULL (loopback, same bytes, same run)",
         "table": table,
         "robots": robots,
         "frame_bytes": total_bytes // (robots * batches),
-        "ratio_disk": ceiling_s / best["store on disk"][0],
+        "ratio_disk": ceiling_s / min(walls["store on disk"]),
         "notes": f"{robots} robots x {batches} batches x {batch_steps} steps of 64x64x3 frames ({mb:.0f} MB) per row; "
         "ingest = zero-copy receive, decode + validate, pipelined group commit (segment writev + fsync, SQLite "
         "index commit with WAL synchronous=FULL, on a committer thread while the next group is received) + ACK, "
-        f"{window} unacked batches per robot; best of {repeats}, rows interleaved; cpu_s_per_GB counts every "
-        f"thread of the process (senders included) on a {os.cpu_count()}-core machine; target ratio 0.7 (DESIGN.md §6).",
+        f"{window} unacked batches per robot; {repeats} rounds, rows interleaved; MB_per_s and ratio: best round, "
+        "median_*: median round (the machine is shared, so rounds vary); cpu_s_per_GB (median) counts every thread "
+        f"of the process (senders included) on a {os.cpu_count()}-core machine; target ratio 0.7 (DESIGN.md §6). "
+        f"Why ingest stays below the target here: the ingest rows are CPU-bound (their throughput ratio tracks "
+        f"the CPU ratio), and durable ingest costs "
+        f"{cpu['store on disk']:.2f} CPU-s/GB against the ceiling's {cpu['ceiling']:.2f} "
+        f"(ratio of the two: {cpu['ceiling'] / cpu['store on disk']:.2f}); the page-cache write + fsync alone "
+        f"costs {cpu['disk']:.2f} CPU-s/GB, and the Python decode + validation of every batch runs on one "
+        f"GIL-holding thread. {disk_verdict}",
     }
 
 

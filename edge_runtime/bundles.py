@@ -37,6 +37,7 @@ from edge_runtime.config import RollbackConfig
 from edge_runtime.inference import AgentSession, InferenceError, SessionOptions
 from edge_runtime.loop import ActivePolicy
 from edge_runtime.metrics import Metrics
+from edge_runtime.select import SelectionParams
 from edge_runtime.steps import Step
 from protocol.bundle import Bundle, load_bundle
 from protocol.errors import BundleError
@@ -193,7 +194,12 @@ class BundleManager:
             session = AgentSession.from_bundle(bundle, self.session_options)
         except InferenceError as exc:
             raise BundleRejected(f"bundle v{bundle.version} does not run: {exc}") from exc
-        return ActivePolicy(session, bundle.version, float(bundle.manifest["shield"]["threshold"]))
+        return ActivePolicy(
+            session,
+            bundle.version,
+            float(bundle.manifest["shield"]["threshold"]),
+            SelectionParams.from_manifest(bundle.manifest),
+        )
 
     def load_initial(self, directory: str | os.PathLike | None) -> None:
         """Verify and start with the bundle in `directory` (or the store's current one), synchronously."""
@@ -215,7 +221,13 @@ class BundleManager:
         self._newest_built = policy.version
         self.versions_seen.append(policy.version)
         self.metrics.gauge("edge/bundle_version", policy.version)
-        log.info("running bundle v%d (shield threshold %.3f)", policy.version, policy.shield_threshold)
+        log.info(
+            "running bundle v%d (shield threshold %.3f, κ_T %.3g, κ_c %.3g from the bundle)",
+            policy.version,
+            policy.shield_threshold,
+            policy.selection.kappa_t,
+            policy.selection.kappa_c,
+        )
 
     def start(self) -> BundleManager:
         self._thread.start()

@@ -49,8 +49,16 @@ class EdgeConfig(Config):
     mode: Literal["explore", "eval"] = option(
         "explore", "explore: Boltzmann policy expansion with exploration noise; eval: greedy."
     )
-    kappa_t: float = option(5.0, "Policy-expansion temperature κ_T in P(i) ∝ exp(κ_T·(Q_r − κ_c·Q_c)).")
-    kappa_c: float = option(0.1, "Weight κ_c of Q_c in the policy-expansion score.")
+    kappa_t: float | None = option(
+        None,
+        "Override the bundle's policy-expansion temperature κ_T in P(i) ∝ exp(κ_T·(Q_r − κ_c·Q_c)) "
+        "(None: the manifest's selection.kappa_t, else 5.0).",
+    )
+    kappa_c: float | None = option(
+        None,
+        "Override the bundle's weight κ_c of Q_c in the policy-expansion score "
+        "(None: the manifest's selection.kappa_c, else 0.1).",
+    )
     noise_scale: float = option(
         1.0, "Scale of the standard-normal exploration noise fed to the graph in explore mode."
     )

@@ -24,7 +24,7 @@ import numpy as np
 from edge_runtime.config import EdgeConfig
 from edge_runtime.inference import AgentSession, InferenceError, NonFiniteOutputError
 from edge_runtime.metrics import Metrics
-from edge_runtime.select import select
+from edge_runtime.select import SelectionParams, select
 from edge_runtime.shield import shield
 from edge_runtime.steps import Step
 from hardware.base import Signals
@@ -81,6 +81,7 @@ class ActivePolicy:
     session: AgentSession
     version: int
     shield_threshold: float
+    selection: SelectionParams = SelectionParams()  # the bundle's κ_T, κ_c (the config may override)
 
 
 class PolicySource(Protocol):
@@ -257,7 +258,8 @@ class ControlLoop:
         except InferenceError as exc:
             return _BRAKE, _Fault("inference_error", exc)
         with self._stage("select"):
-            sel = select(out, self.cfg.mode, self.cfg.kappa_t, self.cfg.kappa_c, self.rng)
+            params = policy.selection.overridden(self.cfg.kappa_t, self.cfg.kappa_c)
+            sel = select(out, self.cfg.mode, params.kappa_t, params.kappa_c, self.rng)
         if not self.cfg.shield_enabled:
             return _Decision(sel.action, sel.action, sel.policy, False), None
         with self._stage("shield"):

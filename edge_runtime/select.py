@@ -7,8 +7,9 @@ highest score in eval mode (ties go to the online policy).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,6 +17,32 @@ from edge_runtime.inference import AgentOutput
 from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 
 Mode = Literal["explore", "eval"]
+
+#: κ_T and κ_c when neither the bundle's manifest (older bundles) nor the edge config give them.
+DEFAULT_KAPPA_T = 5.0
+DEFAULT_KAPPA_C = 0.1
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """κ_T and κ_c of the policy-expansion score; they travel with the bundle (`selection`)."""
+
+    kappa_t: float = DEFAULT_KAPPA_T
+    kappa_c: float = DEFAULT_KAPPA_C
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> SelectionParams:
+        """The manifest's `selection` section (validated by protocol.bundle), else the defaults."""
+        sel = manifest.get("selection")
+        if sel is None:
+            return cls()
+        return cls(float(sel["kappa_t"]), float(sel["kappa_c"]))
+
+    def overridden(self, kappa_t: float | None, kappa_c: float | None) -> SelectionParams:
+        """These parameters with each explicitly configured value (not None) in its place."""
+        return SelectionParams(
+            self.kappa_t if kappa_t is None else kappa_t, self.kappa_c if kappa_c is None else kappa_c
+        )
 
 
 @dataclass(frozen=True)

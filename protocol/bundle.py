@@ -21,6 +21,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -140,8 +141,9 @@ def write_bundle(
 ) -> Path:
     """Sign and write a new bundle directory (must not exist yet); return its path.
 
-    `manifest` carries version, parent, obs, action, graph, quantization, shield, training_step
-    and metrics; format, protocol_version, created, files (sha256) and signer are filled here.
+    `manifest` carries version, parent, obs, action, graph, quantization, shield, training_step,
+    metrics and optionally selection; format, protocol_version, created, files (sha256) and
+    signer are filled here.
     """
     full = dict(manifest)
     full.update(
@@ -349,7 +351,21 @@ def validate_manifest(m: Any, where: str = "manifest") -> None:
         "quantization must be {shipped: 'fp32'|'int8', reason: str, report: object}",
     )
     shield = m.get("shield")
-    need(isinstance(shield, dict) and is_num(shield.get("threshold")), "shield must be {threshold: number}")
+    need(
+        isinstance(shield, dict)
+        and is_num(shield.get("threshold"))
+        and math.isfinite(shield["threshold"])
+        and isinstance(shield.get("calibration", {}), dict),
+        "shield must be {threshold: finite number, calibration?: object}",
+    )
+    if "selection" in m:  # optional: bundles written before selection travelled with them lack it
+        sel = m["selection"]
+        need(
+            isinstance(sel, dict)
+            and all(is_num(sel.get(k)) and math.isfinite(sel[k]) for k in ("kappa_t", "kappa_c"))
+            and sel["kappa_t"] >= 0,
+            "selection must be {kappa_t: finite number >= 0, kappa_c: finite number}",
+        )
     need(is_int(m.get("training_step")) and m["training_step"] >= 0, "training_step must be an int >= 0")
     need(isinstance(m.get("metrics"), dict), "metrics must be an object")
 

@@ -3,6 +3,7 @@ ingest server's pipelined group commit over a real ROUTER socket."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -80,6 +81,48 @@ def test_unsynced_store_keeps_the_same_contract(tmp_path: Path) -> None:
     store.close()
     store = StepStore(tmp_path / "st")
     assert [b.payload for b in store.iter_batches()] == [bytes(payload)] and store.acked_seq("r", "s") == 0
+    store.close()
+
+
+def test_group_larger_than_one_insert_statement_is_indexed_atomically(tmp_path: Path) -> None:
+    store = StepStore(tmp_path / "st")
+    store._rows_per_insert = 2  # as if SQLite allowed only 16 parameters per statement
+    assert store.put_many([batch(i) for i in range(5)]) == [True] * 5
+    store.close()
+    store = StepStore(tmp_path / "st")
+    assert store.acked_seq("r", "s") == 4 and [b.seq for b in store.iter_batches()] == list(range(5))
+    store.close()
+
+
+def test_acked_seq_answers_while_a_group_is_being_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.store as store_module
+
+    store = StepStore(tmp_path / "st")
+    store.put_many([batch(0)])
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        in_fsync.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", slow_fsync)
+    writer = threading.Thread(target=store.put_many, args=([batch(1)],))
+    writer.start()
+    try:
+        assert in_fsync.wait(10)
+        answered: list[int] = []
+        reader = threading.Thread(target=lambda: answered.append(store.acked_seq("r", "s")))
+        reader.start()
+        reader.join(5)
+        assert answered == [0]  # seq 1 is not durable yet, and the reader did not wait for it
+    finally:
+        release.set()
+        writer.join(10)
+    assert store.acked_seq("r", "s") == 1
     store.close()
 
 

@@ -34,7 +34,7 @@ from trainer.daemon_bundles import BundleShelf
 from trainer.daemon_ingest import IngestServer
 from trainer.daemon_learner import DaemonLearner
 from trainer.networks import load_checkpoint
-from trainer.online import OnlineLearner, load_offline_dataset, shield_threshold_for
+from trainer.online import OnlineLearner, load_offline_dataset, shield_section_for
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -126,7 +126,10 @@ def serve(args: argparse.Namespace) -> int:
     replay = StepReplay(cfg.replay_capacity, spec.obs_shape, spec.action_dim)
     refill_replay(store, replay)
     signing_key = load_signing_key(resolve_signing_key(args.keys, run))
-    shelf = BundleShelf(run.root, signing_key, shield_threshold_for(cfg, offline_ckpt), cfg.keep_bundles)
+    shelf = BundleShelf(
+        run.root, signing_key, shield_section_for(cfg, offline_ckpt), cfg.keep_bundles,
+        selection=lambda: {"kappa_t": cfg.expansion.kappa_t, "kappa_c": learner.kappa_c()},
+    )  # fmt: skip
     metrics = MetricsWriter(paths.tensorboard)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -36,15 +38,19 @@ class BundleShelf:
         self,
         run_root: Path,
         signing_key: Ed25519PrivateKey,
-        shield_threshold: float,
+        shield: dict[str, Any],
         keep: int,
+        selection: Callable[[], dict[str, float]] | None = None,
     ) -> None:
+        """``shield``: the manifest's shield section every bundle ships (the offline run's calibration
+        unless configured); ``selection``: called at each ship for the bundle's ``{kappa_t, kappa_c}``."""
         self.root = run_root / "bundles"
         self.root.mkdir(parents=True, exist_ok=True)
         self.offline_bundle = run_root / "bundle"
         self.key = signing_key
         self.trusted = [signing_key.public_key()]
-        self.shield_threshold = shield_threshold
+        self.shield = shield
+        self.selection = selection
         self.keep = keep
 
     def _versions(self) -> dict[int, Path]:
@@ -80,7 +86,8 @@ class BundleShelf:
                 version=version,
                 parent=parent,
                 signing_key=self.key,
-                shield_threshold=self.shield_threshold,
+                shield=self.shield,
+                selection=None if self.selection is None else self.selection(),
                 training_step=step,
                 metrics=metrics,
             )

@@ -210,7 +210,7 @@ class IngestServer:
         try:
             while not stop.is_set():
                 events = dict(poller.poll(poll_ms))
-                if committer.wake in events and inflight is not None:
+                if committer.wake in events and inflight is not None:  # the group in flight is durable
                     self._finish(inflight, committer.result())
                     inflight = None
                 if self.sock in events:
@@ -223,11 +223,11 @@ class IngestServer:
                     poller.modify(self.sock, zmq.POLLIN if receiving else 0)
                 self._flush_outbox()
                 self._heartbeat()
-            for last in (inflight, group):  # store and ACK everything already received
-                if last:
-                    if last is group:
-                        committer.submit(group)
-                    self._finish(last, committer.result())
+            if inflight is not None:  # store and ACK everything already received
+                self._finish(inflight, committer.result())
+            if group:
+                committer.submit(group)
+                self._finish(group, committer.result())
         finally:
             committer.close()
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.dataset import Batch, OfflineDataset, load_dataset
+from trainer.export import checkpoint_shield
 from trainer.lagrange import PIDLagrangian
 from trainer.losses import expectile_loss, hj_target, reachability_signal
 from trainer.networks import Agent
@@ -92,22 +93,37 @@ class MixedSampler:
 
 
 def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineDataset | None:
-    """The dataset given, else the one the offline run trained on; None (with a warning) if gone."""
-    source = path or Path(str(ckpt.get("dataset", {}).get("source", "")))
-    if not str(source) or not source.is_file():
+    """The dataset given, else the one the offline run trained on; None (with a warning) if gone.
+
+    Offline checkpoints record the dataset as an absolute path; a relative one (older runs) is
+    tried from the current directory. A ``path`` given explicitly must exist.
+    """
+    if path is not None:
+        return load_dataset(path)
+    recorded = str(ckpt.get("dataset", {}).get("source", ""))
+    source = Path(recorded).resolve() if recorded and recorded != "<memory>" else None
+    if source is None or not source.is_file():
         logger.warning(
-            "offline dataset %s not found: no replay mixing and no value pre-alignment (pass --dataset FILE)",
+            "offline dataset not found (the offline checkpoint records %r, tried %s): running WITHOUT "
+            "replay mixing and value pre-alignment; pass --dataset FILE",
+            recorded,
             source,
         )
         return None
     return load_dataset(source)
 
 
-def shield_threshold_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> float:
-    """The configured shield threshold, else the offline run's (else 0)."""
+def shield_section_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The manifest ``shield`` section the daemon ships: the configured threshold, else the offline run's
+    (calibrated, with its report; see :mod:`trainer.shield_calibration`)."""
     if cfg.shield_threshold is not None:
-        return cfg.shield_threshold
-    return float(offline_ckpt.get("config", {}).get("shield_threshold", 0.0))
+        return {"threshold": float(cfg.shield_threshold)}
+    return checkpoint_shield(offline_ckpt)
+
+
+def shield_threshold_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> float:
+    """The configured shield threshold, else the offline run's calibrated one (else its config's, else 0)."""
+    return float(shield_section_for(cfg, offline_ckpt)["threshold"])
 
 
 def on_policy_next(

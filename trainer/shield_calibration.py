@@ -104,13 +104,13 @@ def calibrate_threshold(
     safe = np.asarray(safe, bool).reshape(-1)
     if q_h.shape != safe.shape:
         raise CalibrationError(f"q_h {q_h.shape} and safe mask {safe.shape} differ in length")
-    if not np.all(np.isfinite(q_h)):
-        raise CalibrationError("Q_h is not finite on the calibration sample; the critic diverged")
     q_safe, q_cost = q_h[safe], q_h[~safe]
     quantile = None
     if method == "fixed":
         threshold = float(fixed_threshold)
     elif method == "quantile":
+        if not np.all(np.isfinite(q_h)):
+            raise CalibrationError("Q_h is not finite on the calibration sample; the critic diverged")
         if not 0.0 <= max_safe_intervention < 1.0:
             raise CalibrationError(f"max_safe_intervention must lie in [0, 1), got {max_safe_intervention}")
         if len(q_safe) == 0:

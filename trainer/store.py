@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS batches (
     UNIQUE (robot_id, stream_id, seq)
 );
 """
+_INSERT = (
+    "INSERT INTO batches (robot_id, stream_id, seq, first_step, n_steps, segment, offset, length) VALUES "
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class StoreError(RuntimeError):
@@ -103,7 +107,8 @@ class StepStore:
         self.root = Path(root)
         self.segment_bytes = segment_bytes
         self.sync = sync
-        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # the segment file and the SQLite connection: one writer
+        self._lock = threading.Lock()  # _acks and steps_stored: held briefly, never across I/O
         self._acks: dict[tuple[str, str], _StreamAcks] = {}
         self.steps_stored = 0
         try:
@@ -112,6 +117,7 @@ class StepStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
             self._db.executescript(_SCHEMA)
+            self._rows_per_insert = max(1, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8)
             rows = self._db.execute("SELECT robot_id, stream_id, seq, n_steps FROM batches").fetchall()
             last = self._db.execute(
                 "SELECT segment, MAX(offset + length) FROM batches WHERE segment = (SELECT MAX(segment) FROM batches)"
@@ -153,19 +159,21 @@ class StepStore:
         """Store ``batches`` durably; True for each newly stored, False for a duplicate.
 
         Returns only after data and index are on disk: the caller may then ACK every batch.
+        ``acked_seq`` stays answerable (from memory) while a group is being written.
         """
-        with self._lock:
+        with self._io_lock:
             seen: set[tuple[str, str, int]] = set()
             fresh: list[PendingBatch] = []
             inserted: list[bool] = []
-            for b in batches:
-                key = (b.robot_id, b.stream_id, b.seq)
-                acks = self._acks.get(key[:2])
-                new = key not in seen and (acks is None or b.seq not in acks)
-                seen.add(key)
-                inserted.append(new)
-                if new:
-                    fresh.append(b)
+            with self._lock:  # only this thread (holding _io_lock) changes _acks: no race until _append
+                for b in batches:
+                    key = (b.robot_id, b.stream_id, b.seq)
+                    acks = self._acks.get(key[:2])
+                    new = key not in seen and (acks is None or b.seq not in acks)
+                    seen.add(key)
+                    inserted.append(new)
+                    if new:
+                        fresh.append(b)
             if fresh:
                 self._append(fresh)
         return inserted
@@ -194,14 +202,7 @@ class StepStore:
             _write_all(self._fd, [b.payload for b in fresh])
             if self.sync:
                 os.fsync(self._fd)
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            cur.executemany(
-                "INSERT INTO batches (robot_id, stream_id, seq, first_step, n_steps, segment, offset, length) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            cur.execute("COMMIT")
+            self._insert(rows)
         except (OSError, sqlite3.Error) as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -209,9 +210,27 @@ class StepStore:
             os.lseek(self._fd, self._offset, os.SEEK_SET)
             raise StoreError(f"step store {self.root}: write failed: {exc}; check free disk space") from exc
         self._offset = offset
-        for b in fresh:
-            self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(b.seq)
-            self.steps_stored += b.n_steps
+        with self._lock:
+            for b in fresh:
+                self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(b.seq)
+                self.steps_stored += b.n_steps
+
+    def _insert(self, rows: list[tuple[str, str, int, int, int, int, int, int]]) -> None:
+        """Index ``rows`` in one transaction, as multi-row INSERTs rather than ``executemany``.
+
+        sqlite3 releases the GIL around every statement step; each time, this (committer) thread
+        must win it back from the busy receive thread, which can take the whole 5 ms switch
+        interval. One statement for the group instead of one step per row keeps that to a few.
+        """
+        per = self._rows_per_insert
+        chunks = [rows[i : i + per] for i in range(0, len(rows), per)]
+        cur = self._db.cursor()
+        if len(chunks) > 1:
+            cur.execute("BEGIN IMMEDIATE")
+        for chunk in chunks:  # a single statement commits atomically on its own
+            cur.execute(_INSERT + ", ".join([_ROW] * len(chunk)), [v for row in chunk for v in row])
+        if len(chunks) > 1:
+            cur.execute("COMMIT")
 
     def acked_seq(self, robot_id: str, stream_id: str) -> int:
         """Highest seq such that every batch 0..seq of the stream is stored (-1: none)."""
@@ -246,7 +265,7 @@ class StepStore:
     def row_before_last(self, n_steps: int) -> int:
         """Row id after which the stored batches hold the last ``n_steps`` steps (or all of them)."""
         total = 0
-        with self._lock:
+        with self._io_lock:
             for row, n in self._db.execute("SELECT id, n_steps FROM batches ORDER BY id DESC"):
                 total += n
                 if total >= n_steps:
@@ -255,7 +274,7 @@ class StepStore:
 
     def step_index(self) -> list[tuple[str, str, int, int]]:
         """(robot_id, stream_id, first_step, n_steps) of every stored batch, in stream order."""
-        with self._lock:
+        with self._io_lock:
             return list(
                 self._db.execute(
                     "SELECT robot_id, stream_id, first_step, n_steps FROM batches ORDER BY robot_id, stream_id, seq"
@@ -263,7 +282,7 @@ class StepStore:
             )
 
     def close(self) -> None:
-        with self._lock:
+        with self._io_lock:
             os.close(self._fd)
             self._db.close()
 

@@ -18,7 +18,7 @@ from trainer.export import BundleResult, build_bundle
 from trainer.networks import load_checkpoint, save_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
 from trainer.run_dir import RunDir, RunDirError, resolve_signing_key
-from trainer.shield_calibration import ShieldCalibration, calibrate_shield
+from trainer.shield_calibration import CalibrationError, ShieldCalibration, calibrate_shield
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ def dataset_source(dataset: OfflineDataset) -> str:
 
 
 def calibrate_for_config(learner: OfflineLearner, dataset: OfflineDataset) -> ShieldCalibration:
-    """The shield threshold of the trained agent, calibrated as the config says."""
+    """The shield threshold of the trained agent, calibrated as the config says.
+
+    If the data cannot calibrate it (no safe steps), the fixed ``shield_threshold`` is used with a
+    warning rather than losing the finished run.
+    """
     cfg = learner.cfg
-    return calibrate_shield(
-        learner.agent,
-        dataset,
-        cfg.shield_calibration,
+    kwargs = dict(
         max_safe_intervention=cfg.shield_max_safe_intervention,
         floor=cfg.shield_threshold_floor,
         fixed_threshold=cfg.shield_threshold,
@@ -59,6 +60,15 @@ def calibrate_for_config(learner: OfflineLearner, dataset: OfflineDataset) -> Sh
         samples=cfg.shield_calibration_samples,
         seed=cfg.seed,
     )
+    try:
+        return calibrate_shield(learner.agent, dataset, cfg.shield_calibration, **kwargs)
+    except CalibrationError as exc:
+        logger.warning(
+            "shield calibration failed (%s); shipping the fixed shield_threshold %g",
+            exc,
+            cfg.shield_threshold,
+        )
+        return calibrate_shield(learner.agent, dataset, "fixed", **kwargs)
 
 
 def save_learner(
@@ -167,7 +177,6 @@ def train_offline(
     finally:
         bar.close()
         writer.close()
-    learner.finalize()
     shield = calibrate_for_config(learner, dataset)
     save_learner(run, learner, rng, dataset, shield)
     bundle = None

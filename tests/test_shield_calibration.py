@@ -1,0 +1,102 @@
+"""Shield threshold calibration from in-sample Q_h, and where the offline run keeps its dataset path."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import OfflineConfig
+from trainer.dataset import load_dataset
+from trainer.networks import load_checkpoint
+from trainer.online import load_offline_dataset, shield_section_for, shield_threshold_for
+from trainer.online_config import OnlineConfig
+from trainer.run_dir import RunDir
+from trainer.shield_calibration import (
+    CalibrationError,
+    calibrate_threshold,
+    safe_step_mask,
+)
+from trainer.synthetic import make_point_dataset, write_hdf5
+from trainer.train_offline import train_offline
+
+SAFE_Q = np.linspace(-2.0, -0.1, 20)  # 20 safe steps, sorted: the 18th smallest is -0.3
+COST_Q = np.array([-1.5, -0.25, 0.5, 1.0])
+
+
+def _case() -> tuple[np.ndarray, np.ndarray]:
+    q = np.concatenate([SAFE_Q, COST_Q])
+    safe = np.concatenate([np.ones(20, bool), np.zeros(4, bool)])
+    return q, safe
+
+
+def test_quantile_keeps_safe_interventions_at_the_budget_and_reports_the_catch_rate() -> None:
+    q, safe = _case()
+    cal = calibrate_threshold(q, safe, "quantile", max_safe_intervention=0.1, floor=None, cost_horizon=5)
+    assert cal.threshold == pytest.approx(SAFE_Q[17])  # k = 20 − ⌊0.1·20⌋ = 18
+    assert cal.quantile == pytest.approx(0.9)
+    assert cal.safe_intervention_rate == pytest.approx(2 / 20)
+    assert cal.catch_rate == pytest.approx(3 / 4)  # -0.25, 0.5 and 1.0 lie above -0.3
+    assert (cal.samples, cal.safe_samples, cal.cost_leading_samples) == (24, 20, 4)
+    section = cal.to_manifest()
+    assert section["threshold"] == pytest.approx(SAFE_Q[17])
+    assert section["calibration"]["method"] == "quantile" and section["calibration"]["cost_horizon"] == 5
+
+
+def test_quantile_never_goes_below_the_floor_and_fixed_is_fixed() -> None:
+    q, safe = _case()
+    floored = calibrate_threshold(q, safe, "quantile", max_safe_intervention=0.1, floor=0.0)
+    assert floored.threshold == 0.0 and floored.safe_intervention_rate == 0.0
+    assert floored.catch_rate == pytest.approx(2 / 4)
+    fixed = calibrate_threshold(q, safe, "fixed", fixed_threshold=-1.05)
+    assert fixed.threshold == -1.05 and fixed.quantile is None
+    assert fixed.safe_intervention_rate == pytest.approx(10 / 20)  # -1.0, -0.9, …, -0.1
+    none_safe = np.zeros(len(q), bool)
+    with pytest.raises(CalibrationError, match="no safe steps"):
+        calibrate_threshold(q, none_safe, "quantile")
+
+
+def test_safe_steps_look_ahead_within_their_own_episode_only() -> None:
+    costs = np.array([0, 0, 0, 1, 0, 0, 1, 0, 0], np.float32)
+    mask = safe_step_mask(costs, [(0, 6), (6, 9)], horizon=2)
+    # step 5 ends episode 1: the cost at step 6 belongs to the next episode
+    assert mask.tolist() == [True, True, False, False, True, True, False, True, True]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A 3-update offline run on a tiny state dataset, trained from a relative dataset path."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sh")
+    (root / "data").mkdir()
+    write_hdf5(make_point_dataset(episodes=6, length=12, seed=0), root / "data" / "d.h5")
+    cfg = OfflineConfig(
+        steps=3, batch_size=8, hidden_dim=16, latent_dim=8, world_model=False, shield_calibration_samples=50
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        train_offline(load_dataset("data/d.h5"), "run", cfg, progress=False, export=False)
+    _, ckpt = load_checkpoint(RunDir(root / "run").require_checkpoint())
+    return root, ckpt
+
+
+def test_run_records_the_absolute_dataset_path_and_the_calibrated_shield(small_run, tmp_path, monkeypatch):
+    root, ckpt = small_run
+    assert ckpt["dataset"]["source"] == str((root / "data" / "d.h5").resolve())
+    monkeypatch.chdir(tmp_path)  # the daemon starts elsewhere
+    ds = load_offline_dataset(None, ckpt)
+    assert ds is not None and len(ds) == 72
+    shield = ckpt["shield"]
+    assert shield["threshold"] >= 0.0 and shield["calibration"]["samples"] == 50
+    assert shield_threshold_for(OnlineConfig(), ckpt) == shield["threshold"]
+    assert shield_section_for(OnlineConfig(), ckpt)["calibration"] == shield["calibration"]
+    assert shield_threshold_for(OnlineConfig(shield_threshold=2.5), ckpt) == 2.5
+
+
+def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="trainer.online"):
+        assert load_offline_dataset(None, {"dataset": {"source": "gone/d.h5"}}) is None
+    assert str(tmp_path / "gone" / "d.h5") in caplog.text and "WITHOUT replay mixing" in caplog.text
