@@ -11,6 +11,7 @@ import torch
 from trainer.config import OfflineConfig
 from trainer.dataset import load_dataset
 from trainer.networks import load_checkpoint
+from trainer.offline import OfflineLearner, agent_spec_for
 from trainer.online import load_offline_dataset, shield_section_for, shield_threshold_for
 from trainer.online_config import OnlineConfig
 from trainer.run_dir import RunDir
@@ -20,7 +21,7 @@ from trainer.shield_calibration import (
     safe_step_mask,
 )
 from trainer.synthetic import make_point_dataset, write_hdf5
-from trainer.train_offline import train_offline
+from trainer.train_offline import calibrate_for_config, train_offline
 
 SAFE_Q = np.linspace(-2.0, -0.1, 20)  # 20 safe steps, sorted: the 18th smallest is -0.3
 COST_Q = np.array([-1.5, -0.25, 0.5, 1.0])
@@ -100,3 +101,13 @@ def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypa
     with caplog.at_level(logging.WARNING, logger="trainer.online"):
         assert load_offline_dataset(None, {"dataset": {"source": "gone/d.h5"}}) is None
     assert str(tmp_path / "gone" / "d.h5") in caplog.text and "WITHOUT replay mixing" in caplog.text
+
+
+def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog) -> None:
+    ds = make_point_dataset(episodes=2, length=6, seed=0)
+    ds.costs[:] = 1.0  # every step leads into cost: no safe steps to calibrate on
+    cfg = OfflineConfig(hidden_dim=16, latent_dim=8, world_model=False, shield_threshold=0.7)
+    with caplog.at_level(logging.WARNING, logger="trainer.train_offline"):
+        cal = calibrate_for_config(OfflineLearner(agent_spec_for(ds, cfg), cfg), ds)
+    assert cal.method == "fixed" and cal.threshold == 0.7 and cal.catch_rate is not None
+    assert "calibration failed" in caplog.text
