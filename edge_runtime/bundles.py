@@ -41,6 +41,7 @@ from edge_runtime.select import SelectionParams
 from edge_runtime.steps import Step
 from protocol.bundle import Bundle, load_bundle
 from protocol.errors import BundleError
+from protocol.files import write_json_atomically
 from protocol.messages import BundleMessage, BundleStatus
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ class BundleStore:
         }
 
     def _write_pointer(self, data: dict[str, Any]) -> None:
-        tmp = self.pointer_path.with_name(f".{POINTER_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.pointer_path)
+        write_json_atomically(self.pointer_path, data, indent=None)
 
     def path(self, version: int) -> Path:
         return self.root / f"v{version}"

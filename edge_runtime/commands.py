@@ -13,13 +13,14 @@ from pathlib import Path
 
 from edge_runtime.bundles import BundleRejected, BundleStore
 from edge_runtime.config import EdgeConfig
-from edge_runtime.runtime import STATUS_FILE, EdgeRuntime, write_json_atomically
+from edge_runtime.runtime import STATUS_FILE, EdgeRuntime
 from edge_runtime.spool import SpoolError
 from hardware.errors import HardwareError
 from hardware.factory import make_robot
 from protocol.bundle import load_bundle
 from protocol.config import ConfigError, add_config_arguments, load_config
 from protocol.errors import BundleError, KeyFileError
+from protocol.files import write_json_atomically
 from protocol.keys import load_trusted_keys
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ bundle worker and the hardware.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -27,18 +26,13 @@ from edge_runtime.metrics import Metrics
 from edge_runtime.spool import Spool
 from edge_runtime.uplink import RobotSpec, Uplink
 from hardware.factory import Robot
+from protocol.files import write_json_atomically
 from protocol.keys import load_trusted_keys
 from protocol.sockets import ClientCurve
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def curve_from_keys(keys_dir: Path | None) -> ClientCurve | None:

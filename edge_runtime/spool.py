@@ -33,6 +33,7 @@ from pathlib import Path
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError
+from protocol.files import write_atomically
 from protocol.messages import Steps
 
 log = logging.getLogger(__name__)
@@ -61,16 +62,6 @@ class SpoolEntry:
 
 def _segment_name(first_seq: int) -> str:
     return f"seg-{first_seq:016d}.log"
-
-
-def _write_atomically(path: Path, data: bytes, fsync: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Spool:
@@ -116,14 +107,14 @@ class Spool:
         path = self.dir / STREAM_FILE
         if not path.exists():
             self._stream = {"stream_id": uuid.uuid4().hex, "next_seq": 0, "next_step": 0}
-            _write_atomically(path, json.dumps(self._stream).encode(), fsync=True)
+            write_atomically(path, json.dumps(self._stream).encode(), fsync=True)
         self._stream = json.loads(path.read_text())
         return str(self._stream["stream_id"])
 
     def _save_position(self) -> None:
         """Persist (fsync) where the stream is before deleting segments, so seqs are never reused."""
         self._stream = {"stream_id": self.stream_id, "next_seq": self.next_seq, "next_step": self.next_step}
-        _write_atomically(self.dir / STREAM_FILE, json.dumps(self._stream).encode(), fsync=True)
+        write_atomically(self.dir / STREAM_FILE, json.dumps(self._stream).encode(), fsync=True)
 
     def _load_acked(self) -> int:
         try:
@@ -239,7 +230,7 @@ class Spool:
             return []
         newly = [e for e in self.entries if self.acked_seq < e.seq <= seq]
         self.acked_seq = seq
-        _write_atomically(self.dir / ACKED_FILE, str(seq).encode(), fsync=False)
+        write_atomically(self.dir / ACKED_FILE, str(seq).encode(), fsync=False)
         self._collect_acked()
         return newly
 

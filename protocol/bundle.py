@@ -42,6 +42,7 @@ from protocol.errors import (
     SignatureError,
     SpecMismatchError,
 )
+from protocol.files import fsync_dir
 from protocol.keys import fingerprint
 from protocol.messages import BundleMessage
 
@@ -386,13 +387,5 @@ def _write_dir_atomically(target: Path, contents: Mapping[str, bytes]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

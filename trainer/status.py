@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from protocol.files import write_json_atomically
 
 STATUS_FILE = "status.json"
 
@@ -38,10 +39,7 @@ class RateMeter:
 
 def write_status(path: str | Path, status: dict[str, Any]) -> None:
     """Replace ``path`` atomically so that a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomically(path, status, indent=1)
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.files import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 256 << 20
@@ -153,7 +155,7 @@ class StepStore:
             os.fsync(self._fd)
         os.lseek(self._fd, valid_bytes, os.SEEK_SET)
         self._offset = valid_bytes
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def put_many(self, batches: Sequence[PendingBatch]) -> list[bool]:
         """Store ``batches`` durably; True for each newly stored, False for a duplicate.
@@ -297,11 +299,3 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
