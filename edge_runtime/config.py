@@ -40,6 +40,11 @@ class EdgeConfig(Config):
         1.0, "A tick misses its deadline when it takes longer than this fraction of the period."
     )
     deadline_streak: int = option(3, "Consecutive missed deadlines that make the loop brake.")
+    signals_streak: int = option(
+        5,
+        "Consecutive failed task-signal reads (referee silent, link lost) after which the loop brakes until "
+        "signals return: without them neither cost nor the emergency stop can be seen.",
+    )
     max_frame_age: float = option(
         0.15, "A camera frame older than this many seconds is stale: brake instead of acting."
     )
@@ -110,8 +115,19 @@ class EdgeConfig(Config):
     def validate(self) -> None:
         if self.rate_hz <= 0:
             raise ConfigError(f"rate_hz must be > 0, got {self.rate_hz}")
-        if self.deadline_streak < 1 or self.batch_size < 1 or self.max_inflight < 1 or self.ring_capacity < 1:
-            raise ConfigError("deadline_streak, batch_size, max_inflight and ring_capacity must be >= 1")
+        if (
+            min(
+                self.deadline_streak,
+                self.signals_streak,
+                self.batch_size,
+                self.max_inflight,
+                self.ring_capacity,
+            )
+            < 1
+        ):
+            raise ConfigError(
+                "deadline_streak, signals_streak, batch_size, max_inflight and ring_capacity must be >= 1"
+            )
         if self.spool_segment_bytes > self.spool_max_bytes:
             raise ConfigError(
                 f"spool_segment_bytes ({self.spool_segment_bytes}) must not exceed spool_max_bytes ({self.spool_max_bytes})"

@@ -3,7 +3,8 @@
 Every tick: camera → inference → select → shield → drive → signals → uplink (DESIGN.md §5). All
 timing goes through the injected `Clock` and `Metrics`; nothing else in the runtime keeps time.
 A stale frame, an inference failure (NaN/inf included), a drive error, a held emergency stop
-(`Signals.estop`) or a streak of missed deadlines brakes the robot (Simplex fallback) and is counted under `edge/brakes/<reason>`. A
+(`Signals.estop`), a streak of failed task-signal reads (cost and the e-stop unseen) or a streak of
+missed deadlines brakes the robot (Simplex fallback) and is counted under `edge/brakes/<reason>`. A
 separate watchdog thread brakes the drive when no tick completes for `watchdog_periods` periods.
 Brake ticks are recorded too (policy = fallback), so rewards, costs and episode ends are never lost.
 """
@@ -148,6 +149,7 @@ class ControlLoop:
         self.drive_lock = threading.Lock()
         self.last_tick_end = self.clock.now()
         self._miss_streak = 0
+        self._signals_fail_streak = 0
         self._estop = False
         self._brake_logged: dict[str, float] = {}
         self._episode = 0
@@ -186,6 +188,8 @@ class ControlLoop:
         image, t_obs, fault = self._read_camera(t_start)
         if fault is None and self._estop:
             fault = _Fault("estop", "emergency stop held")
+        if fault is None and self._signals_fail_streak >= self.cfg.signals_streak:
+            fault = _Fault("signals_lost", f"{self._signals_fail_streak} task-signal reads failed in a row")
         if fault is None and policy is None:
             fault = _Fault("no_policy", "no bundle loaded")
         decision = _BRAKE
@@ -274,9 +278,13 @@ class ControlLoop:
             try:
                 sig = self.robot.signals.read()
             except HardwareError as exc:
+                self._signals_fail_streak += 1
                 self.metrics.count("edge/errors/signals")
                 log.warning("could not read task signals (%s); they carry over to the next read", exc)
                 return None
+        if self._signals_fail_streak >= self.cfg.signals_streak:
+            log.warning("task signals are back after %d failed reads", self._signals_fail_streak)
+        self._signals_fail_streak = 0
         if sig.estop != self._estop:
             self._estop = sig.estop
             log.warning("emergency stop %s", "pressed: braking until it clears" if sig.estop else "cleared")

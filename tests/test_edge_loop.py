@@ -141,3 +141,22 @@ def test_emergency_stop_brakes_until_it_clears() -> None:
     loop.tick()
     assert robot.drive.commands[-1][0] == "apply" and sink.steps[-1].policy != POLICY_FALLBACK
     assert loop.metrics.counter("edge/brakes/estop") == 5
+
+
+def test_lost_task_signals_brake_until_they_return() -> None:
+    from hardware.errors import DeviceTimeoutError
+
+    loop, robot, sink = make_loop(cfg=EdgeConfig(rate_hz=200.0, max_frame_age=1.0, signals_streak=3))
+    real_read = robot.signals._read
+    robot.signals._read = lambda: (_ for _ in ()).throw(DeviceTimeoutError("referee silent"))
+    for _ in range(5):
+        loop.tick()
+    # three silent reads are tolerated while driving, then the loop brakes: it cannot see cost or an e-stop
+    assert loop.metrics.counter("edge/errors/signals") == 5
+    assert loop.metrics.counter("edge/brakes/signals_lost") == 2
+    assert robot.drive.commands[-1][0] == "stop" and not sink.steps
+    robot.signals._read = real_read
+    loop.tick()  # signals are back: this tick's read succeeds (still braked), the next one drives again
+    loop.tick()
+    assert robot.drive.commands[-1][0] == "apply" and len(sink.steps) == 2
+    assert loop.metrics.counter("edge/brakes/signals_lost") == 3
