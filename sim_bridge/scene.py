@@ -8,6 +8,7 @@ Each scene owns its own DIRECT client, so several envs can live in one process (
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
 import os
@@ -28,6 +29,7 @@ def _stdout_to_stderr():
         yield
     finally:
         sys.stdout.flush()
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers the banner when stdout is a pipe
         os.dup2(saved, 1)
         os.close(saved)
 
