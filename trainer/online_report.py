@@ -4,6 +4,8 @@
 
 Each LABEL groups the seeds of one variant (e.g. method=runs/m_s0,runs/m_s1). Curves are the
 per-episode return and cost and the cumulative cost against environment steps, mean over seeds.
+A group of 0-step runs (``--steps 0``: the offline agent's final evaluation only) is a table row
+without curves.
 """
 
 from __future__ import annotations
@@ -22,26 +24,28 @@ def load_run(out: Path) -> dict[str, Any]:
     return {"rows": rows, "summary": summary}
 
 
-def table(groups: dict[str, list[dict[str, Any]]], cost_limit: float) -> str:
+def _ms(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+
+
+def table(groups: dict[str, list[dict[str, Any]]], cost_limit: float, window: int = 3) -> str:
+    """Mean ± std over seeds; episode columns average the first / last ``window`` episodes of a run."""
     lines = [
-        "| variant | seeds | steps | return, first 3 ep. | return, last 3 ep. | cost, last 3 ep. | cumulative cost "
-        "| final eval return | final eval cost | ≤ limit |",
+        f"| variant | seeds | steps | return, first {window} ep. | return, last {window} ep. "
+        f"| cost, last {window} ep. | cumulative cost | final eval return | final eval cost | seeds ≤ limit |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, runs in groups.items():
-
-        def ms(values: list[float]) -> str:
-            return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
-
-        first = [np.mean([r["return"] for r in run["rows"][:3]]) for run in runs]
-        last = [np.mean([r["return"] for r in run["rows"][-3:]]) for run in runs]
-        last_cost = [np.mean([r["cost"] for r in run["rows"][-3:]]) for run in runs]
-        cum = [run["summary"]["cumulative_cost"] for run in runs]
+        trained = [run for run in runs if run["rows"]]
+        first = [np.mean([r["return"] for r in run["rows"][:window]]) for run in trained]
+        last = [np.mean([r["return"] for r in run["rows"][-window:]]) for run in trained]
+        last_cost = [np.mean([r["cost"] for r in run["rows"][-window:]]) for run in trained]
+        cum = [run["summary"]["cumulative_cost"] for run in trained]
         ev_r = [run["summary"]["final_eval"].get("return_mean", float("nan")) for run in runs]
         ev_c = [run["summary"]["final_eval"].get("cost_mean", float("nan")) for run in runs]
         lines.append(
-            f"| {label} | {len(runs)} | {runs[0]['summary']['steps']} | {ms(first)} | {ms(last)} | {ms(last_cost)} "
-            f"| {ms(cum)} | {ms(ev_r)} | {ms(ev_c)} | {'yes' if np.mean(ev_c) <= cost_limit else 'no'} |"
+            f"| {label} | {len(runs)} | {runs[0]['summary']['steps']} | {_ms(first)} | {_ms(last)} | {_ms(last_cost)} "
+            f"| {_ms(cum)} | {_ms(ev_r)} | {_ms(ev_c)} | {sum(c <= cost_limit for c in ev_c)}/{len(ev_c)} |"
         )
     return "\n".join(lines)
 
@@ -55,6 +59,8 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for label, runs in groups.items():
         n = min(len(run["rows"]) for run in runs)
+        if n == 0:
+            continue
         steps = np.array([r["step"] for r in runs[0]["rows"][:n]])
         for ax, key in zip(axes, ("return", "cost", "cumulative_cost"), strict=True):
             values = np.array([[r[key] for r in run["rows"][:n]] for run in runs])
@@ -77,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("groups", nargs="+", help="LABEL=DIR[,DIR...]")
     ap.add_argument("--out", type=Path, required=True, help="PNG path of the curves")
     ap.add_argument("--cost-limit", type=float, default=10.0)
+    ap.add_argument("--window", type=int, default=3, help="episodes averaged at the start / end of a run")
     args = ap.parse_args(argv)
     groups = {}
     for spec in args.groups:
         label, _, dirs = spec.partition("=")
         groups[label] = [load_run(Path(d)) for d in dirs.split(",")]
     plot(groups, args.out)
-    print(table(groups, args.cost_limit))
+    print(table(groups, args.cost_limit, args.window))
     return 0
 
 
