@@ -53,6 +53,9 @@ class OfflineConfig(Config):
         "(only with world_model; on top of the in-sample losses).",
     )
     imagine_horizon: int = option(5, "Length H of the imagined rollouts from dataset latents.")
+    imagine_start: int = option(
+        200, "Updates before imagined targets are used, so that the world model has learned something first."
+    )
     imagine_weight_v: float = option(
         0.5, "Weight of the V_r and V_c expectile losses toward the H-step imagined value targets."
     )
@@ -110,6 +113,8 @@ class OfflineConfig(Config):
             raise ConfigError(f"gamma must lie in (0, 1), got {self.gamma}")
         if self.wm_horizon < 1:
             raise ConfigError(f"wm_horizon must be >= 1, got {self.wm_horizon}")
+        if self.imagine_start < 0:
+            raise ConfigError(f"imagine_start must be >= 0, got {self.imagine_start}")
         if self.imagine_horizon < 1:
             raise ConfigError(f"imagine_horizon must be >= 1, got {self.imagine_horizon}")
         if self.imagine_weight_v < 0 or self.imagine_weight_h < 0:

@@ -150,7 +150,7 @@ class OfflineLearner:
         }
         loss = sum(losses.values())
         metrics: dict[str, float] = {}
-        if self.world_model is not None and cfg.imagine:
+        if self.world_model is not None and cfg.imagine and self.step >= cfg.imagine_start:
             imagine_losses, imagine_metrics = self._imagination_losses(self.world_model, zd, v_r, v_c, v_h)
             loss = (
                 loss + cfg.imagine_weight_v * imagine_losses["v"] + cfg.imagine_weight_h * imagine_losses["h"]
@@ -234,7 +234,7 @@ class OfflineLearner:
             return a.actor_on(z, noise)
 
         with torch.no_grad():
-            rollout = world_model.imagine(zd, policy, cfg.imagine_horizon)
+            rollout = world_model.imagine(zd, policy, cfg.imagine_horizon, cfg.cost_pos_weight)
             end = rollout.final_latent
             y_r, y_c, y_h = imagined_targets(
                 rollout.rewards,

@@ -8,6 +8,7 @@ reachability targets.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,15 +61,24 @@ class WorldModel(nn.Module):
         )
 
     def imagine(
-        self, z0: torch.Tensor, policy: Callable[[torch.Tensor], torch.Tensor], horizon: int
+        self,
+        z0: torch.Tensor,
+        policy: Callable[[torch.Tensor], torch.Tensor],
+        horizon: int,
+        cost_pos_weight: float = 1.0,
     ) -> ImaginedRollout:
-        """Roll ``horizon`` steps from z0 [B, L], acting with a_t = policy(ẑ_t)."""
+        """Roll ``horizon`` steps from z0 [B, L], acting with a_t = policy(ẑ_t).
+
+        The cost head is trained with positives up-weighted by ``cost_pos_weight`` (w), whose optimal
+        logit is ln(w·p/(1−p)); σ(logit − ln w) undoes that, so ``cost_prob`` is the real probability.
+        """
         z = z0
         rewards, costs, conts = [], [], []
+        offset = math.log(cost_pos_weight)
         for _ in range(horizon):
             z, r_hat, c_logit, cont_logit = self.step(z, policy(z))
             rewards.append(r_hat)
-            costs.append(torch.sigmoid(c_logit))
+            costs.append(torch.sigmoid(c_logit - offset))
             conts.append(torch.sigmoid(cont_logit))
         return ImaginedRollout(
             torch.stack(rewards, 1), torch.stack(costs, 1), torch.stack(conts, 1), final_latent=z
