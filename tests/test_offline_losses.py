@@ -9,6 +9,7 @@ from trainer.losses import (
     expectile_loss,
     feasibility_weights,
     hj_target,
+    imagined_targets,
     reachability_signal,
     td_target,
     weighted_bc_loss,
@@ -55,6 +56,31 @@ def test_hj_target_by_hand():
 
 def test_td_target_by_hand():
     assert td_target(t(1.0, 1.0), t(2.0, 2.0), t(0.0, 1.0), 0.9).tolist() == pytest.approx([2.8, 1.0])
+
+
+def test_imagined_targets_by_hand():
+    """Two rollouts of H = 2, γ = 0.5, c_scale 10: the second predicts a terminal at its first step."""
+    rewards = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    cost_prob = torch.tensor([[0.1, 0.9], [0.1, 0.9]])  # ĉ = [0, 1]: h = [−1, 10]
+    continuation = torch.tensor([[0.9, 0.9], [0.2, 0.9]])  # d = [0, 0] and [1, 0]
+    y_r, y_c, y_h = imagined_targets(
+        rewards, cost_prob, continuation, t(4.0, 4.0), t(1.0, 1.0), t(-1.0, -1.0), gamma=0.5, c_scale=10.0
+    )
+    # y_r: 2 + 0.5·4 = 4, then 1 + 0.5·4 = 3; terminal at step 0 → r̂_0 = 1
+    assert y_r.tolist() == pytest.approx([3.0, 1.0])
+    # y_c: 1 + 0.5·1 = 1.5, then 0 + 0.5·1.5 = 0.75; terminal → ĉ_0 = 0
+    assert y_c.tolist() == pytest.approx([0.75, 0.0])
+    # y_h: 0.5·10 + 0.5·max(10, −1) = 10, then 0.5·(−1) + 0.5·max(−1, 10) = 4.5; terminal → h_0 = −1
+    assert y_h.tolist() == pytest.approx([4.5, -1.0])
+
+
+def test_imagined_reachability_bootstraps_from_the_horizon():
+    """A safe imagined path ending where V_h > 0 is not safe: (1−γ)(−1) + γ·max(−1, 3) = 1, then 0."""
+    zeros = torch.zeros(1, 2)
+    _, _, y_h = imagined_targets(
+        zeros, zeros, torch.ones(1, 2), t(0.0), t(0.0), t(3.0), gamma=0.5, c_scale=10.0
+    )
+    assert y_h.tolist() == pytest.approx([0.0])
 
 
 def test_feasibility_weights_by_hand():

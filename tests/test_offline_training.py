@@ -76,6 +76,42 @@ def test_world_model_losses_fall(dataset):
     assert last["wm/cost"] < first["wm/cost"] and last["wm/reward"] < first["wm/reward"]
 
 
+def test_imagination_trains_and_logs_its_losses(dataset, tmp_path):
+    """World model + imagined targets: the imagine scalars reach TensorBoard; imagine off logs none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = OfflineConfig(
+        steps=20, world_model=True, wm_horizon=2, imagine_horizon=3, imagine_start=10, **SMALL
+    )
+    train_offline(dataset, tmp_path / "on", cfg, progress=False)
+    events = EventAccumulator(str(tmp_path / "on/tb")).Reload()
+    keys = ("wm/imagine_loss_v", "wm/imagine_loss_h", "wm/imagine_y_h", "wm/imagine_cost_prob")
+    for key in keys:
+        values = [e.value for e in events.Scalars(key)]
+        assert len(values) >= 1 and np.all(np.isfinite(values)), key
+    assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("wm/imagine_cost_prob"))
+    # (1−γ)h + γ·max(h, ·) with h ∈ {−1, c_scale} is never below −1, whatever V_h bootstraps
+    assert all(e.value >= -1.0 - 1e-6 for e in events.Scalars("wm/imagine_y_h"))
+
+    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg.replace(imagine=False))
+    metrics = learner.update(dataset.sample_sequences(cfg.batch_size, 2, np.random.default_rng(0)))
+    assert "wm/consistency" in metrics and not any(k.startswith("wm/imagine") for k in metrics)
+
+
+def test_imagined_losses_train_only_the_value_heads(dataset):
+    cfg = OfflineConfig(steps=1, world_model=True, **SMALL)
+    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
+    a = learner.agent
+    obs = torch.from_numpy(dataset.observations[:64])
+    zd = a.encoder(obs).detach()
+    losses, _ = learner._imagination_losses(learner.world_model, zd, a.v_r(zd), a.v_c(zd), a.v_h(zd))
+    (losses["v"] + losses["h"]).backward()
+    for head in (a.v_r, a.v_c, a.v_h):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    for frozen in (learner.world_model, a.encoder, a.actor_on, a.q_h):
+        assert all(p.grad is None for p in frozen.parameters())
+
+
 def test_random_shift_moves_content_by_whole_pixels():
     g = torch.Generator().manual_seed(0)
     img = torch.zeros(32, 16, 16, 3, dtype=torch.uint8)
@@ -98,3 +134,22 @@ def test_resume_continues_exactly(dataset, tmp_path):
     sb = torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True)["agent"]
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert (tmp_path / "b/checkpoints/step_00000008.pt").is_file() and any((tmp_path / "b/tb").iterdir())
+
+
+def test_imagined_cost_probability_undoes_the_positive_weighting():
+    """BCE with pos_weight w has optimal logit ln(w·p/(1−p)); a logit of exactly ln w is p = 0.5."""
+    import math
+
+    from trainer.world_model import WorldModel
+
+    wm = WorldModel(latent_dim=4, action_dim=2, hidden_dim=8)
+    last = [m for m in wm.cost.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(math.log(10.0))
+    rollout = wm.imagine(
+        torch.zeros(3, 4), lambda z: torch.zeros(z.shape[0], 2), horizon=2, cost_pos_weight=10.0
+    )
+    assert torch.allclose(rollout.cost_prob, torch.full((3, 2), 0.5))
+    raw = wm.imagine(torch.zeros(3, 4), lambda z: torch.zeros(z.shape[0], 2), horizon=2)
+    assert torch.allclose(raw.cost_prob, torch.full((3, 2), 10 / 11))

@@ -63,7 +63,9 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", type=Path, help="directory with signing.key (default: generate one in RUN/keys)")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
     p.add_argument(
-        "--no-world-model", action="store_true", help="ablation: train without the latent world model"
+        "--no-world-model",
+        action="store_true",
+        help="ablation: train without the latent world model (and so without imagined targets)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p, OfflineConfig)
@@ -82,7 +84,7 @@ def _run_train_offline(args: argparse.Namespace) -> int:
         config_path = RunDir(args.out).config
     cfg = load_config(OfflineConfig, config_path, args)
     if args.no_world_model:
-        cfg = cfg.replace(world_model=False)
+        cfg = cfg.replace(world_model=False, imagine=False)
     dataset = load_dataset(args.dataset)
     result = train_offline(
         dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress

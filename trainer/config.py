@@ -47,6 +47,21 @@ class OfflineConfig(Config):
     wm_cost_coef: float = option(1.0, "Weight of the cost-head loss.")
     wm_continue_coef: float = option(0.5, "Weight of the continuation-head loss.")
     cost_pos_weight: float = option(10.0, "Up-weighting of positive (c > 0) samples in the cost head.")
+    imagine: bool = option(
+        True,
+        "Add targets from imagined world-model rollouts of the current actor to V_r, V_c, V_h "
+        "(only with world_model; on top of the in-sample losses).",
+    )
+    imagine_horizon: int = option(5, "Length H of the imagined rollouts from dataset latents.")
+    imagine_start: int = option(
+        200, "Updates before imagined targets are used, so that the world model has learned something first."
+    )
+    imagine_weight_v: float = option(
+        0.5, "Weight of the V_r and V_c expectile losses toward the H-step imagined value targets."
+    )
+    imagine_weight_h: float = option(
+        0.5, "Weight of the V_h expectile loss toward the imagined HJ reachability target."
+    )
     shield_calibration: Literal["quantile", "fixed"] = option(
         "quantile",
         "How the exported shield threshold on Q_h is chosen. quantile: from Q_h at the dataset's own actions, "
@@ -98,6 +113,12 @@ class OfflineConfig(Config):
             raise ConfigError(f"gamma must lie in (0, 1), got {self.gamma}")
         if self.wm_horizon < 1:
             raise ConfigError(f"wm_horizon must be >= 1, got {self.wm_horizon}")
+        if self.imagine_start < 0:
+            raise ConfigError(f"imagine_start must be >= 0, got {self.imagine_start}")
+        if self.imagine_horizon < 1:
+            raise ConfigError(f"imagine_horizon must be >= 1, got {self.imagine_horizon}")
+        if self.imagine_weight_v < 0 or self.imagine_weight_h < 0:
+            raise ConfigError("imagine_weight_v and imagine_weight_h must be >= 0")
         if self.n_qh < 1:
             raise ConfigError(f"n_qh must be >= 1, got {self.n_qh}")
         if not 0.0 <= self.shield_max_safe_intervention < 1.0:

@@ -69,3 +69,33 @@ def bce_with_pos_weight(logits: torch.Tensor, target: torch.Tensor, pos_weight: 
     """Binary cross-entropy with positive samples up-weighted (sparse costs)."""
     pw = torch.as_tensor(pos_weight, dtype=logits.dtype)
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
+
+
+def imagined_targets(
+    rewards: torch.Tensor,
+    cost_prob: torch.Tensor,
+    continuation_prob: torch.Tensor,
+    v_r_end: torch.Tensor,
+    v_c_end: torch.Tensor,
+    v_h_end: torch.Tensor,
+    gamma: float,
+    c_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """H-step model-based targets (y_r, y_c, y_h) on the start state of an imagined rollout.
+
+    Shapes: rewards, cost_prob, continuation_prob [B, H] (step t predicts the transition from ẑ_t);
+    v_*_end [B] (the value networks at ẑ_H). The cost head predicts P(c > 0), so a step costs
+    ĉ_t = 1(P > 0.5) and ends the episode where P(continue) < 0.5. Backward from y_H = V(ẑ_H):
+    y_r,t = r̂_t + γ(1 − d_t)y_r,t+1; y_c likewise with ĉ_t; y_h,t = (1−γ)h_t + γ·max(h_t, y_h,t+1)
+    with h_t = reachability_signal(ĉ_t) and y_h,t = h_t at a terminal — the recursions of
+    :func:`td_target` and :func:`hj_target` along the imagined path.
+    """
+    cost = (cost_prob > 0.5).to(rewards.dtype)
+    terminal = (continuation_prob < 0.5).to(rewards.dtype)
+    h = reachability_signal(cost, c_scale)
+    y_r, y_c, y_h = v_r_end, v_c_end, v_h_end
+    for t in reversed(range(rewards.shape[1])):
+        y_r = td_target(rewards[:, t], y_r, terminal[:, t], gamma)
+        y_c = td_target(cost[:, t], y_c, terminal[:, t], gamma)
+        y_h = hj_target(h[:, t], y_h, terminal[:, t], gamma)
+    return y_r, y_c, y_h

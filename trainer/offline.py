@@ -1,7 +1,9 @@
 """FOSP-lite offline learner (DESIGN.md §3): world model, in-sample critics, reachability, weighted BC.
 
 Nothing here evaluates the critics at actions outside the dataset: V_r, V_c, V_h are expectiles of
-the target critics at dataset actions, and the actor is weighted behaviour cloning.
+the target critics at dataset actions, and the actor is weighted behaviour cloning. With the world
+model and ``imagine`` on, the values also regress toward targets from short imagined rollouts
+(:meth:`OfflineLearner._imagination_losses`), an addition to the in-sample losses.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from trainer.losses import (
     expectile_loss,
     feasibility_weights,
     hj_target,
+    imagined_targets,
     reachability_signal,
     td_target,
     weighted_bc_loss,
@@ -147,6 +150,12 @@ class OfflineLearner:
         }
         loss = sum(losses.values())
         metrics: dict[str, float] = {}
+        if self.world_model is not None and cfg.imagine and self.step >= cfg.imagine_start:
+            imagine_losses, imagine_metrics = self._imagination_losses(self.world_model, zd, v_r, v_c, v_h)
+            loss = (
+                loss + cfg.imagine_weight_v * imagine_losses["v"] + cfg.imagine_weight_h * imagine_losses["h"]
+            )
+            metrics.update(imagine_metrics)
         if self.world_model is not None:
             wm_loss, wm_parts = self.world_model.loss(
                 z_all[:, 0],
@@ -199,6 +208,58 @@ class OfflineLearner:
             }
         )
         return metrics
+
+    def _imagination_losses(
+        self,
+        world_model: WorldModel,
+        zd: torch.Tensor,
+        v_r: torch.Tensor,
+        v_c: torch.Tensor,
+        v_h: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Expectile losses of V_r, V_c, V_h(zd) toward targets imagined from the dataset latents zd.
+
+        The rollout acts with the actor being trained (π_on here; :meth:`finalize` freezes it as π_off),
+        as FOSP imagines with its current policy: offline there is no other π_off yet, and the in-sample
+        constraint binds the critics' *dataset* targets, which these targets only add to. Actions are
+        samples, as the robot's runtime draws them, with noise from the learner's generator so that a
+        resumed run repeats exactly. Each value keeps its in-sample expectile (V_h toward the lower side:
+        best feasibility, not the imagined policy's average). Only the value heads get gradients; the
+        world model, encoder and actor are untouched by these losses.
+        """
+        cfg, a = self.cfg, self.agent
+
+        def policy(z: torch.Tensor) -> torch.Tensor:
+            noise = torch.randn(z.shape[0], self.spec.action_dim, generator=self.generator)
+            return a.actor_on(z, noise)
+
+        with torch.no_grad():
+            rollout = world_model.imagine(zd, policy, cfg.imagine_horizon, cfg.cost_pos_weight)
+            end = rollout.final_latent
+            y_r, y_c, y_h = imagined_targets(
+                rollout.rewards,
+                rollout.cost_prob,
+                rollout.continuation_prob,
+                a.v_r(end),
+                a.v_c(end),
+                a.v_h(end),
+                cfg.gamma,
+                cfg.c_scale,
+            )
+        losses = {
+            "v": expectile_loss(y_r - v_r, cfg.tau_r) + expectile_loss(y_c - v_c, cfg.tau_c),
+            "h": expectile_loss(v_h - y_h, cfg.tau_h),
+        }
+        metrics = {
+            "wm/imagine_cost_prob": float(rollout.cost_prob.mean()),
+            "wm/imagine_continuation": float(rollout.continuation_prob.mean()),
+            "wm/imagine_y_r": float(y_r.mean()),
+            "wm/imagine_y_c": float(y_c.mean()),
+            "wm/imagine_y_h": float(y_h.mean()),
+            "wm/imagine_loss_v": float(losses["v"].detach()),
+            "wm/imagine_loss_h": float(losses["h"].detach()),
+        }
+        return losses, metrics
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,11 +1,15 @@
 """Latent world model (TD-MPC style): ẑ' = f(z, a) with reward, cost and continuation heads.
 
 Trained on real sequences with a multi-step latent consistency loss against a target encoder; its
-losses flow into the encoder and shape the latent space the critics and actor read.
+losses flow into the encoder and shape the latent space the critics and actor read. It also rolls
+forward under a policy (:meth:`WorldModel.imagine`) for the offline learner's imagined value and
+reachability targets.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +30,16 @@ class WorldModelLossWeights:
     cost_pos_weight: float
 
 
+@dataclass(frozen=True)
+class ImaginedRollout:
+    """Per-step predictions [B, H] of an imagined rollout and its last latent ẑ_H [B, L]."""
+
+    rewards: torch.Tensor
+    cost_prob: torch.Tensor
+    continuation_prob: torch.Tensor
+    final_latent: torch.Tensor
+
+
 class WorldModel(nn.Module):
     def __init__(self, latent_dim: int, action_dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -44,6 +58,30 @@ class WorldModel(nn.Module):
             self.reward(x).squeeze(-1),
             self.cost(x).squeeze(-1),
             self.continuation(x).squeeze(-1),
+        )
+
+    def imagine(
+        self,
+        z0: torch.Tensor,
+        policy: Callable[[torch.Tensor], torch.Tensor],
+        horizon: int,
+        cost_pos_weight: float = 1.0,
+    ) -> ImaginedRollout:
+        """Roll ``horizon`` steps from z0 [B, L], acting with a_t = policy(ẑ_t).
+
+        The cost head is trained with positives up-weighted by ``cost_pos_weight`` (w), whose optimal
+        logit is ln(w·p/(1−p)); σ(logit − ln w) undoes that, so ``cost_prob`` is the real probability.
+        """
+        z = z0
+        rewards, costs, conts = [], [], []
+        offset = math.log(cost_pos_weight)
+        for _ in range(horizon):
+            z, r_hat, c_logit, cont_logit = self.step(z, policy(z))
+            rewards.append(r_hat)
+            costs.append(torch.sigmoid(c_logit - offset))
+            conts.append(torch.sigmoid(cont_logit))
+        return ImaginedRollout(
+            torch.stack(rewards, 1), torch.stack(costs, 1), torch.stack(conts, 1), final_latent=z
         )
 
     def loss(
