@@ -27,6 +27,7 @@ VARIANTS = {
     "bc": {"method": "bc"},
     "fosp": {"method": "fosp"},
     "fosp_no_wm": {"method": "fosp", "world_model": False},
+    "fosp_no_imagine": {"method": "fosp", "imagine": False},
 }
 
 
@@ -109,7 +110,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         table.append(
             {
                 "variant": name,
-                "world model": "off" if name == "fosp_no_wm" else "on",
+                "world model": "off" if VARIANTS[name].get("world_model") is False else "on",
+                "imagination": "off"
+                if VARIANTS[name].get("world_model") is False or VARIANTS[name].get("imagine") is False
+                else "on",
                 "shield": "on" if use_shield else "off",
                 "split": split,
                 "return": _mean_std([r["return_mean"] for r in rows]),
