@@ -197,7 +197,7 @@ def train_online(
     episodes_log.close()
     if eval_episodes > 0 and not stop["set"]:
         result.final_eval = evaluate(
-            runner, env, obs_key, eval_episodes, learner.kappa_c(), cfg.seed + 10_000
+            runner, env, obs_key, eval_episodes, learner.kappa_c(), 10_000 + cfg.seed * 1_000
         )
     result.seconds = time.monotonic() - t0
     env.close()
