@@ -195,7 +195,7 @@ def torch_latency(state_dict: Path, runs: int = LATENCY_RUNS) -> dict[str, float
 
     torch.set_num_threads(1)
     agent = Agent(AgentSpec(OBS_SHAPE, ACTION_DIM))
-    agent.load_state_dict(torch.load(state_dict))
+    agent.load_state_dict(torch.load(state_dict, weights_only=True))
     graph = AgentGraph(agent.eval()).eval()
     frames = torch.from_numpy(
         np.random.default_rng(2).integers(0, 256, size=(16, 1, *OBS_SHAPE), dtype=np.uint8)

@@ -12,7 +12,14 @@ from protocol.bundle import load_bundle
 from protocol.errors import HashMismatchError, SignatureError
 from protocol.keys import generate_keys, load_public_key, load_trusted_keys
 from trainer.export import build_bundle, example_inputs, export_onnx, parity_error, torch_outputs
-from trainer.networks import GRAPH_OUTPUTS, Agent, AgentSpec, load_checkpoint, save_checkpoint
+from trainer.networks import (
+    GRAPH_OUTPUTS,
+    Agent,
+    AgentSpec,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from trainer.quantize import QuantReport, decide
 
 
@@ -59,6 +66,23 @@ def test_checkpoint_round_trip(image_agent, tmp_path):
     obs, noise = example_inputs(agent)
     a, b = torch_outputs(agent, obs, noise), torch_outputs(image_agent, obs, noise)
     assert ckpt["step"] == 42 and all(np.array_equal(a[k], b[k]) for k in GRAPH_OUTPUTS)
+
+
+def test_bad_checkpoints_are_a_typed_error(image_agent, tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, image_agent, step=3)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)  # a torch file, but not a reachsafe checkpoint
+    for path, says in (
+        (tmp_path / "missing.pt", "no checkpoint"),
+        (truncated, "not a usable"),
+        (foreign, "not a usable"),
+    ):
+        with pytest.raises(CheckpointError, match=says):
+            load_checkpoint(path)
+    assert load_checkpoint(good)[1]["step"] == 3
 
 
 def test_signed_bundle_loads_in_the_runtime_and_tampering_is_refused(image_agent, keys, tmp_path):

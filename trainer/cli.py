@@ -20,9 +20,19 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from trainer.dataset import DatasetError
     from trainer.evaluate import EvalError
     from trainer.export import ExportError
+    from trainer.networks import CheckpointError
     from trainer.run_dir import RunDirError
 
-    return (ConfigError, BundleError, KeyFileError, DatasetError, EvalError, ExportError, RunDirError)
+    return (
+        ConfigError,
+        BundleError,
+        KeyFileError,
+        DatasetError,
+        EvalError,
+        ExportError,
+        RunDirError,
+        CheckpointError,
+    )
 
 
 def _reporting_user_errors(func):

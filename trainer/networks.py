@@ -7,6 +7,7 @@ of Q_h (max over members) and V_h.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protocol.files import write_atomically
 from trainer.losses import SAFE_SIGNAL
 
 GRAPH_INPUTS = ("obs", "noise")
@@ -250,19 +252,37 @@ class AgentGraph(nn.Module):
         return self.agent.graph_outputs(obs, noise)
 
 
+class CheckpointError(Exception):
+    """A checkpoint file is missing, truncated or not one this trainer wrote."""
+
+
 def save_checkpoint(path: str | Path, agent: Agent, step: int, extra: dict[str, Any] | None = None) -> None:
-    """Write {agent state, spec, step, **extra} atomically (tmp file + rename)."""
+    """Write {agent state, spec, step, **extra} durably and atomically (a crash leaves the old file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"agent": agent.state_dict(), "spec": agent.spec.to_dict(), "step": int(step), **(extra or {})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomically(path, buffer.getvalue(), fsync=True)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Agent, dict[str, Any]]:
-    """Rebuild the agent from a checkpoint; returns (agent, the whole checkpoint dict)."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    agent = Agent(AgentSpec.from_dict(ckpt["spec"]))
-    agent.load_state_dict(ckpt["agent"])
+    """Rebuild the agent from a checkpoint; returns (agent, the whole checkpoint dict).
+
+    Checkpoints are files this trainer wrote into its own run directory; nothing received from a
+    robot or any other process is ever loaded here (robots send msgpack steps, see protocol/).
+    ``weights_only=True`` keeps torch's restricted loader: tensors and plain containers only.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        agent = Agent(AgentSpec.from_dict(ckpt["spec"]))
+        agent.load_state_dict(ckpt["agent"])
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}; train first (`reachsafe train offline`)") from None
+    except Exception as exc:  # truncated file, foreign pickle, wrong keys or shapes
+        raise CheckpointError(
+            f"{path} is not a usable reachsafe checkpoint ({type(exc).__name__}: {exc}); "
+            "resume from an earlier checkpoints/step_*.pt or retrain"
+        ) from None
     return agent, ckpt
