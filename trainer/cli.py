@@ -138,7 +138,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
     p.add_argument("--config", type=Path, help="YAML OnlineConfig (kind: online)")
     add_config_arguments(p, OnlineConfig)
-    p.set_defaults(func=_run_train_online)
+    p.set_defaults(func=_reporting_user_errors(_run_train_online))
 
 
 def _run_train_online(args: argparse.Namespace) -> int:
@@ -178,11 +178,11 @@ def add_trainer_commands(parser: argparse.ArgumentParser) -> None:
         "SIGTERM/SIGINT: checkpoint and exit 0.",
     )
     add_serve_arguments(p)
-    p.set_defaults(func=_run_serve)
+    p.set_defaults(func=_reporting_user_errors(_run_serve))
     s = verbs.add_parser("status", help="show a daemon's RUN/status.json (robots, rates, λ, bundle)")
     s.add_argument("--run", required=True, type=Path, help="run directory the daemon serves")
     s.add_argument("--json", action="store_true", help="print the raw status JSON")
-    s.set_defaults(func=_run_status)
+    s.set_defaults(func=_reporting_user_errors(_run_status))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -219,18 +219,19 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from trainer.dataset import load_dataset
-    from trainer.export import build_bundle
+    from trainer.export import ExportError, build_bundle
     from trainer.networks import load_checkpoint
+    from trainer.online import load_offline_dataset
     from trainer.run_dir import RunDir, resolve_signing_key
 
     run = RunDir(args.run)
     _, ckpt = load_checkpoint(run.require_checkpoint())
     calib = None
     if args.int8:
-        source = args.dataset or Path(ckpt.get("dataset", {}).get("source", ""))
-        n_frames = int(ckpt.get("config", {}).get("calib_frames", 256))
-        calib = load_dataset(source).calibration_frames(n_frames)
+        dataset = load_offline_dataset(args.dataset, ckpt)
+        if dataset is None:
+            raise ExportError("--int8 needs calibration frames from the run's dataset: pass --dataset FILE")
+        calib = dataset.calibration_frames(int(ckpt.get("config", {}).get("calib_frames", 256)))
     result = build_bundle(
         run.root,
         args.out,

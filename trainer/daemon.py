@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import zmq
 
 from protocol.codec import decode
@@ -33,8 +32,7 @@ from protocol.sockets import ServerCurve, server_socket
 from trainer.daemon_bundles import BundleShelf
 from trainer.daemon_ingest import IngestServer
 from trainer.daemon_learner import DaemonLearner
-from trainer.networks import load_checkpoint
-from trainer.online import OnlineLearner, load_offline_dataset, shield_section_for
+from trainer.online import shield_section_for, start_online
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -108,20 +106,15 @@ def open_socket(ctx: zmq.Context, bind: str, keys: Path | None) -> tuple[zmq.Soc
 
 def serve(args: argparse.Namespace) -> int:
     cfg = load_config(OnlineConfig, args.config, args)
-    torch.set_num_threads(max(1, cfg.torch_threads))
-    torch.manual_seed(cfg.seed)
     run, paths = RunDir(args.run), OnlinePaths(args.run)
-    resume = bool(args.resume and paths.checkpoint.is_file())
-    if args.resume and not resume:
-        logger.warning("--resume: no %s yet, starting from the offline checkpoint", paths.checkpoint)
-    agent, ckpt = load_checkpoint(paths.checkpoint if resume else run.require_checkpoint())
-    offline_ckpt = ckpt if not resume else load_checkpoint(run.require_checkpoint())[1]
-    dataset = load_offline_dataset(args.dataset, offline_ckpt)
-    learner = OnlineLearner(agent, cfg)
-    if resume:
-        learner.load_state_dict(ckpt["online"])
-        logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)
-    spec = agent.spec
+    start = start_online(run, paths.checkpoint, cfg, bool(args.resume), args.dataset)
+    learner, offline_ckpt, dataset, resume = (
+        start.learner,
+        start.offline_checkpoint,
+        start.dataset,
+        start.resumed,
+    )
+    spec = learner.agent.spec
     store = StepStore(paths.store)
     replay = StepReplay(cfg.replay_capacity, spec.obs_shape, spec.action_dim)
     refill_replay(store, replay)
@@ -139,8 +132,8 @@ def serve(args: argparse.Namespace) -> int:
     ingest.current_bundle = shelf.latest_message()
     dl = DaemonLearner(
         learner, replay, dataset, cfg, shelf.ship, ingest.broadcast, paths.checkpoint, metrics, inbox,
-        vpa_done=bool(resume and ckpt.get("vpa_done")),
-        online_steps=int(ckpt.get("online_steps", 0)) if resume else 0,
+        vpa_done=bool(resume and start.checkpoint.get("vpa_done")),
+        online_steps=int(start.checkpoint.get("online_steps", 0)) if resume else 0,
         bundle_version=shelf.latest_version,
     )  # fmt: skip
 

@@ -220,7 +220,7 @@ def load_dataset(path: str | Path) -> OfflineDataset:
             )
         arrays = {k: np.asarray(f[k][()]) for k in REQUIRED_KEYS}
         metadata = _parse_metadata(f.attrs.get("metadata"), path)
-    ds = _construct(arrays, metadata, str(path))
+    ds = _construct(arrays, metadata, str(Path(path).resolve()))  # absolute: runs are read from elsewhere
     logger.info(
         "loaded %s: %d steps, %d episodes, obs %s %s, action dim %d",
         path,

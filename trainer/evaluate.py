@@ -120,15 +120,13 @@ def evaluate_bundle(
     import gymnasium as gym
 
     import sim_bridge  # noqa: F401  (registers the tasks)
-    from edge_runtime.config import EdgeConfig
     from edge_runtime.inference import AgentSession, SessionOptions
     from edge_runtime.select import SelectionParams, select
     from edge_runtime.shield import shield
 
     session = AgentSession.from_bundle(bundle, SessionOptions(intra_op_threads=1, providers=("cpu",)))
-    edge = EdgeConfig()
     threshold = float(bundle.manifest["shield"]["threshold"])
-    params = SelectionParams.from_manifest(bundle.manifest).overridden(edge.kappa_t, edge.kappa_c)
+    params = SelectionParams.from_manifest(bundle.manifest)
     seeds = list(seeds) if seeds else list(range(episodes))
     kwargs = {"split": split, "obs_mode": "image"}
     if episode_steps is not None:

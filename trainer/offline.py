@@ -234,7 +234,7 @@ class OfflineLearner:
             return a.actor_on(z, noise)
 
         with torch.no_grad():
-            rollout = world_model.imagine(zd, policy, cfg.imagine_horizon, cfg.cost_pos_weight)
+            rollout = world_model.imagine(zd, policy, cfg.imagine_horizon, self.wm_weights.cost_pos_weight)
             end = rollout.final_latent
             y_r, y_c, y_h = imagined_targets(
                 rollout.rewards,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,11 @@ from trainer.dataset import Batch, OfflineDataset, load_dataset
 from trainer.export import checkpoint_shield
 from trainer.lagrange import PIDLagrangian
 from trainer.losses import expectile_loss, hj_target, reachability_signal
-from trainer.networks import Agent
+from trainer.networks import Agent, load_checkpoint
 from trainer.offline import polyak
 from trainer.online_config import OnlineConfig
 from trainer.replay import StepReplay
+from trainer.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -292,3 +294,34 @@ class OnlineLearner:
         self.opt_alpha.load_state_dict(state["opt_alpha"])
         self.lagrange.load_state_dict(state["lagrange"])
         self.updates = int(state["updates"])
+
+
+@dataclass
+class OnlineStart:
+    """What every online entry point (daemon, ``train online``) starts from."""
+
+    learner: OnlineLearner
+    checkpoint: dict[str, Any]  # the online checkpoint when resumed, else the offline one
+    offline_checkpoint: dict[str, Any]
+    dataset: OfflineDataset | None
+    resumed: bool
+
+
+def start_online(
+    run: RunDir, online_checkpoint: Path, cfg: OnlineConfig, resume: bool, dataset_path: Path | None
+) -> OnlineStart:
+    """Seed torch, load the offline run (or resume ``online_checkpoint``), build the learner and load
+    the offline dataset for replay mixing and VPA."""
+    torch.set_num_threads(max(1, cfg.torch_threads))
+    torch.manual_seed(cfg.seed)
+    offline_path = run.require_checkpoint()
+    resumed = resume and online_checkpoint.is_file()
+    if resume and not resumed:
+        logger.warning("--resume: no %s yet, starting from the offline checkpoint", online_checkpoint)
+    agent, ckpt = load_checkpoint(online_checkpoint if resumed else offline_path)
+    offline_ckpt = load_checkpoint(offline_path)[1] if resumed else ckpt
+    learner = OnlineLearner(agent, cfg)
+    if resumed:
+        learner.load_state_dict(ckpt["online"])
+        logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)
+    return OnlineStart(learner, ckpt, offline_ckpt, load_offline_dataset(dataset_path, offline_ckpt), resumed)

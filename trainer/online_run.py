@@ -28,8 +28,9 @@ from edge_runtime.inference import AgentOutput
 from edge_runtime.select import select
 from edge_runtime.shield import shield as apply_shield
 from protocol.constants import POLICY_ONLINE
-from trainer.networks import Agent, load_checkpoint, save_checkpoint
-from trainer.online import MixedSampler, OnlineLearner, load_offline_dataset, shield_threshold_for
+from protocol.files import write_json_atomically
+from trainer.networks import Agent, save_checkpoint
+from trainer.online import MixedSampler, OnlineLearner, shield_threshold_for, start_online
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -119,21 +120,20 @@ def train_online(
     dataset_path: Path | None = None,
     eval_episodes: int = 5,
 ) -> OnlineRunResult:
-    torch.set_num_threads(max(1, cfg.torch_threads))
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    offline_ckpt_path = RunDir(run).require_checkpoint()
-    resumed = resume and ckpt_path.is_file()
-    agent, ckpt = load_checkpoint(ckpt_path if resumed else offline_ckpt_path)
-    offline_ckpt = load_checkpoint(offline_ckpt_path)[1] if resumed else ckpt
-    learner = OnlineLearner(agent, cfg)
-    state = ckpt.get("online_run", {}) if resumed else {}
+    start = start_online(RunDir(run), ckpt_path, cfg, resume, dataset_path)
+    learner, offline_ckpt, dataset, resumed = (
+        start.learner,
+        start.offline_checkpoint,
+        start.dataset,
+        start.resumed,
+    )
+    agent = learner.agent
+    state = start.checkpoint.get("online_run", {}) if resumed else {}
     if resumed:
-        learner.load_state_dict(ckpt["online"])
         rng.bit_generator.state = state["numpy_rng"]
-    dataset = load_offline_dataset(dataset_path, offline_ckpt)
     replay = StepReplay(min(cfg.replay_capacity, max(steps, 2)), agent.spec.obs_shape, agent.spec.action_dim)
     sampler = MixedSampler(dataset, replay, cfg.offline_ratio)
     metrics = MetricsWriter(out / "tb")
@@ -202,7 +202,7 @@ def train_online(
     result.seconds = time.monotonic() - t0
     env.close()
     metrics.close()
-    (out / "summary.json").write_text(json.dumps(_summary(result, cfg, env_id, split), indent=1))
+    write_json_atomically(out / "summary.json", _summary(result, cfg, env_id, split), indent=1)
     return result
 
 

@@ -39,12 +39,6 @@ def write_config(cfg: OfflineConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump({"kind": CONFIG_KIND, **cfg.to_dict()}, sort_keys=False))
 
 
-def dataset_source(dataset: OfflineDataset) -> str:
-    """The dataset's file as an absolute path (the daemon runs from other directories); "<memory>" as is."""
-    path = Path(dataset.source)
-    return str(path.resolve()) if path.is_file() else dataset.source
-
-
 def calibrate_for_config(learner: OfflineLearner, dataset: OfflineDataset) -> ShieldCalibration:
     """The shield threshold of the trained agent, calibrated as the config says.
 
@@ -89,7 +83,7 @@ def save_learner(
         "config": learner.cfg.to_dict(),
         "learner": learner.state_dict(),
         "numpy_rng": rng.bit_generator.state,
-        "dataset": {"source": dataset_source(dataset), "steps": len(dataset), "metadata": dataset.metadata},
+        "dataset": {"source": dataset.source, "steps": len(dataset), "metadata": dataset.metadata},
     }
     if shield is not None:
         extra["shield"] = shield.to_manifest()
