@@ -78,7 +78,7 @@ class BundleStore:
         }
 
     def _write_pointer(self, data: dict[str, Any]) -> None:
-        write_json_atomically(self.pointer_path, data, indent=None)
+        write_json_atomically(self.pointer_path, data, fsync=True, indent=None)  # off the control thread
 
     def path(self, version: int) -> Path:
         return self.root / f"v{version}"
@@ -178,7 +178,12 @@ class BundleManager:
         self.versions_seen: list[int] = []
         self._pending: tuple[ActivePolicy, str, str] | None = None  # policy, status, reason
         self._pending_lock = threading.Lock()
-        self._watch: _Rates | None = None  # the freshly swapped-in bundle, until it passes its window
+        self._watching = (
+            False  # the freshly swapped-in bundle (`_recent`) is on probation until its window passes
+        )
+        self._limits = np.array(
+            [rollback.max_cost_rate, rollback.max_intervention_rate, rollback.max_failure_rate]
+        )
         self._baseline = np.zeros(3)  # cost, intervention and failure rates of the bundle it replaced
         self._recent: _Rates | None = None  # the running bundle's recent rates (the next baseline)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -221,7 +226,7 @@ class BundleManager:
         self.versions_seen.append(policy.version)
         self.metrics.gauge("edge/bundle_version", policy.version)
         log.info(
-            "running bundle v%d (shield threshold %.3f, κ_T %.3g, κ_c %.3g from the bundle)",
+            "running bundle v%d (its shield threshold %.3f, κ_T %.3g, κ_c %.3g; the edge config may override them)",
             policy.version,
             policy.shield_threshold,
             policy.selection.kappa_t,
@@ -345,14 +350,13 @@ class BundleManager:
                 self._status(
                     old.version if old else policy.version, "rolled_back", f"now v{policy.version}: {reason}"
                 )
-                self._watch = None
+                self._watching = False
                 self.previous = None
             else:
                 self.previous = old
                 enough = self._recent is not None and self._recent.total >= self.rollback_cfg.min_steps
                 self._baseline = self._recent.rates() if enough else np.zeros(3)
-                watch = old is not None and self.rollback_cfg.enabled
-                self._watch = _Rates(policy.version, self.rollback_cfg.window_steps) if watch else None
+                self._watching = old is not None and self.rollback_cfg.enabled
                 self._status(policy.version, "loaded")
                 self._jobs.put(lambda v=policy.version: self.store.set_current(v))
             self._recent = _Rates(policy.version, self.rollback_cfg.window_steps)
@@ -365,20 +369,17 @@ class BundleManager:
     def observe(self, step: Step, inference_failed: bool = False) -> None:
         """Track rates; roll a new bundle back if its cost, intervention or inference-failure rate is
         over its threshold and worse than the replaced bundle's by more than `min_degradation`."""
-        if self._recent is not None and step.bundle_version == self._recent.version:
-            self._recent.add(step, inference_failed)
-        w = self._watch
+        w = self._recent
         if w is None or step.bundle_version != w.version:
             return
         w.add(step, inference_failed)
         cfg = self.rollback_cfg
-        if w.total < cfg.min_steps:
+        if not self._watching or w.total < cfg.min_steps:
             return
-        rates = w.rates()
-        limits = np.array([cfg.max_cost_rate, cfg.max_intervention_rate, cfg.max_failure_rate])
+        rates, limits = w.rates(), self._limits
         worse = (rates > limits) & (rates > self._baseline + cfg.min_degradation)
         if worse.any():
-            self._watch = None
+            self._watching = False
             self.request_rollback(
                 f"v{w.version} over {w.total} steps: "
                 + ", ".join(
@@ -388,4 +389,4 @@ class BundleManager:
             )
         elif w.total >= cfg.window_steps:
             log.info("bundle v%d passed its %d-step watch window", w.version, w.total)
-            self._watch = None
+            self._watching = False

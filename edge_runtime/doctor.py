@@ -153,9 +153,10 @@ def _find_bundle(cfg: RobotConfig) -> Path | None:
     if store.is_dir():
         from edge_runtime.bundles import BundleStore
 
-        current = BundleStore(store, []).pointer()["current"]
+        bundles = BundleStore(store, [])
+        current = bundles.pointer()["current"]
         if current is not None:
-            return store / f"v{current}"
+            return bundles.path(current)
     return cfg.bundle_dir
 
 
@@ -177,9 +178,7 @@ def check_bundle(cfg: RobotConfig) -> str:
         bundle = load_bundle(path, load_trusted_keys(cfg.keys_dir / "signing.pub"), shape, 2)
     except BundleError as e:
         raise CheckFailed(f"{path}: {e}", "ship a bundle signed by this robot's trusted signing key") from e
-    session = AgentSession.from_bundle(
-        bundle, SessionOptions(providers=tuple(cfg.edge.providers), warmup_runs=1)
-    )
+    session = AgentSession.from_bundle(bundle, SessionOptions.from_config(cfg.edge, warmup_runs=1))
     q = bundle.manifest.get("quantization", {}).get("shipped", "?")
     return f"v{bundle.version} ({q}) at {path}: signature, hashes and graph OK, warm-up {session.warmup_ms:.1f} ms"
 

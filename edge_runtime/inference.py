@@ -18,10 +18,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from edge_runtime.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,13 @@ class SessionOptions:
     engine_cache_dir: Path = DEFAULT_ENGINE_CACHE
     warmup_runs: int = 3
     trt_fp16: bool = False  # fp16 engines change Q_h numerics: opt in only after checking shield agreement
+
+    @classmethod
+    def from_config(cls, cfg: EdgeConfig, warmup_runs: int = 3) -> SessionOptions:
+        """The options the runtime builds its sessions with (doctor uses the same, so it checks those)."""
+        return cls(
+            cfg.intra_op_threads, tuple(cfg.providers), cfg.engine_cache_dir, warmup_runs, cfg.trt_fp16
+        )
 
 
 def available_providers() -> list[str]:

@@ -35,7 +35,7 @@ from protocol.constants import POLICY_FALLBACK
 
 log = logging.getLogger(__name__)
 
-BRAKE_LOG_INTERVAL = 1.0  # seconds between log lines for the same brake reason
+LOG_INTERVAL = 1.0  # seconds between log lines for the same repeated fault
 
 
 class Clock(Protocol):
@@ -71,7 +71,6 @@ class _Decision:
     shielded: bool
 
 
-_BRAKE = _Decision(np.zeros(0, np.float32), np.zeros(0, np.float32), POLICY_FALLBACK, False)
 INFERENCE_FAULTS = ("nonfinite", "inference_error")
 
 
@@ -151,11 +150,14 @@ class ControlLoop:
         self._miss_streak = 0
         self._signals_fail_streak = 0
         self._estop = False
-        self._brake_logged: dict[str, float] = {}
+        self._last_logged: dict[str, float] = {}
         self._episode = 0
         self._obs_shape = tuple(robot.camera.features.get("image_shape", (64, 64, 3)))
         self._action_dim = int(robot.drive.features["action_dim"])
         self._last_image = np.zeros(self._obs_shape, np.uint8)
+        brake = np.zeros(self._action_dim, np.float32)
+        brake.flags.writeable = False  # shared by every brake step
+        self._brake_decision = _Decision(brake, brake, POLICY_FALLBACK, False)
 
     # ----- one tick -------------------------------------------------------------------
     @contextmanager
@@ -166,14 +168,21 @@ class ControlLoop:
         finally:
             self.metrics.timing(f"edge/stage/{name}_ms", (self.clock.now() - t0) * 1e3)
 
+    def _warn_limited(self, key: str, msg: str, *args: object) -> None:
+        """A warning at most once per LOG_INTERVAL per key: a fault held for minutes must not flood the
+        log from the control thread (the counters keep every occurrence)."""
+        now = self.clock.now()
+        if now - self._last_logged.get(key, -math.inf) >= LOG_INTERVAL:
+            self._last_logged[key] = now
+            log.warning(msg, *args)
+
     def brake(self, reason: str, detail: object = "") -> None:
         """Stop the drive now and count why (never raises: braking is the last resort)."""
         self.metrics.count(f"edge/brakes/{reason}")
-        now = self.clock.now()
-        if now - self._brake_logged.get(reason, -math.inf) >= BRAKE_LOG_INTERVAL:
-            self._brake_logged[reason] = now
-            total = int(self.metrics.counter(f"edge/brakes/{reason}"))
-            log.warning("brake (%s, %d so far)%s", reason, total, f": {detail}" if detail else "")
+        total = int(self.metrics.counter(f"edge/brakes/{reason}"))
+        self._warn_limited(
+            f"brake/{reason}", "brake (%s, %d so far)%s", reason, total, f": {detail}" if detail else ""
+        )
         try:
             with self.drive_lock:
                 self.robot.drive.stop()
@@ -192,7 +201,7 @@ class ControlLoop:
             fault = _Fault("signals_lost", f"{self._signals_fail_streak} task-signal reads failed in a row")
         if fault is None and policy is None:
             fault = _Fault("no_policy", "no bundle loaded")
-        decision = _BRAKE
+        decision = self._brake_decision
         if fault is None:
             assert policy is not None
             decision, fault = self._decide(policy, image)
@@ -205,16 +214,15 @@ class ControlLoop:
                     fault = _Fault("drive_error", exc)
             if fault is not None:
                 self.brake(fault.reason, fault.detail)
-                decision = _BRAKE
+                decision = self._brake_decision
             t_act = self.clock.now()
         sig = self._read_signals(braked=fault is not None)
         step = None
         if sig is not None:
-            zeros = np.zeros(self._action_dim, np.float32)
             step = Step(
                 obs=image,
-                action=zeros if decision is _BRAKE else decision.action,
-                proposed=zeros if decision is _BRAKE else decision.proposed,
+                action=decision.action,
+                proposed=decision.proposed,
                 reward=float(sig.reward),
                 cost=float(sig.cost),
                 terminated=bool(sig.terminated),
@@ -258,9 +266,9 @@ class ControlLoop:
                     )
                 out = policy.session.act(image, noise)
         except NonFiniteOutputError as exc:
-            return _BRAKE, _Fault("nonfinite", exc)
+            return self._brake_decision, _Fault("nonfinite", exc)
         except InferenceError as exc:
-            return _BRAKE, _Fault("inference_error", exc)
+            return self._brake_decision, _Fault("inference_error", exc)
         with self._stage("select"):
             params = policy.selection.overridden(self.cfg.kappa_t, self.cfg.kappa_c)
             sel = select(out, self.cfg.mode, params.kappa_t, params.kappa_c, self.rng)
@@ -280,7 +288,10 @@ class ControlLoop:
             except HardwareError as exc:
                 self._signals_fail_streak += 1
                 self.metrics.count("edge/errors/signals")
-                log.warning("could not read task signals (%s); they carry over to the next read", exc)
+                self._warn_limited(
+                    "signals", "could not read task signals (%s, %d so far); they carry over to the next read",
+                    exc, int(self.metrics.counter("edge/errors/signals")),
+                )  # fmt: skip
                 return None
         if self._signals_fail_streak >= self.cfg.signals_streak:
             log.warning("task signals are back after %d failed reads", self._signals_fail_streak)

@@ -83,9 +83,7 @@ class EdgeRuntime:
                 obs_shape,  # type: ignore[arg-type]
                 action_dim,
                 cfg.robot_id,
-                SessionOptions(
-                    cfg.intra_op_threads, tuple(cfg.providers), cfg.engine_cache_dir, trt_fp16=cfg.trt_fp16
-                ),
+                SessionOptions.from_config(cfg),
                 cfg.rollback,
                 self.metrics,
             )

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.files import write_atomically
+from protocol.files import write_atomically, write_json_atomically
 from protocol.messages import Steps
 
 log = logging.getLogger(__name__)
@@ -107,14 +107,14 @@ class Spool:
         path = self.dir / STREAM_FILE
         if not path.exists():
             self._stream = {"stream_id": uuid.uuid4().hex, "next_seq": 0, "next_step": 0}
-            write_atomically(path, json.dumps(self._stream).encode(), fsync=True)
+            write_json_atomically(path, self._stream, fsync=True, indent=None)
         self._stream = json.loads(path.read_text())
         return str(self._stream["stream_id"])
 
     def _save_position(self) -> None:
         """Persist (fsync) where the stream is before deleting segments, so seqs are never reused."""
         self._stream = {"stream_id": self.stream_id, "next_seq": self.next_seq, "next_step": self.next_step}
-        write_atomically(self.dir / STREAM_FILE, json.dumps(self._stream).encode(), fsync=True)
+        write_json_atomically(self.dir / STREAM_FILE, self._stream, fsync=True, indent=None)
 
     def _load_acked(self) -> int:
         try:

@@ -143,7 +143,7 @@ def test_emergency_stop_brakes_until_it_clears() -> None:
     assert loop.metrics.counter("edge/brakes/estop") == 5
 
 
-def test_lost_task_signals_brake_until_they_return() -> None:
+def test_lost_task_signals_brake_until_they_return(caplog) -> None:
     from hardware.errors import DeviceTimeoutError
 
     loop, robot, sink = make_loop(cfg=EdgeConfig(rate_hz=200.0, max_frame_age=1.0, signals_streak=3))
@@ -155,6 +155,9 @@ def test_lost_task_signals_brake_until_they_return() -> None:
     assert loop.metrics.counter("edge/errors/signals") == 5
     assert loop.metrics.counter("edge/brakes/signals_lost") == 2
     assert robot.drive.commands[-1][0] == "stop" and not sink.steps
+    # held faults are rate-limited in the log (the control thread must not write a line per tick)
+    assert sum("could not read task signals" in r.message for r in caplog.records) == 1
+    assert sum("brake (signals_lost" in r.message for r in caplog.records) == 1
     robot.signals._read = real_read
     loop.tick()  # signals are back: this tick's read succeeds (still braked), the next one drives again
     loop.tick()
