@@ -4,7 +4,7 @@ One mixed dataset (scripted careful / reckless / noisy / random behaviour), then
 variant an offline run of the same budget, each evaluated greedily on the train and unseen splits
 through the edge runtime's inference path, with and without the shield.
 
-    python -m bench.offline_results [--episodes 40] [--steps 1500] [--seeds 0 1 2] [--eval-episodes 5]
+    python -m bench.offline_results [--episodes 40] [--steps 2500] [--seeds 0 1 2] [--eval-episodes 10]
 
 writes the ``offline`` section of docs/results.md (also importable: ``main(argv) -> dict``).
 """
@@ -34,9 +34,9 @@ VARIANTS = {
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=40, help="dataset episodes (300 steps each)")
-    p.add_argument("--steps", type=int, default=1500, help="offline updates per run")
+    p.add_argument("--steps", type=int, default=2500, help="offline updates per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--eval-episodes", type=int, default=5, help="evaluation episodes per split")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per split")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument(
         "--workdir", type=Path, help="keep datasets and runs here (default: a temporary directory)"
@@ -135,11 +135,15 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"(R − R_min)/(R_max − R_min) with the dataset's episode-return range; success = ≥ 1 goal within the "
         f"cost limit. Training time per run (s): "
         + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in train_seconds.items())
-        + f". Total {minutes:.0f} min on this machine. Command: `python -m bench.offline_results "
-        f"--episodes {args.episodes} --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
-        f"--eval-episodes {args.eval_episodes}`."
+        + f". Total {minutes:.0f} min on this machine."
     )
-    return {"title": "Offline pretraining on SafeGoal1: FOSP-lite vs BC", "table": table, "notes": notes}
+    command = (
+        f"python -m bench.offline_results --episodes {args.episodes} --steps {args.steps} "
+        f"--seeds {' '.join(map(str, args.seeds))} --eval-episodes {args.eval_episodes} "
+        f"--variants {' '.join(args.variants)}"
+    )
+    title = "Offline pretraining on SafeGoal1: FOSP-lite vs BC"
+    return {"title": title, "table": table, "notes": notes, "command": command}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -40,7 +40,11 @@ def to_markdown(name: str, result: dict) -> str:
     lines = [f"### {result.get('title', name)}", ""]
     table = result.get("table")
     if not table:
-        table = [{"metric": k, "value": v} for k, v in result.items() if k not in ("title", "notes", "table")]
+        table = [
+            {"metric": k, "value": v}
+            for k, v in result.items()
+            if k not in ("title", "notes", "table", "command")
+        ]
     cols = list(dict.fromkeys(k for row in table for k in row))
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |" for row in table]
@@ -50,7 +54,7 @@ def to_markdown(name: str, result: dict) -> str:
     lines += [
         "",
         f"_Measured {stamp} on {platform.node() or 'this machine'} ({platform.processor() or platform.machine()}), "
-        f"Python {platform.python_version()}; re-run with `python -m bench.run_all {name}`._",
+        f"Python {platform.python_version()}; re-run with `{result.get('command', f'python -m bench.run_all {name}')}`._",
     ]
     return "\n".join(lines)
 

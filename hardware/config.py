@@ -71,8 +71,14 @@ class DriveConfig(Config):
     controller_timeout_ms: int = option(
         300, "The controller stops the motors when no command arrived for this long (sent at connect)."
     )
-    keepalive_s: float = option(0.1, "Repeat the last command this often when the runtime sends none.")
-    reply_timeout_s: float = option(0.5, "How long to wait for the controller's reply to the handshake.")
+    keepalive_s: float = option(
+        0.1,
+        "Send a `$K` keepalive when the line has been idle this long; it does NOT refresh the controller's "
+        "motor timeout, so the motors still stop if drive commands stop.",
+    )
+    reply_timeout_s: float = option(
+        0.5, "How long to wait for the controller's ack of any line; no ack in time counts as a lost link."
+    )
     reconnect_s: float = option(0.5, "After a cable loss, retry opening the port this often.")
     boot_wait_s: float = option(
         2.5,

@@ -36,7 +36,7 @@ CONTROL_HZ = 20.0  # env steps per second of simulated time
 MAX_SPEED = 1.0  # m/s at action[0] = 1
 MAX_TURN = 2.5  # rad/s at action[1] = 1
 GOAL_BONUS = 1.0
-BUTTON_COOLDOWN = 10  # steps after a correct press in which touching a button costs nothing
+BUTTON_COOLDOWN = 10  # steps after a correct press in which touching *that* button costs nothing
 SIGHT_RANGE = 6.0
 
 
@@ -104,6 +104,7 @@ class SafeNavEnv(gym.Env):
         self._goals = 0
         self._seen_at: int | None = None
         self._cooldown = 0
+        self._pressed: int | None = None  # the button just pressed (still under the robot)
 
     # -- gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
@@ -116,6 +117,7 @@ class SafeNavEnv(gym.Env):
         self._steps = 0
         self._goals = 0
         self._cooldown = 0
+        self._pressed = None
         self._new_goal_started()
         return self._observe(), {"cost": 0.0, "goals_reached": 0}
 
@@ -139,6 +141,7 @@ class SafeNavEnv(gym.Env):
             reward += GOAL_BONUS
             self._goals += 1
             self._cooldown = BUTTON_COOLDOWN  # the pressed button turns wrong under the robot
+            self._pressed = self._layout.goal_button
             next_goal(self.np_random, self.params, self._layout, self._xy)
             self._new_goal_started()
         else:
@@ -210,7 +213,8 @@ class SafeNavEnv(gym.Env):
         lay = self._layout
         solids = [(p, PILLAR_RADIUS, True) for p in lay.pillars]
         solids += [
-            (b, BUTTON_RADIUS, i != lay.goal_button and not self._cooldown) for i, b in enumerate(lay.buttons)
+            (b, BUTTON_RADIUS, i != lay.goal_button and not (self._cooldown and i == self._pressed))
+            for i, b in enumerate(lay.buttons)
         ]
         touched = False
         for centre, radius, costly in solids:

@@ -187,6 +187,13 @@ def test_wrong_button_costs_and_the_right_one_pays() -> None:
     # the pressed button is now a wrong one under the robot: no cost while the buttons re-arm
     costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(5)]
     assert costs == [0.0] * 5
+    # ... but only that button: another wrong one still costs during the re-arm window
+    other = next(
+        o for o in env.nav_state().obstacles[len(s.obstacles) - 3 :] if np.linalg.norm(o - s.goal_xy) > 0.1
+    )
+    env.place_robot(other - np.array([0.3, 0.0]), 0.0)
+    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(3)]
+    assert max(costs) == 1.0
     env.close()
 
 
