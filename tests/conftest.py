@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,3 +90,46 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield procs
     finally:
         procs.close()
+
+
+@pytest.fixture(scope="session")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline run (16×16 frames, 10 updates, bundle v1) for daemon tests; trained once per session."""
+    from trainer.config import OfflineConfig
+    from trainer.dataset import load_dataset
+    from trainer.synthetic import make_point_dataset, write_hdf5
+    from trainer.train_offline import train_offline
+
+    root = tmp_path_factory.mktemp("offline")
+    write_hdf5(make_point_dataset(episodes=8, length=20, image_size=16), root / "ds.h5")
+    cfg = OfflineConfig(
+        steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False
+    )
+    train_offline(
+        load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False
+    )
+    return root / "run"
+
+
+def fresh_run(offline_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's offline run (the daemon writes into its run directory)."""
+    run = tmp_path / "run"
+    shutil.copytree(offline_run, run)
+    return run
+
+
+def start_daemon(processes: Processes, run: Path, port: int, *extra: str) -> subprocess.Popen:
+    """`reachsafe trainer serve` on 127.0.0.1:port with small learner settings."""
+    return processes.reachsafe(
+        "trainer", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
+        "--warmup-steps", "8", *extra, name=f"daemon-{port}-{len(processes.procs)}",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """A fresh `reachsafe keys generate` directory (signing + CurveZMQ pairs)."""
+    from protocol.keys import generate_keys
+
+    generate_keys(tmp_path / "keys")
+    return tmp_path / "keys"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +10,8 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
-import pytest
 import zmq
-from conftest import REPO, free_tcp_port, poll_until
+from conftest import REPO, free_tcp_port, fresh_run, poll_until, start_daemon
 
 from protocol.codec import decode, encode
 from protocol.constants import ARRAY_EXT_TYPE
@@ -24,27 +22,6 @@ from trainer.store import StepStore
 
 OBS = (16, 16, 3)
 BATCH = 8
-
-
-@pytest.fixture(scope="module")
-def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny offline run (16×16 frames, 10 updates) for the daemon to start from."""
-    from trainer.config import OfflineConfig
-    from trainer.synthetic import make_point_dataset, write_hdf5
-    from trainer.train_offline import train_offline
-
-    root = tmp_path_factory.mktemp("offline")
-    dataset = make_point_dataset(episodes=8, length=20, image_size=OBS[0])
-    write_hdf5(dataset, root / "ds.h5")
-    from trainer.dataset import load_dataset
-
-    cfg = OfflineConfig(
-        steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False
-    )
-    train_offline(
-        load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False
-    )
-    return root / "run"
 
 
 class Robot:
@@ -77,19 +54,6 @@ class Robot:
 
     def close(self) -> None:
         self.sock.close(linger=0)
-
-
-def fresh_run(offline_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(offline_run, run)
-    return run
-
-
-def start_daemon(processes, run: Path, port: int, *extra: str) -> subprocess.Popen:  # noqa: ANN001
-    return processes.reachsafe(
-        "trainer", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
-        "--warmup-steps", "8", *extra, name=f"daemon-{port}-{len(processes.procs)}",
-    )  # fmt: skip
 
 
 def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp_path: Path) -> None:  # noqa: ANN001

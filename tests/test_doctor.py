@@ -17,12 +17,6 @@ from protocol.keys import generate_keys, load_signing_key
 
 
 @pytest.fixture
-def keys(tmp_path):
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
-
-
-@pytest.fixture
 def trainer_port():
     """Something accepting TCP where the trainer would be."""
     with socket.socket() as s:

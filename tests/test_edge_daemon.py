@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_tcp_port, poll_until
+from conftest import free_tcp_port, fresh_run, poll_until, start_daemon
 from test_edge_support import FakeCamera, FakeDrive, FakeSignals
 
 from edge_runtime.config import EdgeConfig
@@ -19,45 +19,18 @@ from hardware.factory import Robot
 OBS = (16, 16, 3)
 
 
-@pytest.fixture(scope="module")
-def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny offline run (16×16 frames, 10 updates) with its bundle v1."""
-    from trainer.config import OfflineConfig
-    from trainer.dataset import load_dataset
-    from trainer.synthetic import make_point_dataset, write_hdf5
-    from trainer.train_offline import train_offline
-
-    root = tmp_path_factory.mktemp("edge-offline")
-    write_hdf5(make_point_dataset(episodes=8, length=20, image_size=OBS[0]), root / "ds.h5")
-    cfg = OfflineConfig(
-        steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False
-    )
-    train_offline(
-        load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False
-    )
-    return root / "run"
-
-
-def _daemon(processes, run: Path, port: int):  # noqa: ANN001, ANN202
-    return processes.reachsafe(
-        "trainer", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
-        "--warmup-steps", "8", "--vpa.enabled", "false", name=f"daemon-{len(processes.procs)}",
-    )  # fmt: skip
-
-
 @pytest.mark.slow  # ~35 s: trains a tiny offline run and starts the daemon twice
 def test_daemon_kill_9_mid_stream_every_step_exactly_once(
     processes, offline_run: Path, tmp_path: Path
 ) -> None:  # noqa: ANN001
     from trainer.store import StepStore
 
-    run = tmp_path / "run"
-    shutil.copytree(offline_run, run)
+    run = fresh_run(offline_run, tmp_path)
     keys = tmp_path / "robot_keys"  # the run's bundle key only: the daemon speaks plain loopback here
     keys.mkdir()
     shutil.copy(run / "keys" / "signing.pub", keys / "signing.pub")
     port = free_tcp_port()
-    daemon = _daemon(processes, run, port)
+    daemon = start_daemon(processes, run, port, "--vpa.enabled", "false")
     cfg = EdgeConfig(
         rate_hz=50.0, max_frame_age=1.0, state_dir=tmp_path / "state", spool_fsync=False, batch_size=8,
         batch_max_age=0.1, ack_timeout=1.0, drain_timeout=20.0,
@@ -83,7 +56,7 @@ def test_daemon_kill_9_mid_stream_every_step_exactly_once(
         poll_until(
             lambda: runtime.metrics.counter("edge/ticks") > 100 + at_kill, 20, what="ticks during the outage"
         )
-        daemon = _daemon(processes, run, port)
+        daemon = start_daemon(processes, run, port, "--vpa.enabled", "false")
         poll_until(lambda: acked() >= at_kill + 100, 90, what="steps acked after the restart")
     finally:
         stop.set()

@@ -21,12 +21,6 @@ from edge_runtime.robot_config import RobotConfig, load_robot_config
 from protocol.keys import generate_keys, load_signing_key
 
 
-@pytest.fixture
-def keys(tmp_path) -> Path:
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
-
-
 def robot_yaml(tmp_path, **sections) -> Path:
     data = {
         "kind": "robot",

@@ -6,7 +6,6 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zmq
@@ -54,13 +53,6 @@ def ctx() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.term()
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    out = tmp_path / "keys"
-    generate_keys(out)
-    return out
 
 
 def test_sockets_get_maxmsgsize_and_linger(ctx):
