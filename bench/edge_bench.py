@@ -263,7 +263,10 @@ def swap_worker(keys: Path, bundles: list[Path], state: Path, ticks: int) -> dic
     box: list[str] = []
     server = threading.Thread(target=_ack_server, args=(box, stop_server), daemon=True)
     server.start()
+    deadline = time.monotonic() + 10.0
     while not box:
+        if time.monotonic() > deadline or not server.is_alive():
+            raise RuntimeError("the stub trainer did not bind within 10 s")
         time.sleep(0.01)
     # random weights: the shield would intervene often and the automatic rollback undo the swaps
     cfg = EdgeConfig(
