@@ -98,6 +98,7 @@ class EdgeRuntime:
                 bundle_version=lambda: bundles.active.version if bundles.active else -1,
                 on_bundle=bundles.submit,
                 curve=curve_from_keys(self.keys_dir),
+                device_metrics=self.robot.metrics,
             )
             bundles.report = uplink.send
             loop = ControlLoop(self.robot, bundles, uplink, cfg, self.metrics, rng=np.random.default_rng())
@@ -178,7 +179,7 @@ class Reporter:
             "providers": active.session.providers if active else [],
             "episodes": self.loop.stats.episodes,
             "steps": self.loop.stats.steps,
-            "metrics": {k: v for k, v in sorted(self.metrics.snapshot().items()) if v == v},
+            "metrics": dict(sorted(self.uplink.metrics_snapshot().items())),
         }
 
     def _run(self) -> None:

@@ -63,8 +63,10 @@ class Uplink:
         bundle_version: Callable[[], int],
         on_bundle: Callable[[BundleMessage], None],
         curve: ClientCurve | None = None,
+        device_metrics: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self.cfg = cfg
+        self.device_metrics = device_metrics  # the robot's own counters (`drive/…`, `signals/…`)
         self.spool = spool
         self.endpoint = endpoint
         self.spec = spec
@@ -153,7 +155,9 @@ class Uplink:
                     self._send_outbox(sock)
                     if time.monotonic() >= next_heartbeat:
                         next_heartbeat = time.monotonic() + self.cfg.heartbeat_interval
-                        self._try_send(sock, Heartbeat(self.spec.robot_id, time.monotonic(), self._metrics()))
+                        self._try_send(
+                            sock, Heartbeat(self.spec.robot_id, time.monotonic(), self.metrics_snapshot())
+                        )
                     if self._inflight and time.monotonic() - self._last_ack > self.cfg.ack_timeout:
                         log.warning(
                             "no ACK for %.1f s: re-sending HELLO and unacked batches", self.cfg.ack_timeout
@@ -191,8 +195,9 @@ class Uplink:
             resume_seq=pending[0].seq if pending else self.spool.next_seq,
         )
 
-    def _metrics(self) -> dict[str, float]:
-        snap = self.metrics.snapshot()
+    def metrics_snapshot(self) -> dict[str, float]:
+        """The runtime's metrics plus the robot's device counters, as sent in HEARTBEAT."""
+        snap = {**self.metrics.snapshot(), **self.device_metrics()}
         return {k: v for k, v in snap.items() if v == v}  # drop NaN (empty windows)
 
     def _seal_batches(self) -> None:

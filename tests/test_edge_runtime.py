@@ -82,6 +82,13 @@ def test_steps_flow_a_new_bundle_swaps_in_and_a_tampered_one_is_rejected(tmp_pat
     try:
         run = Running(tmp_path, keys_dir, v1, trainer, _cfg(tmp_path))
         poll_until(lambda: trainer.hellos and len(trainer.steps_of()) >= 16, 10, what="steps at the trainer")
+        # the robot's own device counters travel in the heartbeat beside the runtime's metrics
+        run.robot.drive.metrics = lambda: {"drive/link_losses": 3.0}
+        beat = poll_until(
+            lambda: next((h for h in trainer.heartbeats if "drive/link_losses" in h.metrics), None), 5,
+            what="a heartbeat with device counters",
+        )  # fmt: skip
+        assert beat.metrics["drive/link_losses"] == 3.0 and "edge/ticks" in beat.metrics
         hello = trainer.hellos[0]
         assert (hello.robot_id, hello.bundle_version, hello.obs_shape, hello.action_dim) == (
             "robot0",
