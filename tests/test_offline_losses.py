@@ -64,7 +64,7 @@ def test_imagined_targets_by_hand():
     cost_prob = torch.tensor([[0.1, 0.9], [0.1, 0.9]])  # ĉ = [0, 1]: h = [−1, 10]
     continuation = torch.tensor([[0.9, 0.9], [0.2, 0.9]])  # d = [0, 0] and [1, 0]
     y_r, y_c, y_h = imagined_targets(
-        rewards, cost_prob, continuation, t(4.0, 4.0), t(1.0, 1.0), t(-1.0, -1.0), gamma=0.5, c_scale=10.0
+        rewards, cost_prob, continuation, t(4.0, 4.0), t(1.0, 1.0), t(-1.0, -1.0), gamma=0.5, gamma_h=0.5, c_scale=10.0
     )
     # y_r: 2 + 0.5·4 = 4, then 1 + 0.5·4 = 3; terminal at step 0 → r̂_0 = 1
     assert y_r.tolist() == pytest.approx([3.0, 1.0])
@@ -75,12 +75,16 @@ def test_imagined_targets_by_hand():
 
 
 def test_imagined_reachability_bootstraps_from_the_horizon():
-    """A safe imagined path ending where V_h > 0 is not safe: (1−γ)(−1) + γ·max(−1, 3) = 1, then 0."""
+    """A safe imagined path ending where V_h > 0 is not safe: (1−γ_h)(−1) + γ_h·max(−1, 3) = 1, then 0.
+
+    y_h discounts with γ_h = 0.5, y_r with γ = 0.9: 0.9²·1 = 0.81.
+    """
     zeros = torch.zeros(1, 2)
-    _, _, y_h = imagined_targets(
-        zeros, zeros, torch.ones(1, 2), t(0.0), t(0.0), t(3.0), gamma=0.5, c_scale=10.0
+    y_r, _, y_h = imagined_targets(
+        zeros, zeros, torch.ones(1, 2), t(1.0), t(0.0), t(3.0), gamma=0.9, gamma_h=0.5, c_scale=10.0
     )
     assert y_h.tolist() == pytest.approx([0.0])
+    assert y_r.tolist() == pytest.approx([0.81])
 
 
 def test_feasibility_weights_by_hand():

@@ -24,7 +24,12 @@ class OfflineConfig(Config):
     seed: int = option(0, "Seed of torch, numpy and the batch sampler.")
     lr: float = option(3e-4, "Adam learning rate of every network.")
     grad_clip: float = option(10.0, "Gradient-norm clip per optimiser step (0 = off).")
-    gamma: float = option(0.99, "Discount γ.")
+    gamma: float = option(0.99, "Discount γ of the reward and cost values.")
+    gamma_h: float = option(
+        0.99,
+        "Discount of the HJ reachability target. Q_h turns positive about log(1/(c_scale+1))/log(gamma_h) "
+        "steps before a hazard the behaviour reaches (0.99: ~320 steps, 0.9: ~30 at c_scale 25).",
+    )
     target_ema: float = option(0.005, "Polyak rate of the target encoder and target critics.")
     tau_r: float = option(0.7, "Expectile of V_r toward the upper side of Q_r (IQL).")
     tau_c: float = option(0.5, "Expectile of V_c on Q_c (0.5: the behaviour's expected cost).")
@@ -109,8 +114,9 @@ class OfflineConfig(Config):
         for name in ("tau_r", "tau_c", "tau_h"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.gamma < 1.0:
-            raise ConfigError(f"gamma must lie in (0, 1), got {self.gamma}")
+        for name in ("gamma", "gamma_h"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
         if self.wm_horizon < 1:
             raise ConfigError(f"wm_horizon must be >= 1, got {self.wm_horizon}")
         if self.imagine_start < 0:

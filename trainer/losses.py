@@ -79,6 +79,7 @@ def imagined_targets(
     v_c_end: torch.Tensor,
     v_h_end: torch.Tensor,
     gamma: float,
+    gamma_h: float,
     c_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """H-step model-based targets (y_r, y_c, y_h) on the start state of an imagined rollout.
@@ -86,8 +87,8 @@ def imagined_targets(
     Shapes: rewards, cost_prob, continuation_prob [B, H] (step t predicts the transition from ẑ_t);
     v_*_end [B] (the value networks at ẑ_H). The cost head predicts P(c > 0), so a step costs
     ĉ_t = 1(P > 0.5) and ends the episode where P(continue) < 0.5. Backward from y_H = V(ẑ_H):
-    y_r,t = r̂_t + γ(1 − d_t)y_r,t+1; y_c likewise with ĉ_t; y_h,t = (1−γ)h_t + γ·max(h_t, y_h,t+1)
-    with h_t = reachability_signal(ĉ_t) and y_h,t = h_t at a terminal — the recursions of
+    y_r,t = r̂_t + γ(1 − d_t)y_r,t+1; y_c likewise with ĉ_t; y_h,t = (1−γ_h)h_t + γ_h·max(h_t, y_h,t+1)
+    with h_t = reachability_signal(ĉ_t), γ_h in place of γ, and y_h,t = h_t at a terminal — the recursions of
     :func:`td_target` and :func:`hj_target` along the imagined path.
     """
     cost = (cost_prob > 0.5).to(rewards.dtype)
@@ -97,5 +98,5 @@ def imagined_targets(
     for t in reversed(range(rewards.shape[1])):
         y_r = td_target(rewards[:, t], y_r, terminal[:, t], gamma)
         y_c = td_target(cost[:, t], y_c, terminal[:, t], gamma)
-        y_h = hj_target(h[:, t], y_h, terminal[:, t], gamma)
+        y_h = hj_target(h[:, t], y_h, terminal[:, t], gamma_h)
     return y_r, y_c, y_h

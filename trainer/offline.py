@@ -137,7 +137,7 @@ class OfflineLearner:
             y_r = td_target(rew, a.v_r(z_next), term, cfg.gamma)
             y_c = td_target(cost, a.v_c(z_next), term, cfg.gamma)
             h = reachability_signal(cost, cfg.c_scale)
-            y_h = hj_target(h, a.v_h(z_next), term, cfg.gamma)
+            y_h = hj_target(h, a.v_h(z_next), term, cfg.gamma_h)
 
         v_r, v_c, v_h = a.v_r(zd), a.v_c(zd), a.v_h(zd)
         losses = {
@@ -244,6 +244,7 @@ class OfflineLearner:
                 a.v_c(end),
                 a.v_h(end),
                 cfg.gamma,
+                cfg.gamma_h,
                 cfg.c_scale,
             )
         losses = {
