@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainer import shield_calibration
 from trainer.config import OfflineConfig
 from trainer.dataset import load_dataset
 from trainer.networks import load_checkpoint
@@ -17,11 +18,13 @@ from trainer.online_config import OnlineConfig
 from trainer.run_dir import RunDir
 from trainer.shield_calibration import (
     CalibrationError,
+    CalibrationSettings,
+    calibrate_shield,
     calibrate_threshold,
     safe_step_mask,
 )
 from trainer.synthetic import make_point_dataset, write_hdf5
-from trainer.train_offline import calibrate_for_config, train_offline
+from trainer.train_offline import train_offline
 
 SAFE_Q = np.linspace(-2.0, -0.1, 20)  # 20 safe steps, sorted: the 18th smallest is -0.3
 COST_Q = np.array([-1.5, -0.25, 0.5, 1.0])
@@ -103,11 +106,17 @@ def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypa
     assert str(tmp_path / "gone" / "d.h5") in caplog.text and "WITHOUT replay mixing" in caplog.text
 
 
-def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog) -> None:
+def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog, monkeypatch) -> None:
     ds = make_point_dataset(episodes=2, length=6, seed=0)
     ds.costs[:] = 1.0  # every step leads into cost: no safe steps to calibrate on
     cfg = OfflineConfig(hidden_dim=16, latent_dim=8, world_model=False, shield_threshold=0.7)
-    with caplog.at_level(logging.WARNING, logger="trainer.train_offline"):
-        cal = calibrate_for_config(OfflineLearner(agent_spec_for(ds, cfg), cfg), ds)
+    evaluated = []
+    q_h_at = shield_calibration.in_sample_q_h
+    monkeypatch.setattr(shield_calibration, "in_sample_q_h", lambda *a: evaluated.append(1) or q_h_at(*a))
+    with caplog.at_level(logging.WARNING, logger="trainer.shield_calibration"):
+        cal = calibrate_shield(
+            OfflineLearner(agent_spec_for(ds, cfg), cfg).agent, ds, CalibrationSettings.of(cfg)
+        )
     assert cal.method == "fixed" and cal.threshold == 0.7 and cal.catch_rate is not None
+    assert cal.samples == len(ds) and len(evaluated) == 1  # the fallback reuses the Q_h it computed
     assert "calibration failed" in caplog.text
