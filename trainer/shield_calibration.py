@@ -7,13 +7,14 @@ dataset step is labelled *safe* when it and the next K steps of its episode cost
 interventions on safe in-sample actions at or below a set fraction (an order statistic of Q_h on
 safe steps), never below a floor (0 by default). The report says what fraction of cost-leading
 steps the shield would still catch. One implementation serves the offline export and the daemon
-(which ships the offline run's calibration with every bundle).
+(which recalibrates on its current Q_h for every bundle it ships, see :mod:`trainer.online`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -179,6 +180,13 @@ class CalibrationSettings:
             samples=cfg.shield_calibration_samples,
             seed=cfg.seed,
         )
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> CalibrationSettings:
+        """An offline checkpoint's settings; fields it lacks (older runs) take OfflineConfig's defaults."""
+        config = ckpt.get("config", {})
+        fields = {k: v for k, v in config.items() if k.startswith("shield_") or k == "seed"}
+        return cls.of(OfflineConfig.from_dict(fields, source="offline checkpoint config"))
 
 
 def calibrate_shield(
