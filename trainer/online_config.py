@@ -47,7 +47,9 @@ class OnlineConfig(Config):
     qh_expectile: float = option(0.9, "Expectile of V_h toward the lower (feasible) side of Q_h.")
     shield_threshold: float | None = option(
         None,
-        "Q_h above this → the shield replaces the action (written into bundles); unset = the offline run's.",
+        "Q_h above this → the shield replaces the action (shipped as a fixed threshold); unset = the daemon "
+        "recalibrates it on the current Q_h for every bundle as the offline run's config says "
+        "(train online acts with the offline run's).",
     )
     lagrange: LagrangeConfig = option(default_factory=LagrangeConfig, help="λ controller.")
     vpa: VPAConfig = option(default_factory=VPAConfig, help="Value Pre-Alignment.")
