@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from protocol.config import Config, ConfigError, option
 
 
@@ -57,12 +58,12 @@ class EdgeConfig(Config):
     kappa_t: float | None = option(
         None,
         "Override the bundle's policy-expansion temperature κ_T in P(i) ∝ exp(κ_T·(Q_r − κ_c·Q_c)) "
-        "(None: the manifest's selection.kappa_t, else 5.0).",
+        f"(None: the manifest's selection.kappa_t, else {DEFAULT_KAPPA_T}).",
     )
     kappa_c: float | None = option(
         None,
         "Override the bundle's weight κ_c of Q_c in the policy-expansion score "
-        "(None: the manifest's selection.kappa_c, else 0.1).",
+        f"(None: the manifest's selection.kappa_c, else {DEFAULT_KAPPA_C}).",
     )
     noise_scale: float = option(
         1.0, "Scale of the standard-normal exploration noise fed to the graph in explore mode."

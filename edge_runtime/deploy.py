@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from edge_runtime.config import EdgeConfig
-from edge_runtime.robot_config import ROBOT_KEY_FILES, RobotConfig, load_robot_config
+from edge_runtime.robot_config import ROBOT_KEY_FILES, RobotConfig, load_robot_config, verify_bundle
 from protocol.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,10 @@ def _copy_keys(keys: Path, dest: Path) -> None:
 
 
 def _check_bundle(bundle: Path, keys: Path, cfg: RobotConfig) -> None:
-    from protocol.bundle import load_bundle
     from protocol.errors import BundleError
-    from protocol.keys import load_trusted_keys
 
-    camera = cfg.hardware.camera
-    shape = None if camera.backend == "sim" else (camera.height, camera.width, 3)
     try:
-        loaded = load_bundle(bundle, load_trusted_keys(keys / "signing.pub"), shape, 2)
+        loaded = verify_bundle(bundle, keys, cfg)
     except BundleError as e:
         raise FlashError(f"bundle {bundle} would be rejected by the robot: {e}") from e
     log.info("bundle v%d verified for robot %s", loaded.version, cfg.robot_id)

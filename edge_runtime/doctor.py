@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from edge_runtime.robot_config import RobotConfig, load_robot_config
+from edge_runtime.robot_config import RobotConfig, load_robot_config, verify_bundle
 from protocol.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,7 @@ def _find_bundle(cfg: RobotConfig) -> Path | None:
 
 def check_bundle(cfg: RobotConfig) -> str:
     from edge_runtime.inference import AgentSession, SessionOptions
-    from protocol.bundle import load_bundle
     from protocol.errors import BundleError
-    from protocol.keys import load_trusted_keys
 
     path = _find_bundle(cfg)
     if path is None:
@@ -172,10 +170,8 @@ def check_bundle(cfg: RobotConfig) -> str:
             "no bundle installed and no bundle_dir configured",
             "reachsafe flash --bundle DIR, or `reachsafe edge install DIR --keys KEYS`",
         )
-    cam = cfg.hardware.camera
-    shape = None if cam.backend == "sim" else (cam.height, cam.width, 3)
     try:
-        bundle = load_bundle(path, load_trusted_keys(cfg.keys_dir / "signing.pub"), shape, 2)
+        bundle = verify_bundle(path, cfg.keys_dir, cfg)
     except BundleError as e:
         raise CheckFailed(f"{path}: {e}", "ship a bundle signed by this robot's trusted signing key") from e
     session = AgentSession.from_bundle(bundle, SessionOptions.from_config(cfg.edge, warmup_runs=1))

@@ -25,14 +25,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.config import EdgeConfig
 from hardware.config import HardwareConfig
 from protocol.config import Config, ConfigError, option
 
+if TYPE_CHECKING:
+    from protocol.bundle import Bundle
+
 #: Files a robot gets from the key directory (never signing.key or trainer.key_secret):
 #: `reachsafe keys generate` writes the first four; referee.key is a referee's CURVE public key.
 ROBOT_KEY_FILES = ("signing.pub", "robot.key_secret", "robot.key", "trainer.key", "referee.key")
+#: Action dimension of every drive backend (serial and sim: left and right wheel).
+DRIVE_ACTION_DIM = 2
 
 
 @dataclass
@@ -108,3 +114,15 @@ def load_robot_config(path: str | Path) -> RobotConfig:
         keys_dir=rel(cfg.keys_dir) or cfg.keys_dir,
         bundle_dir=rel(cfg.bundle_dir) or cfg.bundle_dir,
     )
+
+
+def verify_bundle(path: Path, keys_dir: Path, cfg: RobotConfig) -> Bundle:
+    """Load the bundle at ``path`` as this robot would: signed by ``keys_dir``/signing.pub, frames of
+    its camera's size (any size for a sim camera: the simulator sets it), the drive's action
+    dimension. Raises :class:`protocol.errors.BundleError` saying what is wrong."""
+    from protocol.bundle import load_bundle
+    from protocol.keys import load_trusted_keys
+
+    cam = cfg.hardware.camera
+    shape = None if cam.backend == "sim" else (cam.height, cam.width, 3)
+    return load_bundle(path, load_trusted_keys(keys_dir / "signing.pub"), shape, DRIVE_ACTION_DIM)

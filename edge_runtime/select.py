@@ -14,18 +14,18 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_runtime.inference import AgentOutput
+from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 
 Mode = Literal["explore", "eval"]
 
-#: κ_T and κ_c when neither the bundle's manifest (older bundles) nor the edge config give them.
-DEFAULT_KAPPA_T = 5.0
-DEFAULT_KAPPA_C = 0.1
-
 
 @dataclass(frozen=True)
 class SelectionParams:
-    """κ_T and κ_c of the policy-expansion score; they travel with the bundle (`selection`)."""
+    """κ_T and κ_c of the policy-expansion score; they travel with the bundle (`selection`).
+
+    The defaults apply when neither the manifest (older bundles) nor the edge config gives them.
+    """
 
     kappa_t: float = DEFAULT_KAPPA_T
     kappa_c: float = DEFAULT_KAPPA_C

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "reachsafe-bundle/1"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
+#: κ_T and κ_c of the policy-expansion score for a manifest without `selection` (older trainers);
+#: also the trainer's defaults for the values it writes there.
+DEFAULT_KAPPA_T = 5.0
+DEFAULT_KAPPA_C = 0.1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -1,4 +1,4 @@
-"""PID Lagrangian (OmniSafe form) and Marvel's gain adaptation, against values worked out by hand."""
+"""PID Lagrangian (OmniSafe form) and Marvel's gain adaptation (bounded steps), against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -40,10 +40,43 @@ def test_fixed_mode_never_moves() -> None:
 
 def test_adaptation_direction_and_amount() -> None:
     lag = pid(mode="adaptive", adapt_rate=0.05)
-    lag.update(20.0, std_cost=0.0)  # above the limit: K_p, K_i × (1 + 0.05·10/20); K_d unchanged (std 0)
+    # above the limit: relative error (20 − 10)/max(20, 10) = 0.5 → K_p, K_i × 1.025; K_d unchanged (std 0)
+    lag.update(20.0, std_cost=0.0)
     assert (lag.kp, lag.ki, lag.kd) == pytest.approx((1.025, 0.5125, 2.0))
-    lag.update(5.0, std_cost=2.0)  # below: × (1 − 0.05·5/5); K_d × (1 + 0.05·2/5)
-    assert (lag.kp, lag.ki, lag.kd) == pytest.approx((1.025 * 0.95, 0.5125 * 0.95, 2.04))
+    # below: (5 − 10)/max(5, 10) = −0.5 → × 0.975; K_d × (1 + 0.05·2/10)
+    lag.update(5.0, std_cost=2.0)
+    assert (lag.kp, lag.ki, lag.kd) == pytest.approx((1.025 * 0.975, 0.5125 * 0.975, 2.02))
+
+
+def test_one_low_cost_episode_does_not_floor_the_gains() -> None:
+    """The DESIGN rule's /e made this factor 1 − 0.05·9.9/0.1 = −3.95: both gains at K₀/10 at once."""
+    lag = pid(mode="adaptive", adapt_rate=0.05)
+    lag.update(0.1)  # (0.1 − 10)/10 = −0.99 → × (1 − 0.0495)
+    assert (lag.kp, lag.ki) == pytest.approx((0.9505, 0.47525))
+    lag.update(0.0)  # e = 0 is well defined: the largest step down, × 0.95
+    assert (lag.kp, lag.ki) == pytest.approx((0.9505 * 0.95, 0.47525 * 0.95))
+    lag.update(30.0)  # costs rise: the gains rise again at once, × (1 + 0.05·20/30)
+    assert lag.kp == pytest.approx(0.9505 * 0.95 * (1 + 0.05 * 2 / 3))
+
+
+@pytest.mark.parametrize("e", [0.0, 1e-6, 0.1, 5.0, 9.99, 10.0, 10.01, 20.0, 1e3, 1e9])
+@pytest.mark.parametrize("std", [0.0, 0.5, 1e12])
+def test_one_update_moves_each_gain_by_at_most_eta(e: float, std: float) -> None:
+    lag = pid(mode="adaptive", adapt_rate=0.05)
+    lag.update(e, std_cost=std)
+    kp_factor, kd_factor = lag.kp / 1.0, lag.kd / 2.0
+    assert 0.95 - 1e-12 <= kp_factor <= 1.05 + 1e-12
+    assert (kp_factor > 1.0) == (e > 10.0) and (kp_factor < 1.0) == (e < 10.0)
+    assert lag.ki / 0.5 == pytest.approx(kp_factor)
+    assert 1.0 <= kd_factor <= 1.05 + 1e-12 and (kd_factor > 1.0) == (std > 0.0)
+    if std == 1e12:  # a huge spread is capped at one full step
+        assert kd_factor == pytest.approx(1.05)
+
+
+def test_zero_cost_at_a_zero_limit_leaves_the_gains() -> None:
+    lag = pid(mode="adaptive", adapt_rate=0.05, cost_limit=0.0)
+    lag.update(0.0, std_cost=1.0)
+    assert (lag.kp, lag.ki, lag.kd) == (1.0, 0.5, 2.0)
 
 
 def test_adapted_gains_respect_the_clamps() -> None:

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 import torch
+from conftest import fresh_run
 
+from protocol.bundle import Bundle
+from protocol.keys import load_signing_key
+from trainer import shield_calibration
 from trainer.config import OfflineConfig
+from trainer.daemon_bundles import BundleShelf
 from trainer.dataset import load_dataset
-from trainer.networks import load_checkpoint
+from trainer.networks import Agent, load_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
-from trainer.online import load_offline_dataset, shield_section_for, shield_threshold_for
+from trainer.online import load_offline_dataset, shield_for_ship, shield_threshold_for
 from trainer.online_config import OnlineConfig
-from trainer.run_dir import RunDir
+from trainer.run_dir import RunDir, resolve_signing_key
 from trainer.shield_calibration import (
     CalibrationError,
+    CalibrationSettings,
+    calibrate_shield,
     calibrate_threshold,
     safe_step_mask,
 )
 from trainer.synthetic import make_point_dataset, write_hdf5
-from trainer.train_offline import calibrate_for_config, train_offline
+from trainer.train_offline import train_offline
 
 SAFE_Q = np.linspace(-2.0, -0.1, 20)  # 20 safe steps, sorted: the 18th smallest is -0.3
 COST_Q = np.array([-1.5, -0.25, 0.5, 1.0])
@@ -92,7 +100,8 @@ def test_run_records_the_absolute_dataset_path_and_the_calibrated_shield(small_r
     shield = ckpt["shield"]
     assert shield["threshold"] >= 0.0 and shield["calibration"]["samples"] == 50
     assert shield_threshold_for(OnlineConfig(), ckpt) == shield["threshold"]
-    assert shield_section_for(OnlineConfig(), ckpt)["calibration"] == shield["calibration"]
+    agent, _ = load_checkpoint(RunDir(root / "run").require_checkpoint())
+    assert shield_for_ship(OnlineConfig(), ckpt, None)(agent)["calibration"] == shield["calibration"]
     assert shield_threshold_for(OnlineConfig(shield_threshold=2.5), ckpt) == 2.5
 
 
@@ -103,11 +112,72 @@ def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypa
     assert str(tmp_path / "gone" / "d.h5") in caplog.text and "WITHOUT replay mixing" in caplog.text
 
 
-def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog) -> None:
+def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog, monkeypatch) -> None:
     ds = make_point_dataset(episodes=2, length=6, seed=0)
     ds.costs[:] = 1.0  # every step leads into cost: no safe steps to calibrate on
     cfg = OfflineConfig(hidden_dim=16, latent_dim=8, world_model=False, shield_threshold=0.7)
-    with caplog.at_level(logging.WARNING, logger="trainer.train_offline"):
-        cal = calibrate_for_config(OfflineLearner(agent_spec_for(ds, cfg), cfg), ds)
+    evaluated = []
+    q_h_at = shield_calibration.in_sample_q_h
+    monkeypatch.setattr(shield_calibration, "in_sample_q_h", lambda *a: evaluated.append(1) or q_h_at(*a))
+    with caplog.at_level(logging.WARNING, logger="trainer.shield_calibration"):
+        cal = calibrate_shield(
+            OfflineLearner(agent_spec_for(ds, cfg), cfg).agent, ds, CalibrationSettings.of(cfg)
+        )
     assert cal.method == "fixed" and cal.threshold == 0.7 and cal.catch_rate is not None
+    assert cal.samples == len(ds) and len(evaluated) == 1  # the fallback reuses the Q_h it computed
     assert "calibration failed" in caplog.text
+
+
+def shift_q_h(agent: Agent, by: float) -> None:
+    with torch.no_grad():
+        for head in agent.q_h.members:
+            head[-1].bias += by
+
+
+def test_the_daemon_recalibrates_the_shield_on_the_current_q_h(small_run) -> None:
+    _, ckpt = small_run
+    agent, _ = load_checkpoint(RunDir(small_run[0] / "run").require_checkpoint())
+    dataset = load_offline_dataset(None, ckpt)
+    offline = ckpt["shield"]
+    wrong = {**ckpt, "shield": {**offline, "threshold": 123.0}}  # a stale offline threshold
+    shipped = shield_for_ship(OnlineConfig(), wrong, dataset)(agent)
+    # same Q_h, same settings and sample as the offline export: its threshold, not the stale one
+    assert shipped == {"threshold": offline["threshold"], "calibration": offline["calibration"]}
+    assert shipped["calibration"]["method"] == "quantile" and shipped["calibration"]["samples"] == 50
+    settings = CalibrationSettings.from_checkpoint(ckpt)
+    unfloored = calibrate_shield(agent, dataset, dataclasses.replace(settings, floor=None)).threshold
+    shift_q_h(agent, 5.0)  # Q_h learned online: every in-sample value 5 higher
+    moved = shield_for_ship(OnlineConfig(), wrong, dataset)(agent)
+    assert moved["threshold"] == pytest.approx(max(unfloored + 5.0, 0.0))
+    assert (
+        moved["threshold"] != offline["threshold"] and moved["calibration"]["safe_intervention_rate"] <= 0.05
+    )
+
+
+def test_the_daemon_ships_a_configured_or_fixed_threshold_with_its_rates(small_run) -> None:
+    _, ckpt = small_run
+    agent, _ = load_checkpoint(RunDir(small_run[0] / "run").require_checkpoint())
+    dataset = load_offline_dataset(None, ckpt)
+    configured = shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, dataset)(agent)
+    assert configured["threshold"] == 2.5 and configured["calibration"]["method"] == "fixed"
+    assert configured["calibration"]["samples"] == 50 and configured["calibration"]["catch_rate"] is not None
+    fixed_run = {**ckpt, "config": {**ckpt["config"], "shield_calibration": "fixed", "shield_threshold": 0.3}}
+    fixed = shield_for_ship(OnlineConfig(), fixed_run, dataset)(agent)
+    assert fixed["threshold"] == 0.3 and fixed["calibration"]["method"] == "fixed"
+    assert shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, None)(agent) == {"threshold": 2.5}
+
+
+def test_a_shipped_online_bundle_carries_the_recalibrated_threshold(offline_run, tmp_path) -> None:
+    run = RunDir(fresh_run(offline_run, tmp_path))
+    agent, ckpt = load_checkpoint(run.require_checkpoint())
+    shift_q_h(agent, 5.0)
+    dataset = load_offline_dataset(None, ckpt)
+    key = load_signing_key(resolve_signing_key(None, run))
+    shelf = BundleShelf(run.root, key, shield_for_ship(OnlineConfig(), ckpt, dataset), keep=2)
+    manifest = Bundle.from_message(shelf.ship(agent, 7, {}), [key.public_key()]).manifest
+    offline_threshold = ckpt["shield"]["threshold"]
+    assert manifest["version"] == 2 and manifest["shield"]["threshold"] != offline_threshold
+    assert (
+        manifest["shield"]
+        == calibrate_shield(agent, dataset, CalibrationSettings.from_checkpoint(ckpt)).to_manifest()
+    )

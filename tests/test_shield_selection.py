@@ -14,15 +14,16 @@ from edge_runtime.config import EdgeConfig, RollbackConfig
 from edge_runtime.inference import SessionOptions
 from edge_runtime.loop import ControlLoop
 from edge_runtime.metrics import Metrics
-from edge_runtime.select import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T, SelectionParams
+from edge_runtime.select import SelectionParams
 from hardware.factory import Robot
-from protocol.bundle import MANIFEST_FILE, load_bundle, write_bundle
+from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T, MANIFEST_FILE, load_bundle, write_bundle
 from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 from protocol.errors import ManifestError
 from protocol.keys import generate_keys, load_signing_key, load_trusted_keys
 from trainer.config import OfflineConfig
 from trainer.export import build_bundle
 from trainer.networks import Agent, AgentSpec, save_checkpoint
+from trainer.online_config import ExpansionConfig
 from trainer.run_dir import RunDir
 
 FILLED = ("format", "protocol_version", "created", "files", "signer")
@@ -61,6 +62,15 @@ def test_selection_round_trips_is_optional_and_is_validated(keys, tmp_path) -> N
     for bad in ({"kappa_t": 1.0}, {"kappa_t": "5", "kappa_c": 0.1}, {"kappa_t": -1.0, "kappa_c": 0.1}):
         with pytest.raises(ManifestError, match="selection"):
             resigned(base, tmp_path / "bad", key, selection=bad)
+
+
+def test_the_trainer_defaults_are_what_robots_assume_for_bundles_without_selection() -> None:
+    defaults = SelectionParams()
+    assert (OfflineConfig().selection_kappa_t, OfflineConfig().selection_kappa_c) == (
+        defaults.kappa_t,
+        defaults.kappa_c,
+    )
+    assert (ExpansionConfig().kappa_t, ExpansionConfig().kappa_c) == (defaults.kappa_t, defaults.kappa_c)
 
 
 def test_export_writes_selection_and_the_shield_section_from_the_run(keys, tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from protocol.config import Config, ConfigError, option
 from trainer.networks import DEFAULT_PRIMITIVES
 
@@ -90,10 +91,11 @@ class OfflineConfig(Config):
         0.0, "fixed calibration: the shield intervenes when Q_h(z, chosen) exceeds this."
     )
     selection_kappa_t: float = option(
-        5.0, "Policy-expansion temperature κ_T shipped in the bundle (robots use it unless they override it)."
+        DEFAULT_KAPPA_T,
+        "Policy-expansion temperature κ_T shipped in the bundle (robots use it unless they override it).",
     )
     selection_kappa_c: float = option(
-        0.1, "Weight κ_c of Q_c in the policy-expansion score, shipped in the bundle."
+        DEFAULT_KAPPA_C, "Weight κ_c of Q_c in the policy-expansion score, shipped in the bundle."
     )
     primitives: list[list[float]] = option(
         default_factory=lambda: [list(p) for p in DEFAULT_PRIMITIVES],

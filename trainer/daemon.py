@@ -32,7 +32,7 @@ from protocol.sockets import ServerCurve, server_socket
 from trainer.daemon_bundles import BundleShelf
 from trainer.daemon_ingest import IngestServer
 from trainer.daemon_learner import DaemonLearner
-from trainer.online import shield_section_for, start_online
+from trainer.online import shield_for_ship, start_online
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -120,7 +120,7 @@ def serve(args: argparse.Namespace) -> int:
     refill_replay(store, replay)
     signing_key = load_signing_key(resolve_signing_key(args.keys, run))
     shelf = BundleShelf(
-        run.root, signing_key, shield_section_for(cfg, offline_ckpt), cfg.keep_bundles,
+        run.root, signing_key, shield_for_ship(cfg, offline_ckpt, dataset), cfg.keep_bundles,
         selection=lambda: {"kappa_t": cfg.expansion.kappa_t, "kappa_c": learner.kappa_c()},
     )  # fmt: skip
     metrics = MetricsWriter(paths.tensorboard)

@@ -38,12 +38,13 @@ class BundleShelf:
         self,
         run_root: Path,
         signing_key: Ed25519PrivateKey,
-        shield: dict[str, Any],
+        shield: Callable[[Agent], dict[str, Any]],
         keep: int,
         selection: Callable[[], dict[str, float]] | None = None,
     ) -> None:
-        """``shield``: the manifest's shield section every bundle ships (the offline run's calibration
-        unless configured); ``selection``: called at each ship for the bundle's ``{kappa_t, kappa_c}``."""
+        """``shield``: called at each ship with the agent for the bundle's shield section (recalibrated on
+        its current Q_h, see :func:`trainer.online.shield_for_ship`); ``selection``: called at each
+        ship for the bundle's ``{kappa_t, kappa_c}``."""
         self.root = run_root / "bundles"
         self.root.mkdir(parents=True, exist_ok=True)
         self.offline_bundle = run_root / "bundle"
@@ -86,7 +87,7 @@ class BundleShelf:
                 version=version,
                 parent=parent,
                 signing_key=self.key,
-                shield=self.shield,
+                shield=self.shield(agent),
                 selection=None if self.selection is None else self.selection(),
                 training_step=step,
                 metrics=metrics,

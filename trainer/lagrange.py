@@ -55,7 +55,7 @@ class PIDLagrangian:
     ``update(J_c, std)`` performs one OmniSafe PID step
     (Δ = J_c − d; I ← max(0, I + K_i Δ); P ← EMA(Δ); D = max(0, EMA(J_c) − EMA d_delay updates ago);
     λ = clip(K_p P + I + K_d D, 0, λ_max)) and then, in mode ``adaptive``, Marvel's gain
-    adaptation with every gain clamped to [K₀/10, 10·K₀].
+    adaptation with bounded steps (see :meth:`_adapt`), every gain clamped to [K₀/10, 10·K₀].
     """
 
     def __init__(self, cfg: LagrangeConfig) -> None:
@@ -104,17 +104,21 @@ class PIDLagrangian:
         return self.lam
 
     def _adapt(self, e: float, std: float) -> None:
-        """Marvel: raise K_p, K_i while the cost is above the limit, lower them below it."""
+        """Marvel: raise K_p, K_i while the cost is above the limit, lower them below it.
+
+        Deliberate deviation from DESIGN.md §3: the relative error is taken against max(e, d), not
+        e. Above the limit this is DESIGN's (e − d)/e; below it (e − d)/d, so the factor stays in
+        [1 − η, 1 + η]. With /e, one episode of cost e ≪ d (e = 0.1, d = 10, η = 0.05: factor
+        1 − 4.95) sends K_p, K_i straight to the floor K₀/10, and λ then rises slowly when costs do.
+        K_d's step std/max(e, d) is capped at 1 for the same reason. Both are 0 when e = d = 0.
+        """
         cfg, eta = self.cfg, self.cfg.adapt_rate
-        e_safe = max(e, 1e-8)
-        if e > cfg.cost_limit:
-            factor = 1.0 + eta * (e - cfg.cost_limit) / e_safe
-        else:
-            factor = 1.0 - eta * (cfg.cost_limit - e) / e_safe
-        self.kp = _clamp_gain(self.kp * factor, cfg.kp)
-        self.ki = _clamp_gain(self.ki * factor, cfg.ki)
-        if std > 0.0:
-            self.kd = _clamp_gain(self.kd * (1.0 + eta * std / e_safe), cfg.kd)
+        scale = max(e, cfg.cost_limit)
+        rel = (e - cfg.cost_limit) / scale if scale > 0 else 0.0
+        self.kp = _clamp_gain(self.kp * (1.0 + eta * rel), cfg.kp)
+        self.ki = _clamp_gain(self.ki * (1.0 + eta * rel), cfg.ki)
+        if std > 0.0 and scale > 0:
+            self.kd = _clamp_gain(self.kd * (1.0 + eta * min(1.0, std / scale)), cfg.kd)
 
     def state_dict(self) -> dict[str, Any]:
         return {

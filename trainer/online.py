@@ -15,6 +15,7 @@ critics learn the values of what the robot did, whichever policy proposed it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from trainer.offline import polyak
 from trainer.online_config import OnlineConfig
 from trainer.replay import StepReplay
 from trainer.run_dir import RunDir
+from trainer.shield_calibration import CalibrationSettings, calibrate_shield
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +117,39 @@ def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineData
     return load_dataset(source)
 
 
-def shield_section_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The manifest ``shield`` section the daemon ships: the configured threshold, else the offline run's
-    (calibrated, with its report; see :mod:`trainer.shield_calibration`)."""
-    if cfg.shield_threshold is not None:
-        return {"threshold": float(cfg.shield_threshold)}
-    return checkpoint_shield(offline_ckpt)
-
-
 def shield_threshold_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> float:
     """The configured shield threshold, else the offline run's calibrated one (else its config's, else 0)."""
-    return float(shield_section_for(cfg, offline_ckpt)["threshold"])
+    if cfg.shield_threshold is not None:
+        return float(cfg.shield_threshold)
+    return float(checkpoint_shield(offline_ckpt)["threshold"])
+
+
+def shield_for_ship(
+    cfg: OnlineConfig, offline_ckpt: dict[str, Any], dataset: OfflineDataset | None
+) -> Callable[[Agent], dict[str, Any]]:
+    """agent -> the manifest ``shield`` section of a bundle shipped now, chosen as the offline export does.
+
+    Q_h keeps learning online, so the threshold is recalibrated on the agent's current Q_h with the
+    offline run's settings (:class:`CalibrationSettings`) on the offline dataset's steps: their
+    episodes are known, so "safe" means what it means offline (no cost within shield_cost_horizon
+    steps), and the sample (fixed by the offline seed) is the same at every ship. A configured
+    ``OnlineConfig.shield_threshold`` is used as the ``fixed`` threshold (its rates still reported).
+    Without the dataset the configured threshold, else the offline run's section, is shipped as is.
+    """
+    settings = CalibrationSettings.from_checkpoint(offline_ckpt)
+    if cfg.shield_threshold is not None:
+        settings = dataclasses.replace(settings, method="fixed", fixed_threshold=float(cfg.shield_threshold))
+    if dataset is None:
+        section = (
+            {"threshold": float(cfg.shield_threshold)}
+            if cfg.shield_threshold is not None
+            else checkpoint_shield(offline_ckpt)
+        )
+        logger.warning(
+            "no offline dataset: bundles ship shield threshold %g, not recalibrated", section["threshold"]
+        )
+        return lambda agent: dict(section)
+    return lambda agent: calibrate_shield(agent, dataset, settings).to_manifest()
 
 
 def on_policy_next(

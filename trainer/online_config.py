@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from protocol.config import Config, ConfigError, option
 from trainer.lagrange import LagrangeConfig
 
@@ -19,8 +20,8 @@ class VPAConfig(Config):
 @dataclass
 class ExpansionConfig(Config):
     enabled: bool = option(True, "Safe policy expansion {π_off, π_on}; off = always act with π_on.")
-    kappa_t: float = option(5.0, "Boltzmann temperature factor κ_T of the policy selection.")
-    kappa_c: float = option(0.1, "Weight κ_c of Q_c in the selection score Q_r − κ_c·Q_c.")
+    kappa_t: float = option(DEFAULT_KAPPA_T, "Boltzmann temperature factor κ_T of the policy selection.")
+    kappa_c: float = option(DEFAULT_KAPPA_C, "Weight κ_c of Q_c in the selection score Q_r − κ_c·Q_c.")
     kappa_c_from_lambda: bool = option(False, "Use the current λ as κ_c instead of the fixed value.")
 
 
@@ -46,7 +47,9 @@ class OnlineConfig(Config):
     qh_expectile: float = option(0.9, "Expectile of V_h toward the lower (feasible) side of Q_h.")
     shield_threshold: float | None = option(
         None,
-        "Q_h above this → the shield replaces the action (written into bundles); unset = the offline run's.",
+        "Q_h above this → the shield replaces the action (shipped as a fixed threshold); unset = the daemon "
+        "recalibrates it on the current Q_h for every bundle as the offline run's config says "
+        "(train online acts with the offline run's).",
     )
     lagrange: LagrangeConfig = option(default_factory=LagrangeConfig, help="λ controller.")
     vpa: VPAConfig = option(default_factory=VPAConfig, help="Value Pre-Alignment.")

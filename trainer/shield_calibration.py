@@ -7,19 +7,21 @@ dataset step is labelled *safe* when it and the next K steps of its episode cost
 interventions on safe in-sample actions at or below a set fraction (an order statistic of Q_h on
 safe steps), never below a floor (0 by default). The report says what fraction of cost-leading
 steps the shield would still catch. One implementation serves the offline export and the daemon
-(which ships the offline run's calibration with every bundle).
+(which recalibrates on its current Q_h for every bundle it ships, see :mod:`trainer.online`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from trainer.config import OfflineConfig
 from trainer.dataset import OfflineDataset
 from trainer.networks import Agent
 
@@ -155,29 +157,66 @@ def in_sample_q_h(agent: Agent, dataset: OfflineDataset, index: np.ndarray, batc
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How the threshold is chosen: the ``shield_*`` fields (and ``seed``) of :class:`OfflineConfig`."""
+
+    method: CalibrationMethod
+    max_safe_intervention: float
+    floor: float | None
+    fixed_threshold: float
+    cost_horizon: int
+    samples: int
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: OfflineConfig) -> CalibrationSettings:
+        return cls(
+            method=cfg.shield_calibration,
+            max_safe_intervention=cfg.shield_max_safe_intervention,
+            floor=cfg.shield_threshold_floor,
+            fixed_threshold=cfg.shield_threshold,
+            cost_horizon=cfg.shield_cost_horizon,
+            samples=cfg.shield_calibration_samples,
+            seed=cfg.seed,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> CalibrationSettings:
+        """An offline checkpoint's settings; fields it lacks (older runs) take OfflineConfig's defaults."""
+        config = ckpt.get("config", {})
+        fields = {k: v for k, v in config.items() if k.startswith("shield_") or k == "seed"}
+        return cls.of(OfflineConfig.from_dict(fields, source="offline checkpoint config"))
+
+
 def calibrate_shield(
-    agent: Agent,
-    dataset: OfflineDataset,
-    method: CalibrationMethod,
-    max_safe_intervention: float,
-    floor: float | None,
-    fixed_threshold: float,
-    cost_horizon: int,
-    samples: int,
-    seed: int = 0,
+    agent: Agent, dataset: OfflineDataset, settings: CalibrationSettings
 ) -> ShieldCalibration:
-    """Label every dataset step, evaluate Q_h on up to ``samples`` of them and calibrate."""
-    safe = safe_step_mask(dataset.costs, dataset.episode_bounds(), cost_horizon)
-    rng = np.random.default_rng(seed)
-    index = np.sort(rng.choice(len(dataset), size=min(samples, len(dataset)), replace=False))
-    result = calibrate_threshold(
-        in_sample_q_h(agent, dataset, index),
-        safe[index],
-        method,
-        max_safe_intervention=max_safe_intervention,
-        floor=floor,
-        fixed_threshold=fixed_threshold,
-        cost_horizon=cost_horizon,
+    """Label every dataset step, evaluate Q_h on up to ``settings.samples`` of them and calibrate.
+
+    If the data cannot calibrate (e.g. no safe steps), the fixed threshold is used with a warning
+    rather than losing a finished run; Q_h is evaluated once for both.
+    """
+    safe = safe_step_mask(dataset.costs, dataset.episode_bounds(), settings.cost_horizon)
+    rng = np.random.default_rng(settings.seed)
+    index = np.sort(rng.choice(len(dataset), size=min(settings.samples, len(dataset)), replace=False))
+    q_h, safe_sample = in_sample_q_h(agent, dataset, index), safe[index]
+    kwargs = dict(
+        max_safe_intervention=settings.max_safe_intervention,
+        floor=settings.floor,
+        fixed_threshold=settings.fixed_threshold,
+        cost_horizon=settings.cost_horizon,
     )
+    try:
+        result = calibrate_threshold(q_h, safe_sample, settings.method, **kwargs)
+    except CalibrationError as exc:
+        if settings.method == "fixed":
+            raise
+        logger.warning(
+            "shield calibration failed (%s); shipping the fixed shield_threshold %g",
+            exc,
+            settings.fixed_threshold,
+        )
+        result = calibrate_threshold(q_h, safe_sample, "fixed", **kwargs)
     logger.info("%s", result.summary())
     return result

@@ -18,7 +18,7 @@ from trainer.export import BundleResult, build_bundle
 from trainer.networks import load_checkpoint, save_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
 from trainer.run_dir import RunDir, RunDirError, resolve_signing_key
-from trainer.shield_calibration import CalibrationError, ShieldCalibration, calibrate_shield
+from trainer.shield_calibration import CalibrationSettings, ShieldCalibration, calibrate_shield
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +37,6 @@ class TrainResult:
 def write_config(cfg: OfflineConfig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"kind": CONFIG_KIND, **cfg.to_dict()}, sort_keys=False))
-
-
-def calibrate_for_config(learner: OfflineLearner, dataset: OfflineDataset) -> ShieldCalibration:
-    """The shield threshold of the trained agent, calibrated as the config says.
-
-    If the data cannot calibrate it (no safe steps), the fixed ``shield_threshold`` is used with a
-    warning rather than losing the finished run.
-    """
-    cfg = learner.cfg
-    kwargs = dict(
-        max_safe_intervention=cfg.shield_max_safe_intervention,
-        floor=cfg.shield_threshold_floor,
-        fixed_threshold=cfg.shield_threshold,
-        cost_horizon=cfg.shield_cost_horizon,
-        samples=cfg.shield_calibration_samples,
-        seed=cfg.seed,
-    )
-    try:
-        return calibrate_shield(learner.agent, dataset, cfg.shield_calibration, **kwargs)
-    except CalibrationError as exc:
-        logger.warning(
-            "shield calibration failed (%s); shipping the fixed shield_threshold %g",
-            exc,
-            cfg.shield_threshold,
-        )
-        return calibrate_shield(learner.agent, dataset, "fixed", **kwargs)
 
 
 def save_learner(
@@ -171,7 +145,7 @@ def train_offline(
     finally:
         bar.close()
         writer.close()
-    shield = calibrate_for_config(learner, dataset)
+    shield = calibrate_shield(learner.agent, dataset, CalibrationSettings.of(cfg))
     save_learner(run, learner, rng, dataset, shield)
     bundle = None
     if export:
