@@ -4,7 +4,7 @@ One mixed dataset (scripted careful / reckless / noisy / random behaviour), then
 variant an offline run of the same budget, each evaluated greedily on the train and unseen splits
 through the edge runtime's inference path, with and without the shield.
 
-    python -m bench.offline_results [--episodes 40] [--steps 2500] [--seeds 0 1 2] [--eval-episodes 10]
+    python -m bench.offline_results [--episodes 40] [--steps 2500] [--seeds 0 1 2] [--eval-episodes 20] [--workers 2]
 
 writes the ``offline`` section of docs/results.md (also importable: ``main(argv) -> dict``).
 """
@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 TASK = "reachsafe/SafeGoal1-v0"
 COST_LIMIT = 10.0
+DATASET = "safegoal1_mixed.h5"
 VARIANTS = {
     "bc": {"method": "bc"},
     "fosp": {"method": "fosp"},
@@ -36,7 +39,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=40, help="dataset episodes (300 steps each)")
     p.add_argument("--steps", type=int, default=2500, help="offline updates per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per split")
+    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per split")
+    p.add_argument(
+        "--workers", type=int, default=2, help="(variant, seed) jobs run at once, one process and thread each"
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument(
         "--workdir", type=Path, help="keep datasets and runs here (default: a temporary directory)"
@@ -49,61 +55,73 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
-def run(args: argparse.Namespace, work: Path) -> dict:
+def _train_and_evaluate(
+    name: str, seed: int, args: argparse.Namespace, work: Path, ref: tuple[float, float]
+) -> tuple[str, int, float, dict[tuple[str, bool], dict[str, float]]]:
+    """One (variant, seed) job, in its own process: train (unless done before), then evaluate greedily
+    on both splits with and without the shield. Returns (name, seed, train seconds, results)."""
     from protocol.bundle import load_bundle
-    from protocol.keys import generate_keys, load_trusted_keys
-    from sim_bridge.collect import CollectConfig, collect, summarize
+    from protocol.keys import load_trusted_keys
     from trainer.config import OfflineConfig
     from trainer.dataset import load_dataset
     from trainer.evaluate import evaluate_bundle
     from trainer.train_offline import train_offline
 
+    keys = work / "keys"
+    cfg = OfflineConfig(steps=args.steps, seed=seed, log_every=100, checkpoint_every=0, **VARIANTS[name])
+    run_dir = work / f"{name}_seed{seed}"
+    timing = run_dir / "train_seconds.json"
+    if not timing.exists():
+        res = train_offline(load_dataset(work / DATASET), run_dir, cfg, keys_dir=keys, progress=False)
+        timing.write_text(json.dumps(res.seconds))
+        print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
+    bundle = load_bundle(run_dir / "bundle", load_trusted_keys(keys))
+    results = {}
+    for split in ("train", "unseen"):
+        for use_shield in (False, True):
+            if use_shield and name == "bc":
+                continue  # BC is the policy-only baseline
+            s = evaluate_bundle(
+                bundle,
+                TASK,
+                split=split,
+                seeds=[10_000 + seed * 100 + i for i in range(args.eval_episodes)],
+                cost_limit=COST_LIMIT,
+                reward_ref=ref,
+                use_shield=use_shield,
+            ).to_dict()
+            results[(split, use_shield)] = s
+            print(f"{name} seed {seed} {split} shield={use_shield}: {s}", flush=True)
+    return name, seed, json.loads(timing.read_text()), results
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    from protocol.keys import generate_keys
+    from sim_bridge.collect import CollectConfig, collect, summarize
+    from trainer.dataset import load_dataset
+
     t0 = time.monotonic()
-    data = work / "safegoal1_mixed.h5"
+    data = work / DATASET
     if not data.exists():
         stats = collect(
             CollectConfig(task=TASK, policy="mixed", episodes=args.episodes, seed=1000), data, workers=2
         )
         print("dataset:", summarize(stats), flush=True)
-    dataset = load_dataset(data)
-    returns, costs = dataset.episode_returns()
+    returns, costs = load_dataset(data).episode_returns()
     ref = (float(returns.min()), float(returns.max()))
-    keys = work / "keys"
-    if not (keys / "signing.key").exists():
-        generate_keys(keys)
-    trusted = load_trusted_keys(keys)
+    if not (work / "keys" / "signing.key").exists():
+        generate_keys(work / "keys")
 
-    # results[(variant, split, shield)] -> per-seed (return, cost, success)
+    # results[(variant, split, shield)] -> per-seed summaries, in seed order
     results: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
     train_seconds: dict[str, list[float]] = {}
-    for seed in args.seeds:
-        for name in args.variants:
-            cfg = OfflineConfig(
-                steps=args.steps, seed=seed, log_every=100, checkpoint_every=0, **VARIANTS[name]
-            )
-            run_dir = work / f"{name}_seed{seed}"
-            timing = run_dir / "train_seconds.json"
-            if not timing.exists():
-                res = train_offline(dataset, run_dir, cfg, keys_dir=keys, progress=False)
-                timing.write_text(json.dumps(res.seconds))
-                print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
-            train_seconds.setdefault(name, []).append(json.loads(timing.read_text()))
-            bundle = load_bundle(run_dir / "bundle", trusted)
-            for split in ("train", "unseen"):
-                for use_shield in (False, True):
-                    if use_shield and name == "bc":
-                        continue  # BC is the policy-only baseline
-                    s = evaluate_bundle(
-                        bundle,
-                        TASK,
-                        split=split,
-                        seeds=[10_000 + seed * 100 + i for i in range(args.eval_episodes)],
-                        cost_limit=COST_LIMIT,
-                        reward_ref=ref,
-                        use_shield=use_shield,
-                    ).to_dict()
-                    results.setdefault((name, split, use_shield), []).append(s)
-                    print(f"{name} seed {seed} {split} shield={use_shield}: {s}", flush=True)
+    jobs = [(name, seed) for seed in args.seeds for name in args.variants]
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = [pool.submit(_train_and_evaluate, name, seed, args, work, ref) for name, seed in jobs]
+        for name, _seed, seconds, per_split in (f.result() for f in done):
+            train_seconds.setdefault(name, []).append(seconds)
+            for (split, use_shield), s in per_split.items():
+                results.setdefault((name, split, use_shield), []).append(s)
 
     table = []
     for (name, split, use_shield), rows in results.items():
@@ -133,13 +151,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"evaluation: {args.eval_episodes} greedy episodes per split per seed through `edge_runtime` inference; "
         f"mean ± std over seeds of the per-seed means. Cost limit {COST_LIMIT:g}; normalised return = "
         f"(R − R_min)/(R_max − R_min) with the dataset's episode-return range; success = ≥ 1 goal within the "
-        f"cost limit. Training time per run (s): "
+        f"cost limit. Training time per run (s, {args.workers} runs at once): "
         + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in train_seconds.items())
         + f". Total {minutes:.0f} min on this machine."
     )
     command = (
         f"python -m bench.offline_results --episodes {args.episodes} --steps {args.steps} "
-        f"--seeds {' '.join(map(str, args.seeds))} --eval-episodes {args.eval_episodes} "
+        f"--seeds {' '.join(map(str, args.seeds))} --eval-episodes {args.eval_episodes} --workers {args.workers} "
         f"--variants {' '.join(args.variants)}"
     )
     title = "Offline pretraining on SafeGoal1: FOSP-lite vs BC"

@@ -64,7 +64,15 @@ def test_imagined_targets_by_hand():
     cost_prob = torch.tensor([[0.1, 0.9], [0.1, 0.9]])  # ĉ = [0, 1]: h = [−1, 10]
     continuation = torch.tensor([[0.9, 0.9], [0.2, 0.9]])  # d = [0, 0] and [1, 0]
     y_r, y_c, y_h = imagined_targets(
-        rewards, cost_prob, continuation, t(4.0, 4.0), t(1.0, 1.0), t(-1.0, -1.0), gamma=0.5, gamma_h=0.5, c_scale=10.0
+        rewards,
+        cost_prob,
+        continuation,
+        t(4.0, 4.0),
+        t(1.0, 1.0),
+        t(-1.0, -1.0),
+        gamma=0.5,
+        gamma_h=0.5,
+        c_scale=10.0,
     )
     # y_r: 2 + 0.5·4 = 4, then 1 + 0.5·4 = 3; terminal at step 0 → r̂_0 = 1
     assert y_r.tolist() == pytest.approx([3.0, 1.0])

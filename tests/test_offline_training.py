@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainer.config import OfflineConfig
-from trainer.offline import OfflineLearner, agent_spec_for, random_shift
+from trainer.offline import OfflineLearner, agent_spec_for, colour_jitter, random_shift
 from trainer.run_dir import RunDirError
 from trainer.synthetic import HAZARD_X, make_point_dataset
 from trainer.train_offline import train_offline
@@ -120,6 +120,20 @@ def test_random_shift_moves_content_by_whole_pixels():
     assert out.shape == (32, 16, 16, 3) and out.dtype == torch.float32
     positions = {tuple(torch.nonzero(o[..., 0] == 255)[0].tolist()) for o in out}
     assert len(positions) > 1 and all(6 <= r <= 10 and 6 <= c <= 10 for r, c in positions)
+
+
+def test_colour_jitter_scales_channels_within_bounds_and_clamps():
+    g = torch.Generator().manual_seed(0)
+    img = torch.full((64, 4, 4, 3), 100.0)
+    img[:, 0, 0] = 250.0
+    out = colour_jitter(img.clone(), 0.3, g)
+    assert out.shape == img.shape and float(out.min()) >= 0.0 and float(out.max()) <= 255.0
+    # each frame: one gain per channel and one offset, the same at every pixel; gain·100 + offset ∈ 100 ± 30 ± 38.4
+    flat = out[:, 1:, :, :].reshape(64, -1, 3)
+    assert torch.allclose(flat, flat[:, :1, :].expand_as(flat))
+    assert float(flat.min()) >= 100 - 30 - 38.4 - 1e-3 and float(flat.max()) <= 100 + 30 + 38.4 + 1e-3
+    assert float(flat[:, 0].std(dim=0).min()) > 5  # frames differ from each other, per channel
+    assert (out[:, 0, 0] == 255.0).any()  # bright pixels clamp rather than overflow
 
 
 def test_resume_continues_exactly(dataset, tmp_path):

@@ -13,8 +13,9 @@ import torch
 
 from edge_runtime.select import selection_probabilities
 from trainer.dataset import Batch
+from trainer.losses import expectile_loss, hj_target, reachability_signal
 from trainer.networks import Agent, AgentSpec, save_checkpoint
-from trainer.online import MixedSampler, OnlineLearner
+from trainer.online import MixedSampler, OnlineLearner, ReachabilityTarget
 from trainer.online_config import OnlineConfig, VPAConfig
 from trainer.online_run import train_online
 from trainer.replay import StepReplay
@@ -45,6 +46,30 @@ def test_each_policy_is_scored_at_its_own_action_and_selection_follows_the_formu
         assert selection_probabilities(q_r[i].numpy(), q_c[i].numpy(), kappa_t, kappa_c) == pytest.approx(
             expected
         )
+
+
+def test_online_q_h_learns_the_offline_runs_reachability_target() -> None:
+    """c_scale and γ_h come from the offline checkpoint (older checkpoints: OfflineConfig's defaults)."""
+    reach = ReachabilityTarget.from_checkpoint({"config": {"c_scale": 5.0, "gamma_h": 0.5, "lr": 1e-3}})
+    assert reach == ReachabilityTarget(5.0, 0.5)
+    assert ReachabilityTarget.from_checkpoint({}) == ReachabilityTarget(25.0, 0.99)
+    agent = small_agent()
+    learner = OnlineLearner(agent, OnlineConfig(), reach)
+    cost, done = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    z, z_next = torch.randn(2, 8), torch.randn(2, 8)
+    t = {"cost": cost, "done": done, "action": torch.zeros(2, 2)}
+    with torch.no_grad():
+        v_next = learner.target["v_h"](z_next)
+        # h = [5, −1]; y_h = 0.5·h + 0.5·max(h, V_h(z'))
+        expected = hj_target(reachability_signal(cost, 5.0), v_next, done, 0.5)
+        loss, _ = learner._reach_loss(z, z_next, t)
+        q_h = agent.q_h(z, t["action"])
+        v_h = agent.v_h(z)
+    want = torch.nn.functional.mse_loss(q_h, expected.unsqueeze(-1).expand_as(q_h)) + expectile_loss(
+        v_h - q_h.max(dim=-1).values, learner.cfg.qh_expectile
+    )
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    assert expected[0] == pytest.approx(0.5 * 5.0 + 0.5 * max(5.0, float(v_next[0])))
 
 
 def test_actor_loss_is_normalised_by_one_plus_lambda() -> None:

@@ -45,6 +45,11 @@ class OfflineConfig(Config):
     cnn_channels: int = option(16, "Channels of the first CNN layers (image observations).")
     n_qh: int = option(2, "Q_h ensemble size (the maximum is used).")
     augment_pad: int = option(4, "Random-shift augmentation padding in pixels (0 = off; images only).")
+    augment_colour: float = option(
+        0.3,
+        "Colour-jitter strength s (0 = off; images only): per-frame channel gains in [1 − s, 1 + s] and a "
+        "brightness offset within ±s·128.",
+    )
     world_model: bool = option(True, "Train the latent world model (dynamics, reward, cost, continuation).")
     wm_horizon: int = option(3, "Latent rollout length H of the multi-step consistency loss.")
     wm_rho: float = option(0.5, "Per-step discount of the world-model losses along the rollout.")
@@ -127,6 +132,8 @@ class OfflineConfig(Config):
             raise ConfigError(f"imagine_horizon must be >= 1, got {self.imagine_horizon}")
         if self.imagine_weight_v < 0 or self.imagine_weight_h < 0:
             raise ConfigError("imagine_weight_v and imagine_weight_h must be >= 0")
+        if not 0.0 <= self.augment_colour < 1.0:
+            raise ConfigError(f"augment_colour must lie in [0, 1), got {self.augment_colour}")
         if self.n_qh < 1:
             raise ConfigError(f"n_qh must be >= 1, got {self.n_qh}")
         if not 0.0 <= self.shield_max_safe_intervention < 1.0:

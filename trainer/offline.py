@@ -61,6 +61,19 @@ def random_shift(obs: torch.Tensor, pad: int, generator: torch.Generator) -> tor
     return x[torch.arange(n)[:, None, None], rows, cols]
 
 
+def colour_jitter(frames: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-frame random channel gains in [1 − s, 1 + s] and a brightness offset in ±s·128 on float
+    [N, H, W, C] frames in [0, 255], clamped back to that range.
+
+    Why: the unseen split repaints the floor, walls, hazards and pillars; an encoder that only saw the
+    training colours keys on them.
+    """
+    n, c = frames.shape[0], frames.shape[-1]
+    gain = 1.0 + strength * (2.0 * torch.rand(n, 1, 1, c, generator=generator) - 1.0)
+    offset = strength * 128.0 * (2.0 * torch.rand(n, 1, 1, 1, generator=generator) - 1.0)
+    return (frames * gain + offset).clamp_(0.0, 255.0)
+
+
 def polyak(target: nn.Module, source: nn.Module, rate: float) -> None:
     with torch.no_grad():
         for t, s in zip(target.parameters(), source.parameters(), strict=True):
@@ -112,6 +125,8 @@ class OfflineLearner:
         x = torch.from_numpy(np.ascontiguousarray(obs.reshape(-1, *obs.shape[2:])))
         if self.spec.is_image and self.cfg.augment_pad > 0:
             x = random_shift(x, self.cfg.augment_pad, self.generator)
+        if self.spec.is_image and self.cfg.augment_colour > 0:
+            x = colour_jitter(x.to(torch.float32), self.cfg.augment_colour, self.generator)
         return x
 
     def update(self, batch: SequenceBatch) -> dict[str, float]:

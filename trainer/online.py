@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.config import OfflineConfig
 from trainer.dataset import Batch, OfflineDataset, load_dataset
 from trainer.export import checkpoint_shield
 from trainer.lagrange import PIDLagrangian
@@ -166,12 +167,31 @@ def offline_policy_next(
     return agent.actor_off.sample(agent.encoder_off(next_obs))
 
 
+@dataclass(frozen=True)
+class ReachabilityTarget:
+    """The HJ target's c_scale and γ_h: online, Q_h keeps learning the offline run's own target."""
+
+    c_scale: float
+    gamma_h: float
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> ReachabilityTarget:
+        """An offline checkpoint's values; older runs without them take OfflineConfig's defaults."""
+        config = ckpt.get("config", {})
+        offline = OfflineConfig.from_dict(
+            {k: config[k] for k in ("c_scale", "gamma_h") if k in config}, source="offline checkpoint config"
+        )
+        return cls(offline.c_scale, offline.gamma_h)
+
+
 class OnlineLearner:
     """Networks, target networks, optimisers, α and the λ controller of online fine-tuning."""
 
-    def __init__(self, agent: Agent, cfg: OnlineConfig) -> None:
+    def __init__(self, agent: Agent, cfg: OnlineConfig, reach: ReachabilityTarget | None = None) -> None:
+        """``reach`` None: OfflineConfig's defaults (a learner not started from an offline run)."""
         self.agent = agent
         self.cfg = cfg
+        self.reach = reach or ReachabilityTarget.from_checkpoint({})
         for p in list(agent.encoder_off.parameters()) + list(agent.actor_off.parameters()):
             p.requires_grad_(False)  # π_off is frozen
         self.target = nn.ModuleDict({name: copy.deepcopy(m) for name, m in self._tracked()}).requires_grad_(
@@ -239,9 +259,9 @@ class OnlineLearner:
         self, z: torch.Tensor, z_next_t: torch.Tensor, t: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, ag = self.cfg, self.agent
-        h = reachability_signal(t["cost"], cfg.c_scale)
+        h = reachability_signal(t["cost"], self.reach.c_scale)
         with torch.no_grad():
-            y_h = hj_target(h, self.target["v_h"](z_next_t), t["done"], cfg.gamma)
+            y_h = hj_target(h, self.target["v_h"](z_next_t), t["done"], self.reach.gamma_h)
         q_h = ag.q_h(z, t["action"])
         loss_q = F.mse_loss(q_h, y_h.unsqueeze(-1).expand_as(q_h))
         # V_h toward a low expectile of the max-ensemble Q_h (≈ the best in-sample feasibility)
@@ -344,7 +364,7 @@ def start_online(
         logger.warning("--resume: no %s yet, starting from the offline checkpoint", online_checkpoint)
     agent, ckpt = load_checkpoint(online_checkpoint if resumed else offline_path)
     offline_ckpt = load_checkpoint(offline_path)[1] if resumed else ckpt
-    learner = OnlineLearner(agent, cfg)
+    learner = OnlineLearner(agent, cfg, ReachabilityTarget.from_checkpoint(offline_ckpt))
     if resumed:
         learner.load_state_dict(ckpt["online"])
         logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)

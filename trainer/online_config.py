@@ -43,7 +43,6 @@ class OnlineConfig(Config):
     warmup_steps: int = option(256, "Online steps collected before the first update.")
     replay_capacity: int = option(100_000, "Online replay size in steps (one uint8 frame per step).")
     learn_qh: bool = option(True, "Keep training the reachability critic Q_h online.")
-    c_scale: float = option(25.0, "Reachability: h = +c_scale where c > 0, else −1 (FISOR).")
     qh_expectile: float = option(0.9, "Expectile of V_h toward the lower (feasible) side of Q_h.")
     shield_threshold: float | None = option(
         None,
