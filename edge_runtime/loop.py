@@ -150,6 +150,7 @@ class ControlLoop:
         self._miss_streak = 0
         self._signals_fail_streak = 0
         self._estop = False
+        self._in_violation = False  # the last read task signals carried a cost (the shield defers)
         self._last_logged: dict[str, float] = {}
         self._episode = 0
         self._obs_shape = tuple(robot.camera.features.get("image_shape", (64, 64, 3)))
@@ -276,9 +277,12 @@ class ControlLoop:
             return _Decision(sel.action, sel.action, sel.policy, False), None
         with self._stage("shield"):
             override = self.cfg.shield_threshold
-            d = shield(out, sel.policy, override if override is not None else policy.shield_threshold)
+            threshold = override if override is not None else policy.shield_threshold
+            d = shield(out, sel.policy, threshold, self._in_violation)
         if d.shielded:
             self.metrics.count("edge/interventions")
+        if d.deferred:
+            self.metrics.count("edge/shield_deferred")
         return _Decision(d.action, sel.action, sel.policy, d.shielded), None
 
     def _read_signals(self, braked: bool) -> Signals | None:
@@ -296,6 +300,7 @@ class ControlLoop:
         if self._signals_fail_streak >= self.cfg.signals_streak:
             log.warning("task signals are back after %d failed reads", self._signals_fail_streak)
         self._signals_fail_streak = 0
+        self._in_violation = sig.cost > 0 and not (sig.terminated or sig.truncated)
         if sig.estop != self._estop:
             self._estop = sig.estop
             log.warning("emergency stop %s", "pressed: braking until it clears" if sig.estop else "cleared")

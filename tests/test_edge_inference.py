@@ -114,6 +114,18 @@ def test_shield_keeps_safe_actions_and_replaces_unsafe_ones() -> None:
     assert not shield(safe, POLICY_OFFLINE, threshold=0.5).shielded
 
 
+def test_shield_defers_to_the_proposal_while_in_violation() -> None:
+    """In a hazard Q_h ≈ c_scale for every action: the argmin is noise, so the proposal is kept."""
+    inside = _out((0, 0), (0, 0), q_h=(24.5, 24.9, 24.2, 23.8))
+    d = shield(inside, POLICY_OFFLINE, threshold=0.9, in_violation=True)
+    assert not d.shielded and d.deferred and d.candidate == 1
+    np.testing.assert_array_equal(d.action, inside.candidates[1])
+    d = shield(inside, POLICY_OFFLINE, threshold=0.9)
+    assert d.shielded and not d.deferred and d.candidate == 3
+    # a safe proposal in violation is simply kept: nothing was deferred
+    assert not shield(inside, POLICY_OFFLINE, threshold=30.0, in_violation=True).deferred
+
+
 def test_shield_on_a_real_graph_picks_the_lowest_q_h_candidate() -> None:
     s = AgentSession(make_agent_onnx(q_h_bias=(5.0, 5.0, 1.0, 0.2, 3.0)), CPU)
     out = s.act(np.zeros((16, 16, 3), np.uint8))

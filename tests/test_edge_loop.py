@@ -98,6 +98,22 @@ def test_shield_intervenes_on_unsafe_online_actions() -> None:
     assert loop.metrics.counter("edge/interventions") == 5
 
 
+def test_shield_defers_after_a_step_that_cost_and_intervenes_again_once_it_is_clear() -> None:
+    model = make_agent_onnx(q_h_bias=(5.0, 5.0, -3.0, 1.0, 1.0))
+    loop, robot, sink = make_loop(model=model, episode_len=1000, cost=1.0)
+    loop.tick()  # nothing read yet: not in violation, so the shield intervenes
+    loop.tick()
+    loop.tick()
+    assert [s.shielded for s in sink.steps] == [True, False, False]
+    assert loop.metrics.counter("edge/shield_deferred") == 2
+    np.testing.assert_allclose(sink.steps[-1].action, sink.steps[-1].proposed)
+    robot.signals.cost = 0.0
+    loop.tick()  # the last read cost 1: still deferred
+    loop.tick()  # the last read cost 0: the shield is back
+    assert [s.shielded for s in sink.steps[3:]] == [False, True]
+    assert loop.metrics.counter("edge/interventions") == 2
+
+
 def test_missed_deadline_streak_brakes() -> None:
     class SlowSink(ListSink):
         def add(self, step: Step) -> None:

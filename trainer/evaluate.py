@@ -142,18 +142,19 @@ def evaluate_bundle(
             obs, _ = env.reset(seed=int(seed))
             ret = cost = 0.0
             length = n_shielded = goals = 0
-            done = False
+            done = in_violation = False
             while not done:
                 out = session.act(obs)
                 sel = select(out, "eval", params.kappa_t, params.kappa_c, rng)
                 if use_shield:
-                    decision = shield(out, sel.policy, threshold)
+                    decision = shield(out, sel.policy, threshold, in_violation)
                     action, shielded = decision.action, decision.shielded
                 else:
                     action, shielded = sel.action, False
                 obs, r, terminated, truncated, info = env.step(action)
                 ret += float(r)
                 cost += float(info["cost"])
+                in_violation = float(info["cost"]) > 0
                 goals = int(info.get("goals_reached", goals))
                 n_shielded += int(shielded)
                 length += 1

@@ -86,8 +86,9 @@ class PolicyRunner:
         self.agent, self.cfg, self.threshold = agent, cfg, shield_threshold
 
     def act(
-        self, frame: np.ndarray, rng: np.random.Generator, kappa_c: float, greedy: bool
+        self, frame: np.ndarray, rng: np.random.Generator, kappa_c: float, greedy: bool, in_violation: bool
     ) -> tuple[np.ndarray, int, bool]:
+        """``in_violation``: the last step cost something (the shield then defers to the policy)."""
         a_dim = self.agent.spec.action_dim
         noise = (
             np.zeros((1, a_dim), np.float32) if greedy else rng.standard_normal((1, a_dim)).astype(np.float32)
@@ -102,7 +103,7 @@ class PolicyRunner:
             policy, action = POLICY_ONLINE, np.asarray(out.a_on, np.float32)
         if self.threshold is None:
             return action, policy, False
-        decision = apply_shield(out, policy, self.threshold)
+        decision = apply_shield(out, policy, self.threshold, in_violation)
         return np.asarray(decision.action, np.float32), policy, decision.shielded
 
 
@@ -151,6 +152,7 @@ def train_online(
     last_ckpt, budget = t0, 0.0
     frame = _check_frame(frame_of(env.reset(seed=cfg.seed + result.episodes)[0], obs_key), agent)
     ep = {"ret": 0.0, "cost": 0.0, "len": 0, "offline": 0, "shielded": 0}
+    cost = 0.0  # of the last step
 
     def checkpoint(t: int) -> None:
         save_checkpoint(ckpt_path, agent, learner.updates, extra={"online": learner.state_dict(), "online_run": {
@@ -162,7 +164,7 @@ def train_online(
         for t in range(start_t, steps):
             if stop["set"]:
                 break
-            action, policy, shielded = runner.act(frame, rng, learner.kappa_c(), greedy=False)
+            action, policy, shielded = runner.act(frame, rng, learner.kappa_c(), False, cost > 0)
             obs2, reward, terminated, truncated, info = env.step(action)
             cost = float(info.get("cost", 0.0))
             replay.add_batch("env", t, {
@@ -178,7 +180,7 @@ def train_online(
             if terminated or truncated:
                 _end_episode(result, learner, ep, t + 1, episodes_log, metrics)
                 ep = {k: 0 if isinstance(v, int) else 0.0 for k, v in ep.items()}
-                obs2 = env.reset()[0]
+                obs2, cost = env.reset()[0], 0.0
             frame = frame_of(obs2, obs_key)
             if t + 1 >= cfg.warmup_steps:
                 budget += cfg.utd_ratio
@@ -214,10 +216,12 @@ def evaluate(
     rets, costs = [], []
     for i in range(episodes):
         frame, done, ret, cost = frame_of(env.reset(seed=seed + i)[0], obs_key), False, 0.0, 0.0
+        step_cost = 0.0
         while not done:
-            action, _, _ = runner.act(frame, rng, kappa_c, greedy=True)
+            action, _, _ = runner.act(frame, rng, kappa_c, True, step_cost > 0)
             obs, r, term, trunc, info = env.step(action)
-            ret, cost, done = ret + float(r), cost + float(info.get("cost", 0.0)), term or trunc
+            step_cost = float(info.get("cost", 0.0))
+            ret, cost, done = ret + float(r), cost + step_cost, term or trunc
             frame = frame_of(obs, obs_key)
         rets.append(ret)
         costs.append(cost)
