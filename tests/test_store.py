@@ -14,7 +14,7 @@ import zmq
 from conftest import poll_until
 
 from protocol.codec import decode, encode
-from protocol.messages import Ack, Steps
+from protocol.messages import Ack, ErrorMessage, Steps
 from protocol.sockets import client_socket, server_socket
 from trainer.daemon_ingest import IngestServer
 from trainer.replay_synthetic import synthetic_columns
@@ -220,3 +220,30 @@ def test_failed_commit_is_not_acked_and_resent_batches_are_stored(served) -> Non
     poll_until(
         lambda: server.duplicates == sum(server.store.groups) - 3, 10, what="resends counted as duplicates"
     )
+
+
+def next_error(robot: zmq.Socket) -> ErrorMessage:
+    """The next `error` reply (heartbeats skipped), within 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if robot.poll(100) and isinstance(msg := decode(robot.recv()), ErrorMessage):
+            return msg
+    raise AssertionError("no error reply within 10 s")
+
+
+def test_shapes_that_passed_once_do_not_let_other_shapes_through(served) -> None:  # noqa: ANN001
+    server, robot, seen = served
+
+    def steps(seq: int, n: int = 4, obs: tuple[int, ...] = OBS, action_dim: int = 2) -> bytes:
+        cols = synthetic_columns(n, seq * 4, obs_shape=obs, action_dim=action_dim)
+        return encode(Steps(robot_id="r", stream_id="s", seq=seq, first_step=seq * 4, columns=cols))
+
+    robot.send(steps(0))
+    assert acks_until(robot, server, 0) == [0]
+    for bad in (steps(1, obs=(4, 5, 3)), steps(1, action_dim=3), steps(1, n=3, obs=(5, 4, 3))):
+        robot.send(bad)
+        err = next_error(robot)
+        assert err.code == "field" and "shape" in err.message
+    robot.send(steps(1, n=3))  # another N with the run's shapes is fine
+    assert acks_until(robot, server, 1)[-1] == 1
+    assert [m.seq for m in seen] == [0, 1] and server.errors["field"] == 3

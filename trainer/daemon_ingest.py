@@ -28,7 +28,12 @@ from typing import Any
 import zmq
 
 from protocol.codec import decode, encode
-from protocol.constants import DEFAULT_MAX_ARRAY_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validate_step_columns
+from protocol.constants import (
+    DEFAULT_MAX_ARRAY_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    STEP_COLUMNS,
+    validate_step_columns,
+)
 from protocol.errors import FieldError, ProtocolError
 from protocol.messages import (
     Ack,
@@ -51,6 +56,8 @@ BatchCallback = Callable[[Steps, list[Episode]], None]
 
 HEARTBEAT_EVERY_S = 1.0
 PEER_TIMEOUT_S = 30.0
+#: Column shape tuples already found valid for this run (bounded: N is the only part that varies).
+MAX_KNOWN_SHAPES = 1024
 
 
 @dataclass
@@ -175,6 +182,7 @@ class IngestServer:
         self._episodes = EpisodeTracker()
         self._last_heartbeat = 0.0
         self._lock = threading.Lock()  # guards the state read by snapshot()
+        self._known_shapes: set[tuple[tuple[int, ...], ...]] = set()
 
     # ----- other threads ---------------------------------------------------------------------
     def broadcast(self, bundle: BundleMessage) -> None:
@@ -269,7 +277,7 @@ class IngestServer:
                 payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes
             )
             if isinstance(msg, Steps):
-                validate_step_columns(msg.columns, self.obs_shape, self.action_dim)
+                self._check_shapes(msg)
         except ProtocolError as exc:
             self._reject(identity, exc)
             return
@@ -292,6 +300,21 @@ class IngestServer:
             self._reject(
                 identity, FieldError(f"a trainer does not accept {msg.TYPE!r} messages", msg_type=msg.TYPE)
             )
+
+    def _check_shapes(self, msg: Steps) -> None:
+        """FieldError unless the batch's per-step shapes are this run's obs shape and action dim.
+
+        Constructing ``Steps`` already checked every column's presence, dtype, rank and common N,
+        so what is left depends only on the column shapes: a set of the shape tuples that passed
+        saves repeating the full check on every batch.
+        """
+        shapes = tuple(msg.columns[name].shape for name in STEP_COLUMNS)
+        if shapes in self._known_shapes:
+            return
+        validate_step_columns(msg.columns, self.obs_shape, self.action_dim)
+        if len(self._known_shapes) >= MAX_KNOWN_SHAPES:
+            self._known_shapes.clear()
+        self._known_shapes.add(shapes)
 
     def _touch(self, robot_id: str, identity: bytes) -> RobotState:
         now = time.monotonic()
