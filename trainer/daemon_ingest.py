@@ -2,8 +2,9 @@
 
 Runs on its own thread and owns the socket (ZeroMQ sockets are not thread-safe); other threads
 hand it bundles through :meth:`IngestServer.broadcast`. Received batches are grouped: everything
-that arrived since the last commit goes into one store transaction (one write, one fsync, one
-index commit), then every stream in the group is ACKed with its highest contiguously stored seq.
+that arrived while the previous group was being written goes into one group (one write, one
+fsync, one index commit), then every stream in the group is ACKed with its highest contiguously
+stored seq.
 
 The commit is pipelined over two threads: an appender writes and fsyncs group N+1's bytes while
 an indexer commits group N's index rows, and meanwhile this thread keeps receiving and validating
