@@ -9,13 +9,15 @@ ndarrays travel as msgpack ext type `ARRAY_EXT_TYPE` (1) whose payload is
 with dtype names from `WIRE_DTYPES` only. Decoding never executes anything from the data (no
 pickle), uses `raw=False` and `strict_map_key=True`, bounds every msgpack container, and raises
 a `ProtocolError` subclass for anything that is not a valid message: `DecodeError`,
-`VersionError`, `UnknownTypeError`, `FieldError`, `OversizeError`. Decoded arrays are read-only
-views of the received bytes (zero copy).
+`VersionError`, `UnknownTypeError`, `FieldError`, `OversizeError`. Decoded arrays are read-only;
+those of 16 KiB or more are views of the received buffer (zero copy, unless misaligned for
+their dtype), smaller ones views of msgpack's copy of their ext payload.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from typing import Any
 
@@ -42,8 +44,6 @@ from protocol.errors import (
 )
 from protocol.messages import MESSAGE_TYPES, Message
 
-_RESERVED = ("v", "type")
-
 
 def _pad8(n: int) -> int:
     return (n + 7) & ~7
@@ -69,41 +69,56 @@ def pack_array(arr: np.ndarray) -> bytes:
     return b"".join((head, bytes(_pad8(len(head)) - len(head)), data.reshape(-1).view(np.uint8)))
 
 
-def unpack_array(payload: bytes, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> np.ndarray:
+@functools.lru_cache(maxsize=256)
+def _array_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, element count) of a complete, padded ext header; DecodeError if invalid.
+
+    Cached: a robot sends the same few headers in every batch, and parsing one in Python costs
+    more than the rest of the array's decoding (exceptions are not cached).
+    """
+    ndim, name_len = head[0], head[1]
+    name = head[2 : 2 + name_len].decode("ascii", errors="replace")
+    dtype = WIRE_DTYPES.get(name)
+    if dtype is None:
+        raise DecodeError(f"array dtype {name!r} is not allowed on the wire; allowed: {sorted(WIRE_DTYPES)}")
+    head_len = 2 + name_len + 8 * ndim
+    if any(head[head_len:]):
+        raise DecodeError("array extension header padding is not zero")
+    shape = struct.unpack_from(f"<{ndim}Q", head, 2 + name_len)
+    count = 1
+    for d in shape:
+        count *= d
+    return dtype, shape, count
+
+
+def unpack_array(payload: bytes | memoryview, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> np.ndarray:
     """Parse an ext payload into a read-only ndarray; DecodeError / OversizeError if invalid."""
     if len(payload) < 2:
         raise DecodeError("array extension shorter than its 2-byte header; the sender's encoder is broken")
     ndim, name_len = payload[0], payload[1]
     if ndim > MAX_NDIM:
         raise DecodeError(f"array extension claims {ndim} dimensions; at most {MAX_NDIM} are allowed")
-    head_len = 2 + name_len + 8 * ndim
-    offset = _pad8(head_len)
+    offset = _pad8(2 + name_len + 8 * ndim)
     if len(payload) < offset:
         raise DecodeError("array extension truncated inside its header")
-    name = payload[2 : 2 + name_len].decode("ascii", errors="replace")
-    dtype = WIRE_DTYPES.get(name)
-    if dtype is None:
-        raise DecodeError(f"array dtype {name!r} is not allowed on the wire; allowed: {sorted(WIRE_DTYPES)}")
-    if any(payload[head_len:offset]):
-        raise DecodeError("array extension header padding is not zero")
-    shape = struct.unpack_from(f"<{ndim}Q", payload, 2 + name_len)
-    count = 1
-    for d in shape:
-        count *= d
+    dtype, shape, count = _array_header(bytes(payload[:offset]))
     nbytes = count * dtype.itemsize
     if nbytes > max_array_bytes:
         raise OversizeError(
-            f"array of shape {shape} {name} needs {nbytes} bytes, over the limit of {max_array_bytes}; "
+            f"array of shape {shape} {dtype.name} needs {nbytes} bytes, over the limit of {max_array_bytes}; "
             "send smaller batches or raise max_array_bytes on both sides"
         )
     if len(payload) - offset != nbytes:
         raise DecodeError(
-            f"array of shape {shape} {name} needs {nbytes} data bytes but the extension carries "
+            f"array of shape {shape} {dtype.name} needs {nbytes} data bytes but the extension carries "
             f"{len(payload) - offset}"
         )
-    arr = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
-    if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
+    if dtype.kind == "b" and bytes(payload[offset:]).translate(None, b"\x00\x01"):
         raise DecodeError("bool array contains bytes other than 0 and 1")
+    arr = np.ndarray(shape, dtype, buffer=payload, offset=offset)
+    if not arr.flags.aligned:  # a view into a received frame may start anywhere
+        arr = arr.copy()
+        arr.flags.writeable = False
     return arr
 
 
@@ -147,26 +162,8 @@ def decode(
             "the sender must send smaller messages"
         )
 
-    def ext_hook(code: int, payload: bytes) -> np.ndarray:
-        if code != ARRAY_EXT_TYPE:
-            raise DecodeError(
-                f"unknown msgpack extension type {code}; only {ARRAY_EXT_TYPE} (ndarray) exists"
-            )
-        return unpack_array(payload, max_array_bytes)
-
     try:
-        body = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            ext_hook=ext_hook,
-            max_str_len=MAX_STR_BYTES,
-            max_bin_len=max_message_bytes,
-            max_ext_len=max_message_bytes,
-            max_array_len=MAX_CONTAINER_LEN,
-            max_map_len=MAX_CONTAINER_LEN,
-        )
+        body = _unpack_body(data, max_message_bytes, max_array_bytes)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises ValueError, TypeError, UnicodeDecodeError, StackError...
@@ -192,13 +189,139 @@ def decode(
         raise UnknownTypeError(
             f"unknown message type {type_name!r}; known: {sorted(MESSAGE_TYPES)}", msg_type=type_name
         )
-    fields = {k: v for k, v in body.items() if k not in _RESERVED}
-    expected = set(cls.field_names())
-    missing = sorted(expected - set(fields))
-    extra = sorted(set(fields) - expected)
-    if missing or extra:
+    del body["v"], body["type"]
+    expected = _field_set(cls)
+    if body.keys() != expected:
         raise FieldError(
-            f"{type_name}: missing fields {missing}, unexpected fields {extra}; every field is required on the wire",
+            f"{type_name}: missing fields {sorted(expected - body.keys())}, unexpected fields "
+            f"{sorted(body.keys() - expected)}; every field is required on the wire",
             msg_type=type_name,
         )
-    return cls(**fields)
+    return cls(**body)
+
+
+@functools.cache
+def _field_set(cls: type[Message]) -> frozenset[str]:
+    return frozenset(cls.field_names())
+
+
+# --- zero-copy unpacking of large arrays ----------------------------------------------------
+# msgpack hands every ext payload to the hook as a fresh bytes copy; for a batch of camera
+# frames that copy (and the page faults of its fresh allocation) cost more than the rest of
+# decoding. So a large message is first scanned (token lengths only, no values) for its array
+# extensions: those of at least _VIEW_MIN_BYTES are cut out and replaced by a 4-byte
+# placeholder ext (_VIEW_EXT + index), msgpack decodes the remaining few hundred bytes with the
+# same limits, and the placeholders become views of the received buffer. Anything the scan does
+# not vouch for (another ext type, a truncated or odd token, trailing bytes, more than
+# _SCAN_MAX_TOKENS tokens) is decoded the plain way, so that msgpack judges it.
+_VIEW_MIN_BYTES = 16 << 10
+_VIEW_EXT = 127  # never on the wire: the scan sends any message with a non-array ext the plain way
+_SCAN_MAX_TOKENS = 1024
+_FIXED, _SIZED, _EXT, _FIXEXT, _FIXCONT, _CONT, _BAD = range(7)
+
+
+def _token_table() -> list[tuple[int, int, int]]:
+    """Per first byte: (kind, a, b) with a, b = total length | length-field size | count, item factor."""
+    t: list[tuple[int, int, int]] = [(_BAD, 0, 0)] * 256
+    for b in range(0x80):
+        t[b] = (_FIXED, 1, 0)  # positive fixint
+    for b in range(0xE0, 0x100):
+        t[b] = (_FIXED, 1, 0)  # negative fixint
+    for n in range(16):
+        t[0x80 + n] = (_FIXCONT, n, 2)  # fixmap: n pairs
+        t[0x90 + n] = (_FIXCONT, n, 1)  # fixarray
+    for n in range(32):
+        t[0xA0 + n] = (_FIXED, 1 + n, 0)  # fixstr
+    for b, size in ((0xC0, 1), (0xC2, 1), (0xC3, 1), (0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3),
+                    (0xCE, 5), (0xCF, 9), (0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9)):  # fmt: skip
+        t[b] = (_FIXED, size, 0)
+    for b, size in ((0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        t[b] = (_SIZED, size, 0)  # bin8/16/32, str8/16/32
+    for b, size in ((0xC7, 1), (0xC8, 2), (0xC9, 4)):
+        t[b] = (_EXT, size, 0)
+    for b, size in ((0xD4, 1), (0xD5, 2), (0xD6, 4), (0xD7, 8), (0xD8, 16)):
+        t[b] = (_FIXEXT, size, 0)
+    for b, size, factor in ((0xDC, 2, 1), (0xDD, 4, 1), (0xDE, 2, 2), (0xDF, 4, 2)):
+        t[b] = (_CONT, size, factor)
+    return t
+
+
+_TOKENS = _token_table()
+
+
+def _large_exts(view: memoryview) -> list[tuple[int, int, int]] | None:
+    """(token start, data start, data end) of each array ext of >= _VIEW_MIN_BYTES in ``view``.
+
+    None: decode the plain way (see the comment above).
+    """
+    pos, end, left = 0, len(view), 1
+    found: list[tuple[int, int, int]] = []
+    for _ in range(_SCAN_MAX_TOKENS):
+        if not left:
+            return found if pos == end else None
+        if pos >= end:
+            return None
+        left -= 1
+        kind, a, b = _TOKENS[view[pos]]
+        if kind == _FIXED:
+            pos += a
+        elif kind == _SIZED:
+            pos += 1 + a + int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
+        elif kind == _FIXCONT:
+            pos += 1
+            left += a * b
+        elif kind == _CONT:
+            left += b * int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
+            pos += 1 + a
+        elif kind == _EXT or kind == _FIXEXT:
+            n, head = (int.from_bytes(view[pos + 1 : pos + 1 + a], "big"), 2 + a) if kind == _EXT else (a, 2)
+            if pos + head > end or view[pos + head - 1] != ARRAY_EXT_TYPE:
+                return None
+            if n >= _VIEW_MIN_BYTES:
+                found.append((pos, pos + head, pos + head + n))
+            pos += head + n
+        else:
+            return None
+    return None
+
+
+def _unpack_body(data: bytes | bytearray | memoryview, max_message_bytes: int, max_array_bytes: int) -> Any:
+    """msgpack-decode ``data`` with the protocol's limits; large arrays become views of ``data``."""
+
+    def ext_hook(code: int, payload: bytes) -> np.ndarray:
+        if code != ARRAY_EXT_TYPE:
+            raise DecodeError(
+                f"unknown msgpack extension type {code}; only {ARRAY_EXT_TYPE} (ndarray) exists"
+            )
+        return unpack_array(payload, max_array_bytes)
+
+    large = None
+    if len(data) >= _VIEW_MIN_BYTES:
+        view = memoryview(data).cast("B").toreadonly()
+        large = _large_exts(view)
+    if large:
+        pieces, last = [], 0
+        for i, (token, _, stop) in enumerate(large):
+            pieces += [view[last:token], struct.pack("<BbI", 0xD6, _VIEW_EXT, i)]
+            last = stop
+        pieces.append(view[last:])
+        data = b"".join(pieces)
+
+        def view_hook(code: int, payload: bytes) -> np.ndarray:
+            if code != _VIEW_EXT:
+                return ext_hook(code, payload)
+            _, start, stop = large[int.from_bytes(payload, "little")]
+            return unpack_array(view[start:stop], max_array_bytes)
+
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        ext_hook=view_hook if large else ext_hook,
+        max_str_len=MAX_STR_BYTES,
+        max_bin_len=max_message_bytes,
+        max_ext_len=max_message_bytes,
+        max_array_len=MAX_CONTAINER_LEN,
+        max_map_len=MAX_CONTAINER_LEN,
+    )

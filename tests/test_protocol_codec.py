@@ -18,6 +18,8 @@ from protocol import codec
 from protocol import messages as m
 from protocol.constants import (
     ARRAY_EXT_TYPE,
+    MAX_CONTAINER_LEN,
+    MAX_STR_BYTES,
     PROTOCOL_VERSION,
     STEP_COLUMNS,
     WIRE_DTYPES,
@@ -447,3 +449,111 @@ def test_structured_garbage_only_raises_protocol_errors(msg, overlay, data):
         codec.decode(raw(body))
     except ProtocolError:
         pass
+
+
+# --- large messages: arrays of >= 16 KiB are decoded as views of the received buffer --------
+
+_BIG = np.arange(20000, dtype=np.float64).reshape(100, 200)  # 160 kB: over the view threshold
+_BIG_EXT = msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(_BIG))
+
+
+def _plain_unpack(data: bytes) -> object:
+    """The reference: msgpack decoding every ext payload from its own copy."""
+
+    def hook(code: int, payload: bytes) -> np.ndarray:
+        if code != ARRAY_EXT_TYPE:
+            raise DecodeError("not an array")
+        return codec.unpack_array(payload)
+
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=True, ext_hook=hook, max_str_len=MAX_STR_BYTES,
+        max_bin_len=len(data), max_ext_len=len(data), max_array_len=MAX_CONTAINER_LEN, max_map_len=MAX_CONTAINER_LEN,
+    )  # fmt: skip
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float):  # NaN equals NaN here
+        return ("float", value.hex())
+    return value
+
+
+def _outcome(fn, data: bytes) -> object:  # noqa: ANN001
+    try:
+        return _canonical(fn(data))
+    except Exception as exc:  # the two decoders must fail alike, not with the same text
+        return ("error", isinstance(exc, ProtocolError) or type(exc).__name__)
+
+
+def _viewed(data: bytes) -> object:
+    return codec._unpack_body(data, len(data), 1 << 30)
+
+
+def test_large_steps_arrays_are_readonly_views_of_the_frame():
+    msg = m.Steps(robot_id="r", stream_id="s", seq=0, first_step=0, columns=step_columns(16, (64, 64, 3)))
+    data = codec.encode(msg)
+    out = codec.decode(data)
+    assert_same(out, msg)
+    obs = out.columns["obs"]
+    assert np.shares_memory(obs, np.frombuffer(data, np.uint8)) and not obs.flags.writeable
+    writable = bytearray(data)  # even from a writable buffer, decoded arrays are read-only
+    assert not codec.decode(writable).columns["obs"].flags.writeable
+
+
+def test_large_unaligned_array_is_copied_aligned():
+    for pad in range(8):  # the ext's data starts at a different offset modulo 8 each time
+        data = raw({"k" * (pad + 1): _BIG_EXT})
+        arr = _viewed(data)["k" * (pad + 1)]
+        assert arr.flags.aligned and not arr.flags.writeable and np.array_equal(arr, _BIG)
+
+
+def test_large_message_with_every_msgpack_format_decodes_as_msgpack_does():
+    body = {
+        "ints": [0, 127, -1, -32, -33, 255, 256, 65536, 2**32, 2**63, -(2**7), -(2**15), -(2**31), -(2**63)],
+        "floats": [0.5, 1e30, -2.25],
+        "nil/bools": [None, True, False],
+        "str8": "s" * 40, "str16": "t" * 300, "str32": "u" * 70000,
+        "bin8": b"b" * 3, "bin16": b"c" * 300, "bin32": b"d" * 70000,
+        "array16": list(range(20)), "map16": {str(i): i for i in range(20)},
+        "fixext/ext8 arrays": [msgpack.ExtType(1, codec.pack_array(np.zeros(0, np.uint8))),
+                               msgpack.ExtType(1, codec.pack_array(np.ones(3, np.int32)))],
+        "big": [_BIG_EXT, {"again": _BIG_EXT}],
+        "frames": msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(np.ones((5, 64, 64, 3), np.uint8))),
+    }  # fmt: skip
+    for single_float in (False, True):  # float64 and float32 tokens
+        data = msgpack.packb(body, use_bin_type=True, use_single_float=single_float)
+        assert _outcome(_viewed, data) == _outcome(_plain_unpack, data)
+        assert np.shares_memory(_viewed(data)["frames"], np.frombuffer(data, np.uint8))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_large_messages_decode_and_fail_exactly_as_msgpack(data):
+    """Random bodies around a large array, then corrupted or cut: same result or same failure."""
+    body = data.draw(st.dictionaries(st.text(max_size=6), _values, max_size=4))
+    body[data.draw(st.text(max_size=4))] = data.draw(
+        st.sampled_from([_BIG_EXT, [_BIG_EXT, 1], {"x": _BIG_EXT}])
+    )
+    encoded = bytearray(raw(body))
+    head = min(len(encoded) - 1, 400)  # the structure is all in the head, except after the big array
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, head) | st.integers(len(encoded) - 50, len(encoded) - 1))
+        encoded[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.sampled_from([0, 0, 1, 7, 1000]))
+    sample = bytes(encoded[: len(encoded) - cut])
+    assert _outcome(_viewed, sample) == _outcome(_plain_unpack, sample)
+    try:
+        codec.decode(sample)
+    except ProtocolError:
+        pass
+
+
+def test_large_message_with_a_foreign_ext_type_is_decode_error():
+    data = raw({"v": 1, "type": "hw_frame", "image": _BIG_EXT, "x": msgpack.ExtType(2, b"")})
+    with pytest.raises(DecodeError, match="extension type 2"):
+        codec.decode(data)

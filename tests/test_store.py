@@ -4,6 +4,7 @@ ingest server's pipelined group commit over a real ROUTER socket."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,11 +15,11 @@ import zmq
 from conftest import poll_until
 
 from protocol.codec import decode, encode
-from protocol.messages import Ack, Steps
+from protocol.messages import Ack, ErrorMessage, Steps
 from protocol.sockets import client_socket, server_socket
 from trainer.daemon_ingest import IngestServer
 from trainer.replay_synthetic import synthetic_columns
-from trainer.store import PendingBatch, StepStore, StoreError
+from trainer.store import AppendedGroup, PendingBatch, StepStore, StoreError
 
 OBS = (4, 4, 3)
 
@@ -126,20 +127,59 @@ def test_acked_seq_answers_while_a_group_is_being_synced(
     store.close()
 
 
+def test_groups_appended_but_not_committed_count_as_stored_for_dedup_only(tmp_path: Path) -> None:
+    store = StepStore(tmp_path / "st")
+    first = store.append([batch(0), batch(1)])
+    second = store.append([batch(1), batch(2)])  # batch 1 is on its way to the index already
+    assert second.inserted == [False, True] and store.acked_seq("r", "s") == -1  # nothing readable yet
+    assert store.commit(first) == [True, True] and store.acked_seq("r", "s") == 1
+    assert store.commit(second) == [False, True] and store.acked_seq("r", "s") == 2
+    store.append([batch(3)])  # the daemon dies before indexing it: a torn tail for the next open
+    store.close()
+    store = StepStore(tmp_path / "st")
+    assert [b.seq for b in store.iter_batches()] == [0, 1, 2] and store.steps_stored == 12
+    assert store.put_many([batch(3)]) == [True]  # the robot's resend is stored
+    store.close()
+
+
+def test_failed_index_commit_leaves_dead_bytes_that_reads_and_reopens_skip(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "st", failures=0, index_failures=1)
+    with pytest.raises(StoreError, match="index commit failed"):
+        store.put_many([batch(0), batch(1)])
+    assert store.acked_seq("r", "s") == -1 and store.steps_stored == 0
+    assert store.put_many([batch(0), batch(1), batch(2)]) == [True, True, True]  # the resends
+    store.close()
+    segment = next((tmp_path / "st").glob("seg-*.bin"))
+    assert segment.stat().st_size == 5 * len(batch(0).payload)  # two dead batches, three live ones
+    store = StepStore(tmp_path / "st")
+    assert [b.payload for b in store.iter_batches()] == [batch(i).payload for i in range(3)]
+    assert store.acked_seq("r", "s") == 2 and store.steps_stored == 12
+    assert segment.stat().st_size == 5 * len(batch(0).payload)  # dead space is not a torn tail
+    store.close()
+
+
 class FlakyStore(StepStore):
-    """Fails the first ``failures`` group commits, as a full disk would."""
+    """Fails the first ``failures`` group appends (as a full disk would) and ``index_failures`` index commits."""
 
-    def __init__(self, root: Path, failures: int) -> None:
+    def __init__(self, root: Path, failures: int, index_failures: int = 0) -> None:
         super().__init__(root)
-        self.failures = failures
+        self.failures, self.index_failures = failures, index_failures
         self.groups: list[int] = []
+        self.failed_rows = 0
 
-    def put_many(self, batches: Sequence[PendingBatch]) -> list[bool]:
+    def append(self, batches: Sequence[PendingBatch]) -> AppendedGroup:
         if self.failures:
             self.failures -= 1
             raise StoreError("disk full (simulated)")
         self.groups.append(len(batches))
-        return super().put_many(batches)
+        return super().append(batches)
+
+    def _insert(self, rows: list) -> None:  # noqa: ANN001
+        if self.index_failures:
+            self.index_failures -= 1
+            self.failed_rows += len(rows)
+            raise sqlite3.OperationalError("database or disk is full (simulated)")
+        super()._insert(rows)
 
 
 @pytest.fixture
@@ -149,7 +189,8 @@ def served(
     """An IngestServer on its own thread behind a real ROUTER, a DEALER robot, and what on_batch saw."""
     ctx = zmq.Context()
     router = server_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:*")
-    store = FlakyStore(tmp_path / "st", failures=getattr(request, "param", 0))
+    failures, index_failures = getattr(request, "param", (0, 0))
+    store = FlakyStore(tmp_path / "st", failures, index_failures)
     seen: list[Steps] = []
     server = IngestServer(router, store, OBS, 2, lambda m, eps: seen.append(m), max_group=4)
     stop = threading.Event()
@@ -208,7 +249,7 @@ def test_pipelined_groups_ack_only_stored_batches_and_dedupe_resends(served) -> 
     assert [b.payload for b in server.store.iter_batches()] == frames  # bytes stored as received
 
 
-@pytest.mark.parametrize("served", [1], indirect=True)
+@pytest.mark.parametrize("served", [(1, 0), (0, 1)], indirect=True, ids=["append", "index"])
 def test_failed_commit_is_not_acked_and_resent_batches_are_stored(served) -> None:  # noqa: ANN001
     server, robot, seen = served
     frames = [batch(i).payload for i in range(3)]
@@ -216,7 +257,38 @@ def test_failed_commit_is_not_acked_and_resent_batches_are_stored(served) -> Non
         robot.send(f)
     acks_until(robot, server, 2, resend=frames)
     assert sorted(m.seq for m in seen) == [0, 1, 2] and server.store.steps_stored == 12
-    assert server.store.failures == 0
+    store = server.store
+    assert store.failures == 0 and store.index_failures == 0
+    assert [b.payload for b in sorted(store.iter_batches(), key=lambda b: b.seq)] == frames
     poll_until(
-        lambda: server.duplicates == sum(server.store.groups) - 3, 10, what="resends counted as duplicates"
+        lambda: server.duplicates == sum(store.groups) - 3 - store.failed_rows,
+        10,
+        what="resends counted as duplicates",
     )
+
+
+def next_error(robot: zmq.Socket) -> ErrorMessage:
+    """The next `error` reply (heartbeats skipped), within 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if robot.poll(100) and isinstance(msg := decode(robot.recv()), ErrorMessage):
+            return msg
+    raise AssertionError("no error reply within 10 s")
+
+
+def test_shapes_that_passed_once_do_not_let_other_shapes_through(served) -> None:  # noqa: ANN001
+    server, robot, seen = served
+
+    def steps(seq: int, n: int = 4, obs: tuple[int, ...] = OBS, action_dim: int = 2) -> bytes:
+        cols = synthetic_columns(n, seq * 4, obs_shape=obs, action_dim=action_dim)
+        return encode(Steps(robot_id="r", stream_id="s", seq=seq, first_step=seq * 4, columns=cols))
+
+    robot.send(steps(0))
+    assert acks_until(robot, server, 0) == [0]
+    for bad in (steps(1, obs=(4, 5, 3)), steps(1, action_dim=3), steps(1, n=3, obs=(5, 4, 3))):
+        robot.send(bad)
+        err = next_error(robot)
+        assert err.code == "field" and "shape" in err.message
+    robot.send(steps(1, n=3))  # another N with the run's shapes is fine
+    assert acks_until(robot, server, 1)[-1] == 1
+    assert [m.seq for m in seen] == [0, 1] and server.errors["field"] == 3

@@ -2,14 +2,16 @@
 
 Runs on its own thread and owns the socket (ZeroMQ sockets are not thread-safe); other threads
 hand it bundles through :meth:`IngestServer.broadcast`. Received batches are grouped: everything
-that arrived since the last commit goes into one store transaction (one write, one fsync, one
-index commit), then every stream in the group is ACKed with its highest contiguously stored seq.
+that arrived while the previous group was being written goes into one group (one write, one
+fsync, one index commit), then every stream in the group is ACKed with its highest contiguously
+stored seq.
 
-The commit is pipelined: a committer thread stores group N (fsync, index) while this thread
-keeps receiving and validating group N+1; it wakes this thread over an inproc socket when the
-group is durable, and only then are its batches counted, handed to ``on_batch`` and ACKed. One
-group is in flight at a time, so the store sees groups in arrival order. Frames are received
-without copying and their bytes go to the segment file as received.
+The commit is pipelined over two threads: an appender writes and fsyncs group N+1's bytes while
+an indexer commits group N's index rows, and meanwhile this thread keeps receiving and validating
+group N+2. They wake this thread over an inproc socket; only when a group is indexed are its
+batches counted, handed to ``on_batch`` and ACKed. At most two groups are in flight, and the
+store appends and indexes them in arrival order. Frames are received without copying and their
+bytes go to the segment file as received.
 
 Malformed messages get a typed `error` reply and a counter; the loop keeps serving.
 """
@@ -20,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,12 @@ from typing import Any
 import zmq
 
 from protocol.codec import decode, encode
-from protocol.constants import DEFAULT_MAX_ARRAY_BYTES, DEFAULT_MAX_MESSAGE_BYTES, validate_step_columns
+from protocol.constants import (
+    DEFAULT_MAX_ARRAY_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    STEP_COLUMNS,
+    validate_step_columns,
+)
 from protocol.errors import FieldError, ProtocolError
 from protocol.messages import (
     Ack,
@@ -42,7 +49,7 @@ from protocol.messages import (
 )
 from trainer.replay_episodes import Episode, EpisodeTracker
 from trainer.status import RateMeter
-from trainer.store import PendingBatch, StepStore, StoreError
+from trainer.store import AppendedGroup, PendingBatch, StepStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,8 @@ BatchCallback = Callable[[Steps, list[Episode]], None]
 
 HEARTBEAT_EVERY_S = 1.0
 PEER_TIMEOUT_S = 30.0
+#: Column shape tuples already found valid for this run (bounded: N is the only part that varies).
+MAX_KNOWN_SHAPES = 1024
 
 
 @dataclass
@@ -92,23 +101,33 @@ class _Received:
 
 
 class _Committer:
-    """Stores one group at a time on its own thread, so that fsync does not stall receiving.
+    """Stores groups on two threads of its own, so that neither fsync stalls receiving.
 
-    Create, use and close it on the ingest thread: ``wake`` (an inproc PAIR) becomes readable when
-    the submitted group is durable, then :meth:`result` returns ``StepStore.put_many``'s answer or
-    the exception it raised.
+    The appender writes and fsyncs one group's bytes (``StepStore.append``) while the indexer
+    commits the previous group's index rows (``StepStore.commit``): at most two groups in flight,
+    committed in submission order. Create, use and close it on the ingest thread: ``wake`` (an
+    inproc PULL) receives b"appended" when the appender is free for the next group and
+    b"committed" when the oldest group is durable; :meth:`result` then returns ``commit``'s answer
+    or the exception either step raised.
     """
 
     def __init__(self, ctx: zmq.Context, store: StepStore) -> None:
         self.store = store
         self.endpoint = f"inproc://reachsafe-ingest-commit-{id(self):x}"
-        self.wake = ctx.socket(zmq.PAIR)
+        self.wake = ctx.socket(zmq.PULL)
         self.wake.bind(self.endpoint)
         self._ctx = ctx
         self._todo: queue.SimpleQueue[list[PendingBatch] | None] = queue.SimpleQueue()
+        self._appended: queue.SimpleQueue[AppendedGroup | Exception | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[list[bool] | Exception] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ingest-commit", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._append_one, self._todo, self._appended, b"appended"),
+                             name="ingest-append", daemon=True),
+            threading.Thread(target=self._run, args=(self._commit_one, self._appended, self._done, b"committed"),
+                             name="ingest-commit", daemon=True),
+        ]  # fmt: skip
+        for t in self._threads:
+            t.start()
 
     def submit(self, group: list[_Received]) -> None:
         self._todo.put(
@@ -117,27 +136,51 @@ class _Committer:
         )  # fmt: skip
 
     def result(self) -> list[bool] | Exception:
-        """Wait for the submitted group's outcome."""
-        self.wake.recv()
+        """The oldest group's outcome (call once per b"committed")."""
         return self._done.get()
 
-    def _run(self) -> None:
-        sock = self._ctx.socket(zmq.PAIR)
+    def _append_one(self, batches: list[PendingBatch]) -> AppendedGroup | Exception:
+        try:
+            return self.store.append(batches)
+        except Exception as exc:  # handed on to the ingest thread, which logs or re-raises it
+            return exc
+
+    def _commit_one(self, group: AppendedGroup | Exception) -> list[bool] | Exception:
+        if isinstance(group, Exception):
+            return group
+        try:
+            return self.store.commit(group)
+        except Exception as exc:
+            return exc
+
+    def _run(
+        self, step: Callable[[Any], Any], todo: queue.SimpleQueue, out: queue.SimpleQueue, note: bytes
+    ) -> None:
+        sock = self._ctx.socket(zmq.PUSH)
         sock.connect(self.endpoint)
         try:
-            while (batches := self._todo.get()) is not None:
-                try:
-                    self._done.put(self.store.put_many(batches))
-                except Exception as exc:  # handed to the ingest thread, which logs or re-raises it
-                    self._done.put(exc)
-                sock.send(b"")
+            while (item := todo.get()) is not None:
+                out.put(step(item))
+                sock.send(note)
         finally:
+            out.put(None)  # closes the next stage (the indexer's None goes to _done, unread)
             sock.close(linger=0)
 
     def close(self) -> None:
         self._todo.put(None)
-        self._thread.join()
+        for t in self._threads:
+            t.join()
         self.wake.close(linger=0)
+
+
+def _queued(sock: zmq.Socket) -> list[bytes]:
+    """Every message ``sock`` has queued, without waiting."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(zmq.NOBLOCK))
+        except zmq.Again:
+            return out
 
 
 class IngestServer:
@@ -175,6 +218,7 @@ class IngestServer:
         self._episodes = EpisodeTracker()
         self._last_heartbeat = 0.0
         self._lock = threading.Lock()  # guards the state read by snapshot()
+        self._known_shapes: set[tuple[tuple[int, ...], ...]] = set()
 
     # ----- other threads ---------------------------------------------------------------------
     def broadcast(self, bundle: BundleMessage) -> None:
@@ -205,29 +249,34 @@ class IngestServer:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(committer.wake, zmq.POLLIN)
         group: list[_Received] = []
-        inflight: list[_Received] | None = None
+        inflight: deque[list[_Received]] = deque()  # submitted, not yet committed, oldest first
+        appending = False
         receiving = True
         try:
             while not stop.is_set():
                 events = dict(poller.poll(poll_ms))
-                if committer.wake in events and inflight is not None:  # the group in flight is durable
-                    self._finish(inflight, committer.result())
-                    inflight = None
+                for note in _queued(committer.wake) if committer.wake in events else ():
+                    if note == b"appended":
+                        appending = False
+                    else:  # the oldest group in flight is durable
+                        self._finish(inflight.popleft(), committer.result())
                 if self.sock in events:
                     self._receive(group)
-                if group and inflight is None:
+                if group and not appending and len(inflight) < 2:
                     committer.submit(group)
-                    inflight, group = group, []
+                    inflight.append(group)
+                    group, appending = [], True
                 if receiving != (len(group) < self.max_group):  # full: leave the rest queued in ZeroMQ
                     receiving = not receiving
                     poller.modify(self.sock, zmq.POLLIN if receiving else 0)
                 self._flush_outbox()
                 self._heartbeat()
-            if inflight is not None:  # store and ACK everything already received
-                self._finish(inflight, committer.result())
-            if group:
+            if group:  # store and ACK everything already received
                 committer.submit(group)
-                self._finish(group, committer.result())
+                inflight.append(group)
+            while inflight:
+                if committer.wake.recv() == b"committed":
+                    self._finish(inflight.popleft(), committer.result())
         finally:
             committer.close()
 
@@ -269,7 +318,7 @@ class IngestServer:
                 payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes
             )
             if isinstance(msg, Steps):
-                validate_step_columns(msg.columns, self.obs_shape, self.action_dim)
+                self._check_shapes(msg)
         except ProtocolError as exc:
             self._reject(identity, exc)
             return
@@ -292,6 +341,21 @@ class IngestServer:
             self._reject(
                 identity, FieldError(f"a trainer does not accept {msg.TYPE!r} messages", msg_type=msg.TYPE)
             )
+
+    def _check_shapes(self, msg: Steps) -> None:
+        """FieldError unless the batch's per-step shapes are this run's obs shape and action dim.
+
+        Constructing ``Steps`` already checked every column's presence, dtype, rank and common N,
+        so what is left depends only on the column shapes: a set of the shape tuples that passed
+        saves repeating the full check on every batch.
+        """
+        shapes = tuple(msg.columns[name].shape for name in STEP_COLUMNS)
+        if shapes in self._known_shapes:
+            return
+        validate_step_columns(msg.columns, self.obs_shape, self.action_dim)
+        if len(self._known_shapes) >= MAX_KNOWN_SHAPES:
+            self._known_shapes.clear()
+        self._known_shapes.add(shapes)
 
     def _touch(self, robot_id: str, identity: bytes) -> RobotState:
         now = time.monotonic()

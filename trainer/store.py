@@ -5,12 +5,17 @@ Layout of the store directory:
                      exactly as received (already validated by the codec: no re-encoding)
     index.sqlite     one row per batch, UNIQUE(robot_id, stream_id, seq) → (segment, offset, length)
 
-A group commit appends every new payload with one write, fsyncs the segment, then inserts the
-index rows in one SQLite transaction (WAL, ``synchronous=FULL``: the commit returns once the WAL
-is fsynced). A batch therefore exists for readers and is ACKed only after both its bytes and its
-index row are on disk; a crash in between leaves unindexed bytes at the segment's tail, which
-the next open truncates. Batches that a robot resends (after either side restarted) are
-recognised as duplicates before anything is written, and still ACKed.
+A group commit has two steps: :meth:`StepStore.append` writes every new payload with one
+write and fsyncs the segment; :meth:`StepStore.commit` then inserts the group's index rows in one
+SQLite transaction (WAL, ``synchronous=FULL``: the commit returns once the WAL is fsynced).
+``put_many`` does both; the ingest server runs them on two threads, so that one group's index
+commit overlaps the next group's segment write + fsync. A batch therefore exists for readers and
+is ACKed only after both its bytes and its index row are on disk, and index rows are committed in
+the order their bytes were appended. A crash in between leaves unindexed bytes at the segment's
+tail, which the next open truncates; an index commit that fails leaves its group's bytes as dead
+space that no index row points to (the robots resend those batches). Batches that a robot
+resends (after either side restarted) are recognised as duplicates before anything is written,
+also against groups appended but not yet committed, and still ACKed.
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ class PendingBatch:
 
 
 @dataclass(frozen=True)
+class AppendedGroup:
+    """A group whose new batches are durably in a segment but not yet indexed (see ``append``)."""
+
+    fresh: list[PendingBatch]  # the new batches, in submission order
+    rows: list[tuple[str, str, int, int, int, int, int, int]]  # their index rows
+    inserted: list[bool]  # per submitted batch: new (True) or a duplicate
+
+
+@dataclass(frozen=True)
 class StoredBatch:
     row: int
     robot_id: str
@@ -109,9 +123,11 @@ class StepStore:
         self.root = Path(root)
         self.segment_bytes = segment_bytes
         self.sync = sync
-        self._io_lock = threading.Lock()  # the segment file and the SQLite connection: one writer
-        self._lock = threading.Lock()  # _acks and steps_stored: held briefly, never across I/O
+        self._file_lock = threading.Lock()  # the segment file: one appender
+        self._db_lock = threading.Lock()  # the SQLite connection
+        self._lock = threading.Lock()  # _acks, _pending, steps_stored: held briefly, never across I/O
         self._acks: dict[tuple[str, str], _StreamAcks] = {}
+        self._pending: set[tuple[str, str, int]] = set()  # appended, not yet committed
         self.steps_stored = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -163,24 +179,66 @@ class StepStore:
         Returns only after data and index are on disk: the caller may then ACK every batch.
         ``acked_seq`` stays answerable (from memory) while a group is being written.
         """
-        with self._io_lock:
+        return self.commit(self.append(batches))
+
+    def append(self, batches: Sequence[PendingBatch]) -> AppendedGroup:
+        """Write the new ones of ``batches`` to the segment and fsync it; nothing is indexed yet.
+
+        Pass the result to :meth:`commit`, in append order; until then its batches count as
+        duplicates for later groups but are neither readable nor ACKed. StoreError if the write
+        fails (its bytes are then cut off again).
+        """
+        with self._file_lock:
             seen: set[tuple[str, str, int]] = set()
             fresh: list[PendingBatch] = []
             inserted: list[bool] = []
-            with self._lock:  # only this thread (holding _io_lock) changes _acks: no race until _append
+            with self._lock:
                 for b in batches:
                     key = (b.robot_id, b.stream_id, b.seq)
                     acks = self._acks.get(key[:2])
-                    new = key not in seen and (acks is None or b.seq not in acks)
+                    new = key not in seen and key not in self._pending and (acks is None or b.seq not in acks)
                     seen.add(key)
                     inserted.append(new)
                     if new:
                         fresh.append(b)
-            if fresh:
-                self._append(fresh)
-        return inserted
+                        self._pending.add(key)
+            try:
+                rows = self._write(fresh) if fresh else []
+            except StoreError:
+                self._forget(fresh)
+                raise
+        return AppendedGroup(fresh, rows, inserted)
 
-    def _append(self, fresh: list[PendingBatch]) -> None:
+    def commit(self, group: AppendedGroup) -> list[bool]:
+        """Index an appended group in one transaction; then its batches are stored and ACKable.
+
+        Returns ``append``'s new/duplicate flags. StoreError if the index commit fails: the
+        group's bytes stay in the segment as dead space and its batches may be stored again.
+        """
+        if group.rows:
+            with self._db_lock:
+                try:
+                    self._insert(group.rows)
+                except sqlite3.Error as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    self._forget(group.fresh)
+                    raise StoreError(
+                        f"step store {self.root}: index commit failed: {exc}; check free disk space"
+                    ) from exc
+        with self._lock:
+            for b in group.fresh:
+                self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(b.seq)
+                self._pending.discard((b.robot_id, b.stream_id, b.seq))
+                self.steps_stored += b.n_steps
+        return group.inserted
+
+    def _forget(self, fresh: list[PendingBatch]) -> None:
+        with self._lock:
+            self._pending.difference_update((b.robot_id, b.stream_id, b.seq) for b in fresh)
+
+    def _write(self, fresh: list[PendingBatch]) -> list[tuple[str, str, int, int, int, int, int, int]]:
+        """Append ``fresh`` to the current segment (a new one when it is full) and fsync it."""
         if self._offset >= self.segment_bytes:
             os.close(self._fd)
             self._segment += 1
@@ -204,18 +262,12 @@ class StepStore:
             _write_all(self._fd, [b.payload for b in fresh])
             if self.sync:
                 os.fsync(self._fd)
-            self._insert(rows)
-        except (OSError, sqlite3.Error) as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+        except OSError as exc:
             os.ftruncate(self._fd, self._offset)  # forget the unindexed bytes
             os.lseek(self._fd, self._offset, os.SEEK_SET)
             raise StoreError(f"step store {self.root}: write failed: {exc}; check free disk space") from exc
         self._offset = offset
-        with self._lock:
-            for b in fresh:
-                self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(b.seq)
-                self.steps_stored += b.n_steps
+        return rows
 
     def _insert(self, rows: list[tuple[str, str, int, int, int, int, int, int]]) -> None:
         """Index ``rows`` in one transaction, as multi-row INSERTs rather than ``executemany``.
@@ -267,7 +319,7 @@ class StepStore:
     def row_before_last(self, n_steps: int) -> int:
         """Row id after which the stored batches hold the last ``n_steps`` steps (or all of them)."""
         total = 0
-        with self._io_lock:
+        with self._db_lock:
             for row, n in self._db.execute("SELECT id, n_steps FROM batches ORDER BY id DESC"):
                 total += n
                 if total >= n_steps:
@@ -276,7 +328,7 @@ class StepStore:
 
     def step_index(self) -> list[tuple[str, str, int, int]]:
         """(robot_id, stream_id, first_step, n_steps) of every stored batch, in stream order."""
-        with self._io_lock:
+        with self._db_lock:
             return list(
                 self._db.execute(
                     "SELECT robot_id, stream_id, first_step, n_steps FROM batches ORDER BY robot_id, stream_id, seq"
@@ -284,7 +336,7 @@ class StepStore:
             )
 
     def close(self) -> None:
-        with self._io_lock:
+        with self._file_lock, self._db_lock:
             os.close(self._fd)
             self._db.close()
 
