@@ -85,7 +85,7 @@ def build_models(out: Path) -> dict[str, Path]:
     import torch
 
     from trainer.export import export_onnx
-    from trainer.networks import Agent, AgentSpec
+    from trainer.networks import Agent, AgentSpec, save_checkpoint
     from trainer.quantize import quantize_int8
 
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def build_models(out: Path) -> dict[str, Path]:
     (out / "int8").mkdir(parents=True, exist_ok=True)
     calib = np.random.default_rng(1).integers(0, 256, size=(64, *OBS_SHAPE), dtype=np.uint8)
     int8 = quantize_int8(fp32, out / "int8" / "agent.onnx", calib, ACTION_DIM)
-    torch.save(agent.state_dict(), out / "agent.pt")
+    save_checkpoint(out / "agent.pt", agent, step=0)
     return {"fp32": fp32, "int8": int8}
 
 
@@ -187,15 +187,14 @@ def ort_latency(path: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
     }
 
 
-def torch_latency(state_dict: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
+def torch_latency(checkpoint: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
     """The same network (trainer.networks.AgentGraph, same weights) in eager torch, one thread."""
     import torch
 
-    from trainer.networks import Agent, AgentGraph, AgentSpec
+    from trainer.networks import AgentGraph, load_checkpoint
 
     torch.set_num_threads(1)
-    agent = Agent(AgentSpec(OBS_SHAPE, ACTION_DIM))
-    agent.load_state_dict(torch.load(state_dict, weights_only=True))
+    agent, _ = load_checkpoint(checkpoint)
     graph = AgentGraph(agent.eval()).eval()
     frames = torch.from_numpy(
         np.random.default_rng(2).integers(0, 256, size=(16, 1, *OBS_SHAPE), dtype=np.uint8)

@@ -1,6 +1,8 @@
 """ONNX export of the agent graph: contract, torch parity, signed bundles, the int8 gate."""
 
 import json
+import pickle
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,6 +13,7 @@ from edge_runtime.inference import AgentSession
 from protocol.bundle import load_bundle
 from protocol.errors import HashMismatchError, SignatureError
 from protocol.keys import generate_keys, load_public_key, load_trusted_keys
+from trainer import checkpoint_io
 from trainer.export import build_bundle, example_inputs, export_onnx, parity_error, torch_outputs
 from trainer.networks import (
     GRAPH_OUTPUTS,
@@ -83,6 +86,54 @@ def test_bad_checkpoints_are_a_typed_error(image_agent, tmp_path):
         with pytest.raises(CheckpointError, match=says):
             load_checkpoint(path)
     assert load_checkpoint(good)[1]["step"] == 3
+
+
+class _RunsCode:
+    """A pickle payload that, if unpickled, would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(pickle.dumps({"agent": _RunsCode(marker)}))
+    with pytest.raises(CheckpointError, match="not a usable"):
+        load_checkpoint(hostile)
+    assert not marker.exists()
+
+
+def test_checkpoint_bytes_keep_every_value_the_trainer_stores():
+    gen = torch.Generator().manual_seed(3)
+    rng_state = np.random.default_rng(5).bit_generator.state  # 128-bit ints
+    tree = {
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.randn(3, 2)}},
+            "groups": [(0.9, 0.99)],
+        },
+        "generator": gen.get_state(),
+        "numpy_rng": rng_state,
+        "flags": torch.tensor([True, False]),
+        "array": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "scalar": np.float64(0.25),
+        "none": None,
+    }
+    back = checkpoint_io.loads(checkpoint_io.dumps(tree))
+    assert back["optimizer"]["state"][0]["step"].item() == 7.0
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], tree["optimizer"]["state"][0]["exp_avg"])
+    assert back["optimizer"]["groups"] == [[0.9, 0.99]]  # tuples come back as lists
+    assert torch.equal(back["generator"], tree["generator"]) and back["generator"].dtype == torch.uint8
+    assert back["numpy_rng"] == rng_state
+    assert back["flags"].dtype == torch.bool and back["flags"].tolist() == [True, False]
+    assert isinstance(back["array"], np.ndarray) and back["array"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert back["scalar"] == 0.25 and back["none"] is None
+    back["optimizer"]["state"][0]["exp_avg"].add_(1.0)  # loaded tensors are writable
+    with pytest.raises(TypeError, match="cannot store"):
+        checkpoint_io.dumps({"x": object()})
 
 
 def test_signed_bundle_loads_in_the_runtime_and_tampering_is_refused(image_agent, keys, tmp_path):

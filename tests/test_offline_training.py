@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trainer.config import OfflineConfig
+from trainer.networks import load_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for, colour_jitter, random_shift
 from trainer.run_dir import RunDirError
 from trainer.synthetic import HAZARD_X, make_point_dataset
@@ -144,8 +145,8 @@ def test_resume_continues_exactly(dataset, tmp_path):
     train_offline(dataset, tmp_path / "b", cfg.replace(steps=8), progress=False)
     resumed = train_offline(dataset, tmp_path / "b", cfg, resume=True, progress=False)
     assert straight.steps == resumed.steps == 12 and resumed.bundle is None
-    sa = torch.load(tmp_path / "a/checkpoints/latest.pt", weights_only=True)["agent"]
-    sb = torch.load(tmp_path / "b/checkpoints/latest.pt", weights_only=True)["agent"]
+    sa = load_checkpoint(tmp_path / "a/checkpoints/latest.pt")[1]["agent"]
+    sb = load_checkpoint(tmp_path / "b/checkpoints/latest.pt")[1]["agent"]
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert (tmp_path / "b/checkpoints/step_00000008.pt").is_file() and any((tmp_path / "b/tb").iterdir())
 

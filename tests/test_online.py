@@ -14,7 +14,7 @@ import torch
 from edge_runtime.select import selection_probabilities
 from trainer.dataset import Batch
 from trainer.losses import expectile_loss, hj_target, reachability_signal
-from trainer.networks import Agent, AgentSpec, save_checkpoint
+from trainer.networks import Agent, AgentSpec, load_checkpoint, save_checkpoint
 from trainer.online import MixedSampler, OnlineLearner, ReachabilityTarget
 from trainer.online_config import OnlineConfig, VPAConfig
 from trainer.online_run import train_online
@@ -140,5 +140,5 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert (second.steps, second.episodes) == (100, 5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_eval"]["episodes"] == 2 and summary["steps"] == 100
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(out / "checkpoint.pt")[1]
     assert ckpt["online"]["updates"] == 100 - 20 + 1 and ckpt["online_run"]["steps"] == 100

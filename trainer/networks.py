@@ -7,7 +7,6 @@ of Q_h (max over members) and V_h.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protocol.files import write_atomically
+from trainer import checkpoint_io
 from trainer.losses import SAFE_SIGNAL
 
 GRAPH_INPUTS = ("obs", "noise")
@@ -261,26 +261,24 @@ def save_checkpoint(path: str | Path, agent: Agent, step: int, extra: dict[str, 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"agent": agent.state_dict(), "spec": agent.spec.to_dict(), "step": int(step), **(extra or {})}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_atomically(path, buffer.getvalue(), fsync=True)
+    write_atomically(path, checkpoint_io.dumps(payload), fsync=True)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Agent, dict[str, Any]]:
     """Rebuild the agent from a checkpoint; returns (agent, the whole checkpoint dict).
 
-    Checkpoints are files this trainer wrote into its own run directory; nothing received from a
-    robot or any other process is ever loaded here (robots send msgpack steps, see protocol/).
-    ``weights_only=True`` keeps torch's restricted loader: tensors and plain containers only.
+    The file is msgpack (:mod:`trainer.checkpoint_io`), not pickle: reading it builds tensors and
+    plain containers only, so a run directory written by another process or copied from elsewhere
+    cannot run code here.
     """
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = checkpoint_io.loads(path.read_bytes())
         agent = Agent(AgentSpec.from_dict(ckpt["spec"]))
         agent.load_state_dict(ckpt["agent"])
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}; train first (`reachsafe train offline`)") from None
-    except Exception as exc:  # truncated file, foreign pickle, wrong keys or shapes
+    except Exception as exc:  # truncated file, a foreign format, wrong keys or shapes
         raise CheckpointError(
             f"{path} is not a usable reachsafe checkpoint ({type(exc).__name__}: {exc}); "
             "resume from an earlier checkpoints/step_*.pt or retrain"
