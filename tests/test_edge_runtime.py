@@ -123,28 +123,37 @@ def test_steps_flow_a_new_bundle_swaps_in_and_a_tampered_one_is_rejected(tmp_pat
     assert '"bundle_version": 2' in status
 
 
-def test_unsafe_bundle_is_rolled_back_automatically(tmp_path, keys) -> None:
+def _push_bad_v2_until_rolled_back(tmp_path: Path, keys, rollback: RollbackConfig, **v2_faults):
+    """Run v1, push a v2 built with ``v2_faults``, wait until the runtime reports it rolled back.
+
+    Returns (the runtime's summary, the stopped stub trainer with what it received)."""
     keys_dir, signing = keys
     v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
-    # v2's Q_h says its own actions are unsafe: the shield intervenes on every step
-    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, q_h_bias=(5.0, 5.0, -3.0, 1.0, 1.0))
+    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, **v2_faults)
     trainer = StubTrainer(free_tcp_port()).start()
-    cfg = _cfg(tmp_path, rollback=RollbackConfig(window_steps=100, min_steps=20, max_intervention_rate=0.5))
     try:
-        run = Running(tmp_path, keys_dir, v1, trainer, cfg)
+        run = Running(tmp_path, keys_dir, v1, trainer, _cfg(tmp_path, rollback=rollback))
         poll_until(lambda: trainer.hellos, 10, what="HELLO")
         trainer.push("robot0", _message(v2))
         poll_until(lambda: any(s.status == "rolled_back" for s in trainer.statuses), 15, what="rollback")
-        summary = run.finish()
+        return run.finish(), trainer
     finally:
         trainer.stop()
+
+
+def test_unsafe_bundle_is_rolled_back_automatically(tmp_path, keys) -> None:
+    # v2's Q_h says its own actions are unsafe: the shield intervenes on every step
+    summary, trainer = _push_bad_v2_until_rolled_back(
+        tmp_path, keys, RollbackConfig(window_steps=100, min_steps=20, max_intervention_rate=0.5),
+        q_h_bias=(5.0, 5.0, -3.0, 1.0, 1.0),
+    )  # fmt: skip
     assert summary["bundle_versions_seen"] == [1, 2, 1]
     assert 20 <= summary["interventions"] < 60
     rolled = next(s for s in trainer.statuses if s.status == "rolled_back")
     assert rolled.version == 2 and "intervention rate" in rolled.reason
     pointer = json.loads((tmp_path / "state" / "bundles" / "current.json").read_text())
     assert pointer["current"] == 1 and pointer["bad"] == [
-        hashlib.sha256((v2 / "manifest.json").read_bytes()).hexdigest()
+        hashlib.sha256((tmp_path / "b" / "v2" / "manifest.json").read_bytes()).hexdigest()
     ]
 
 
@@ -218,20 +227,10 @@ def test_install_rollback_and_status_commands_steer_a_running_runtime(tmp_path, 
 
 
 def test_nan_emitting_bundle_brakes_and_is_rolled_back(tmp_path, keys) -> None:
-    keys_dir, signing = keys
-    v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)
     # v2 passes verification and its warm-up (black frames) but emits NaN on every camera frame
-    v2 = make_test_bundle(tmp_path / "b" / "v2", signing, 2, parent=1, nan_above=0.0)
-    trainer = StubTrainer(free_tcp_port()).start()
-    cfg = _cfg(tmp_path, rollback=RollbackConfig(window_steps=100, min_steps=20))
-    try:
-        run = Running(tmp_path, keys_dir, v1, trainer, cfg)
-        poll_until(lambda: trainer.hellos, 10, what="HELLO")
-        trainer.push("robot0", _message(v2))
-        poll_until(lambda: any(s.status == "rolled_back" for s in trainer.statuses), 15, what="rollback")
-        summary = run.finish()
-    finally:
-        trainer.stop()
+    summary, trainer = _push_bad_v2_until_rolled_back(
+        tmp_path, keys, RollbackConfig(window_steps=100, min_steps=20), nan_above=0.0
+    )
     assert summary["bundle_versions_seen"] == [1, 2, 1]
     assert 20 <= summary["brakes"]["nonfinite"] < 60
     rolled = next(s for s in trainer.statuses if s.status == "rolled_back")

@@ -33,22 +33,17 @@ def robot_yaml(tmp_path, **sections) -> Path:
     return path
 
 
+def flash_dir(out: Path, cfg: Path, bundle: Path, keys: Path) -> int:
+    """`reachsafe flash --dir OUT` with a robot config, a bundle and a key directory."""
+    return main(
+        ["flash", "--dir", str(out), "--robot-config", str(cfg), "--bundle", str(bundle), "--keys", str(keys)]
+    )
+
+
 def test_flash_dir_writes_a_complete_folder(tmp_path, keys) -> None:
     bundle = make_test_bundle(tmp_path / "bundle", load_signing_key(keys / "signing.key"), 3)
     out = tmp_path / "deploy"
-    rc = main(
-        [
-            "flash",
-            "--dir",
-            str(out),
-            "--robot-config",
-            str(robot_yaml(tmp_path)),
-            "--bundle",
-            str(bundle),
-            "--keys",
-            str(keys),
-        ]
-    )
+    rc = flash_dir(out, robot_yaml(tmp_path), bundle, keys)
     assert rc == 0
     shipped = sorted(p.name for p in (out / "payload" / "keys").iterdir())
     assert shipped == ["robot.key", "robot.key_secret", "signing.pub", "trainer.key"]  # no trainer secrets
@@ -90,35 +85,11 @@ def test_flash_refuses_a_bundle_the_robot_would_reject(tmp_path, keys) -> None:
     generate_keys(other)
     bundle = make_test_bundle(tmp_path / "bundle", load_signing_key(other / "signing.key"), 1)
     cfg = robot_yaml(tmp_path)
-    rc = main(
-        [
-            "flash",
-            "--dir",
-            str(tmp_path / "d1"),
-            "--robot-config",
-            str(cfg),
-            "--bundle",
-            str(bundle),
-            "--keys",
-            str(keys),
-        ]
-    )
+    rc = flash_dir(tmp_path / "d1", cfg, bundle, keys)
     assert rc == 2
     ours = make_test_bundle(tmp_path / "ours", load_signing_key(keys / "signing.key"), 1)  # 16x16 frames
     cfg = robot_yaml(tmp_path, hardware={"camera": {"backend": "opencv", "source": "/dev/video0"}})
-    rc = main(
-        [
-            "flash",
-            "--dir",
-            str(tmp_path / "d2"),
-            "--robot-config",
-            str(cfg),
-            "--bundle",
-            str(ours),
-            "--keys",
-            str(keys),
-        ]
-    )
+    rc = flash_dir(tmp_path / "d2", cfg, ours, keys)
     assert rc == 2
     assert not (tmp_path / "d2" / "wheels").exists()
 
@@ -165,22 +136,7 @@ def test_install_in_a_fresh_venv_runs_the_runtime_against_the_sim_server(tmp_pat
         edge={"drain_timeout": 1.0},
     )
     out = tmp_path / "deploy"
-    assert (
-        main(
-            [
-                "flash",
-                "--dir",
-                str(out),
-                "--robot-config",
-                str(cfg),
-                "--bundle",
-                str(bundle),
-                "--keys",
-                str(keys),
-            ]
-        )
-        == 0
-    )
+    assert flash_dir(out, cfg, bundle, keys) == 0
     prefix = tmp_path / "opt"
     env = {
         **os.environ,
