@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from protocol.config import Config, ConfigError, option
@@ -142,3 +143,13 @@ class OfflineConfig(Config):
             )
         if self.shield_cost_horizon < 1 or self.shield_calibration_samples < 1:
             raise ConfigError("shield_cost_horizon and shield_calibration_samples must be >= 1")
+
+
+def offline_config_from_checkpoint(ckpt: Mapping[str, Any], keep: Callable[[str], bool]) -> OfflineConfig:
+    """The offline run's config as its checkpoint recorded it, with only the fields ``keep`` selects
+    (the rest at their defaults): a run from an older trainer, which lacks new fields or has
+    retired ones, still gives the values that are asked for."""
+    config = ckpt.get("config", {})
+    return OfflineConfig.from_dict(
+        {k: v for k, v in config.items() if keep(k)}, source="offline checkpoint config"
+    )

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import OfflineConfig
+from trainer.config import offline_config_from_checkpoint
 from trainer.dataset import Batch, OfflineDataset, load_dataset
 from trainer.export import checkpoint_shield
 from trainer.lagrange import PIDLagrangian
@@ -177,10 +177,7 @@ class ReachabilityTarget:
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ReachabilityTarget:
         """An offline checkpoint's values; older runs without them take OfflineConfig's defaults."""
-        config = ckpt.get("config", {})
-        offline = OfflineConfig.from_dict(
-            {k: config[k] for k in ("c_scale", "gamma_h") if k in config}, source="offline checkpoint config"
-        )
+        offline = offline_config_from_checkpoint(ckpt, lambda k: k in ("c_scale", "gamma_h"))
         return cls(offline.c_scale, offline.gamma_h)
 
 

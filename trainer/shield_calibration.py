@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from trainer.config import OfflineConfig
+from trainer.config import OfflineConfig, offline_config_from_checkpoint
 from trainer.dataset import OfflineDataset
 from trainer.networks import Agent
 
@@ -184,9 +184,7 @@ class CalibrationSettings:
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> CalibrationSettings:
         """An offline checkpoint's settings; fields it lacks (older runs) take OfflineConfig's defaults."""
-        config = ckpt.get("config", {})
-        fields = {k: v for k, v in config.items() if k.startswith("shield_") or k == "seed"}
-        return cls.of(OfflineConfig.from_dict(fields, source="offline checkpoint config"))
+        return cls.of(offline_config_from_checkpoint(ckpt, lambda k: k.startswith("shield_") or k == "seed"))
 
 
 def calibrate_shield(
