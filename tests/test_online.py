@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from edge_runtime.select import selection_probabilities
-from trainer.dataset import Batch
+from trainer.dataset import Batch, load_dataset
 from trainer.losses import expectile_loss, hj_target, reachability_signal
 from trainer.networks import Agent, AgentSpec, load_checkpoint, save_checkpoint
-from trainer.online import MixedSampler, OnlineLearner, ReachabilityTarget
+from trainer.online import MixedSampler, OnlineLearner, ReachabilityTarget, shield_for_ship
 from trainer.online_config import OnlineConfig, VPAConfig
 from trainer.online_run import train_online
 from trainer.replay import StepReplay
@@ -46,6 +46,17 @@ def test_each_policy_is_scored_at_its_own_action_and_selection_follows_the_formu
         assert selection_probabilities(q_r[i].numpy(), q_c[i].numpy(), kappa_t, kappa_c) == pytest.approx(
             expected
         )
+
+
+def test_only_the_online_policy_explores_the_offline_one_proposes_its_mean() -> None:
+    agent = small_agent()
+    obs = torch.randn(6, 2)
+    with torch.no_grad():
+        greedy = agent.graph_outputs(obs, torch.zeros(6, 2))
+        noisy = agent.graph_outputs(obs, torch.randn(6, 2))
+        mu_off, _ = agent.actor_off.distribution_params(agent.encoder_off(obs))
+    assert not torch.allclose(noisy[0], greedy[0])  # a_on samples with the noise input
+    assert torch.allclose(noisy[1], greedy[1]) and torch.allclose(noisy[1], torch.tanh(mu_off))
 
 
 def test_online_q_h_learns_the_offline_runs_reachability_target() -> None:
@@ -134,11 +145,50 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [20, 40, 60] and all(r["lambda"] >= 0 for r in rows)
     assert rows[-1]["cumulative_cost"] == pytest.approx(first.cumulative_cost)
+    assert not (out / "evals.jsonl").read_text(), "eval_episodes=0: no evaluation at all"
     second = train_online(
-        tmp_path / "run", "reachsafe_test/PointCost-v0", 100, cfg, out, resume=True, eval_episodes=2
+        tmp_path / "run",
+        "reachsafe_test/PointCost-v0",
+        100,
+        cfg,
+        out,
+        resume=True,
+        eval_episodes=2,
+        eval_every=30,
     )
     assert (second.steps, second.episodes) == (100, 5)
+    evals = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [60, 90, 100]  # every 30 steps of the resumed run, and the end
+    assert [e["updates"] for e in evals] == [
+        60 - 19,
+        90 - 19,
+        100 - 19,
+    ]  # updates from step 19 on and evals[-1]["episodes"] == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_eval"]["episodes"] == 2 and summary["steps"] == 100
+    # the shield acted with the threshold a bundle shipped now would carry: recalibrated on the current Q_h
+    run_ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")[1]
+    ship = shield_for_ship(cfg, run_ckpt, load_dataset(tmp_path / "ds.h5"))
+    assert summary["shield_threshold"] == pytest.approx(
+        ship(load_checkpoint(out / "checkpoint.pt")[0])["threshold"]
+    )
+    assert summary["shield_threshold"] != pytest.approx(ship(small_agent())["threshold"])  # Q_h moved
     ckpt = load_checkpoint(out / "checkpoint.pt")[1]
     assert ckpt["online"]["updates"] == 100 - 20 + 1 and ckpt["online_run"]["steps"] == 100
+
+
+def test_online_config_reads_exponent_floats_from_the_cli_and_yaml(tmp_path: Path) -> None:
+    import argparse
+
+    from protocol.config import ConfigError, add_config_arguments, load_config
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, OnlineConfig)
+    (tmp_path / "online.yaml").write_text("kind: online\nversion: 1\nlr_actor: 3e-5\n")  # YAML 1.1: a string
+    args = parser.parse_args(["--lr-alpha", "2e-3", "--lr-encoder", "0"])
+    cfg = load_config(OnlineConfig, tmp_path / "online.yaml", args)
+    assert (cfg.lr_actor, cfg.lr_alpha, cfg.lr_encoder) == (3e-5, 2e-3, 0.0)
+    with pytest.raises(ConfigError, match="--lr-alpha: expected a number"):
+        load_config(OnlineConfig, None, parser.parse_args(["--lr-alpha", "fast"]))
+    with pytest.raises(ConfigError, match="lr_encoder must be ≥ 0"):
+        load_config(OnlineConfig, None, parser.parse_args(["--lr-encoder", "-1"]))

@@ -18,7 +18,7 @@ from trainer.daemon_bundles import BundleShelf
 from trainer.dataset import load_dataset
 from trainer.networks import Agent, load_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
-from trainer.online import load_offline_dataset, shield_for_ship, shield_threshold_for
+from trainer.online import load_offline_dataset, shield_for_ship
 from trainer.online_config import OnlineConfig
 from trainer.run_dir import RunDir, resolve_signing_key
 from trainer.shield_calibration import (
@@ -99,10 +99,9 @@ def test_run_records_the_absolute_dataset_path_and_the_calibrated_shield(small_r
     assert ds is not None and len(ds) == 72
     shield = ckpt["shield"]
     assert shield["threshold"] >= 0.0 and shield["calibration"]["samples"] == 50
-    assert shield_threshold_for(OnlineConfig(), ckpt) == shield["threshold"]
     agent, _ = load_checkpoint(RunDir(root / "run").require_checkpoint())
-    assert shield_for_ship(OnlineConfig(), ckpt, None)(agent)["calibration"] == shield["calibration"]
-    assert shield_threshold_for(OnlineConfig(shield_threshold=2.5), ckpt) == 2.5
+    assert shield_for_ship(OnlineConfig(), ckpt, None)(agent) == shield  # no dataset: the offline section
+    assert shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, None)(agent) == {"threshold": 2.5}
 
 
 def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypatch, caplog):

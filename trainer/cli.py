@@ -115,7 +115,8 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
         "online",
         help="online fine-tuning of RUN's agent against an in-process gymnasium env (no robot)",
         description="VPA, then SAC-Lag for π_on with safe policy expansion, the robot's shield and an adaptive PID λ, "
-        "on any env reporting info['cost']. Writes OUT/episodes.jsonl, OUT/summary.json, OUT/checkpoint.pt, OUT/tb.",
+        "on any env reporting info['cost']. Writes OUT/episodes.jsonl, OUT/evals.jsonl, OUT/summary.json, OUT/checkpoint.pt, "
+        "OUT/tb.",
     )
     p.add_argument(
         "--run", required=True, type=Path, help="offline run directory (RUN/checkpoints/latest.pt)"
@@ -135,6 +136,13 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
         "--lagrangian", choices=["adaptive", "pid", "fixed"], help="λ controller [default: adaptive]"
     )
     p.add_argument("--eval-episodes", type=int, default=5, help="greedy episodes at the end [default: 5]")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also evaluate --eval-episodes greedy episodes every this many steps, from step 0 (OUT/evals.jsonl) "
+        "[default: 0, only at the end]",
+    )
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
     p.add_argument("--config", type=Path, help="YAML OnlineConfig (kind: online)")
     add_config_arguments(p, OnlineConfig)
@@ -156,7 +164,7 @@ def _run_train_online(args: argparse.Namespace) -> int:
     result = train_online(
         args.run, args.env, args.steps, cfg, args.out or args.run / "online_sim",
         split=args.split, obs_key=args.obs_key, use_shield=not args.no_shield, resume=args.resume,
-        dataset_path=args.dataset, eval_episodes=args.eval_episodes,
+        dataset_path=args.dataset, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
     )  # fmt: skip
     print(
         f"{result.steps} steps, {result.episodes} episodes in {result.seconds:.0f} s; cumulative cost "

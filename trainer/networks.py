@@ -230,7 +230,9 @@ class Agent(nn.Module):
         z = self.encoder(obs)
         z_off = self.encoder_off(obs)
         a_on = self.actor_on(z, noise)
-        a_off = self.actor_off(z_off, noise)
+        # π_off proposes its mean: its σ was fitted to mixed-quality data (often near LOG_STD_MAX), so a
+        # sample is close to a random action; exploration comes from π_on's sample alone
+        a_off = self.actor_off(z_off, torch.zeros_like(noise))
         both = torch.stack([a_on, a_off], dim=1)  # [B, 2, A]
         z2 = z.unsqueeze(1).expand(-1, 2, -1)
         q_r = self.q_r(z2, both).min(dim=-1).values

@@ -4,7 +4,8 @@ One :class:`OnlineLearner` serves both the daemon (data from robots) and `reachs
 (data from in-process gymnasium envs). Per update, on a batch that mixes offline and online data:
 
 - critics: twin Q_r toward r + γ(1−d)(min Q̄_r(z', a') − α log π(a'|z')), twin Q_c toward
-  c + γ(1−d) max Q̄_c(z', a'), a' ~ π_on(z'); the shared encoder learns through these losses;
+  c + γ(1−d) max Q̄_c(z', a'), a' ~ π_on(z'); the shared encoder learns through these losses (at
+  ``lr_encoder``; 0 keeps the offline features π_on was trained on);
 - reachability: Q_h ← (1−γ)h + γ·max(h, V_h(z')) (h at terminals), V_h by a low expectile of Q_h;
 - actor: (α log π − Q_r + λ Q_c) / (1 + λ) on the detached latent; α toward entropy −dim(A).
 
@@ -118,13 +119,6 @@ def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineData
     return load_dataset(source)
 
 
-def shield_threshold_for(cfg: OnlineConfig, offline_ckpt: dict[str, Any]) -> float:
-    """The configured shield threshold, else the offline run's calibrated one (else its config's, else 0)."""
-    if cfg.shield_threshold is not None:
-        return float(cfg.shield_threshold)
-    return float(checkpoint_shield(offline_ckpt)["threshold"])
-
-
 def shield_for_ship(
     cfg: OnlineConfig, offline_ckpt: dict[str, Any], dataset: OfflineDataset | None
 ) -> Callable[[Agent], dict[str, Any]]:
@@ -194,14 +188,19 @@ class OnlineLearner:
         self.target = nn.ModuleDict({name: copy.deepcopy(m) for name, m in self._tracked()}).requires_grad_(
             False
         )
-        critic_params = [
-            *agent.encoder.parameters(),
+        heads = [
             *agent.q_r.parameters(),
             *agent.q_c.parameters(),
             *agent.q_h.parameters(),
             *agent.v_h.parameters(),
         ]
-        self.opt_critic = torch.optim.Adam(critic_params, lr=cfg.lr_critic)
+        lr_encoder = cfg.lr_critic if cfg.lr_encoder is None else cfg.lr_encoder
+        groups = [{"params": heads}]
+        if lr_encoder > 0:
+            groups.append({"params": list(agent.encoder.parameters()), "lr": lr_encoder})
+        else:
+            agent.encoder.requires_grad_(False)
+        self.opt_critic = torch.optim.Adam(groups, lr=cfg.lr_critic)
         self.opt_actor = torch.optim.Adam(agent.actor_on.parameters(), lr=cfg.lr_actor)
         self.log_alpha = torch.tensor(float(np.log(cfg.alpha_init)), requires_grad=True)
         self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)

@@ -33,8 +33,19 @@ class OnlineConfig(Config):
     batch_size: int = option(128, "SAC-Lag batch size (offline + online samples together).")
     lr_actor: float = option(3e-4, "Learning rate of π_on.")
     lr_critic: float = option(3e-4, "Learning rate of the encoder, Q_r, Q_c, Q_h and V_h.")
-    lr_alpha: float = option(3e-4, "Learning rate of the entropy temperature.")
-    alpha_init: float = option(0.05, "Initial entropy temperature α.")
+    lr_encoder: float | None = option(
+        None,
+        "Learning rate of the shared image/state encoder online (critic losses train it); 0 freezes it at "
+        "the offline features π_on was trained on; unset = lr_critic.",
+    )
+    lr_alpha: float = option(
+        1e-3, "Learning rate of log α (fast enough to settle within a few thousand updates)."
+    )
+    alpha_init: float = option(
+        0.01,
+        "Initial entropy temperature α. Match it to the reward scale: with SafeGoal's ~0.01–0.05 reward per "
+        "step, α = 0.05 outweighed the reward and kept π_on near random; α settles near 0.005 there.",
+    )
     autotune_alpha: bool = option(True, "Learn α toward the target entropy −dim(A).")
     offline_ratio: float = option(
         0.5, "Fraction of every batch drawn from the offline dataset (rest: online replay)."
@@ -48,7 +59,12 @@ class OnlineConfig(Config):
         None,
         "Q_h above this → the shield replaces the action (shipped as a fixed threshold); unset = the daemon "
         "recalibrates it on the current Q_h for every bundle as the offline run's config says "
-        "(train online acts with the offline run's).",
+        "(train online: every shield_recalibrate_every updates).",
+    )
+    shield_recalibrate_every: int = option(
+        500,
+        "train online: recalibrate the shield threshold on the current Q_h after VPA and every this many "
+        "updates, as the daemon does for every bundle it ships (0 = keep the starting threshold).",
     )
     lagrange: LagrangeConfig = option(default_factory=LagrangeConfig, help="λ controller.")
     vpa: VPAConfig = option(default_factory=VPAConfig, help="Value Pre-Alignment.")
@@ -74,5 +90,9 @@ class OnlineConfig(Config):
             raise ConfigError(
                 f"keep_bundles must be ≥ 2 (the current one and one to roll back to), got {self.keep_bundles}"
             )
+        if self.shield_recalibrate_every < 0:
+            raise ConfigError(f"shield_recalibrate_every must be ≥ 0, got {self.shield_recalibrate_every}")
+        if self.lr_encoder is not None and self.lr_encoder < 0:
+            raise ConfigError(f"lr_encoder must be ≥ 0 (0 freezes the encoder), got {self.lr_encoder}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be ≥ 2, got {self.batch_size}")

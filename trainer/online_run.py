@@ -5,7 +5,8 @@ and the robot's own selection and shield code (`edge_runtime.select`, `edge_runt
 the torch graph outputs, so what is trained here behaves like what a robot runs. Any env that
 returns ``info["cost"]`` works; dict observations pick their image with ``obs_key``.
 
-Outputs in OUT: episodes.jsonl (one line per training episode), summary.json, checkpoint.pt,
+Outputs in OUT: episodes.jsonl (one line per training episode), evals.jsonl (one line per greedy
+evaluation: every ``eval_every`` steps from step 0, and at the end), summary.json, checkpoint.pt,
 tb/ (TensorBoard). SIGTERM / SIGINT stop after the current step with a checkpoint.
 """
 
@@ -30,7 +31,7 @@ from edge_runtime.shield import shield as apply_shield
 from protocol.constants import POLICY_ONLINE
 from protocol.files import write_json_atomically
 from trainer.networks import Agent, save_checkpoint
-from trainer.online import MixedSampler, OnlineLearner, shield_threshold_for, start_online
+from trainer.online import MixedSampler, OnlineLearner, shield_for_ship, start_online
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
 from trainer.replay import StepReplay
@@ -52,6 +53,7 @@ class OnlineRunResult:
     returns: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     cumulative_cost: float = 0.0
+    shield_threshold: float | None = None  # the last one acted with (None: no shield)
     final_eval: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -120,7 +122,10 @@ def train_online(
     resume: bool = False,
     dataset_path: Path | None = None,
     eval_episodes: int = 5,
+    eval_every: int = 0,
 ) -> OnlineRunResult:
+    """``eval_every`` > 0: also evaluate ``eval_episodes`` greedy episodes every this many steps
+    (from step 0, before any update), on the same episode seeds each time."""
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -143,7 +148,30 @@ def train_online(
         metrics.scalars(ValuePreAligner(learner, dataset, cfg.vpa).run(rng), 0)
         logger.info("VPA took %.1f s", time.monotonic() - t0)
     env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
-    runner = PolicyRunner(agent, cfg, shield_threshold_for(cfg, offline_ckpt) if use_shield else None)
+    runner = PolicyRunner(agent, cfg, None)
+    shield_now = shield_for_ship(cfg, offline_ckpt, dataset)
+
+    def recalibrate_shield(t: int) -> None:
+        """The threshold a bundle shipped now would carry (Q_h keeps learning: its scale moves)."""
+        if use_shield:
+            runner.threshold = float(shield_now(agent)["threshold"])
+            metrics.scalars({"online/shield_threshold": runner.threshold}, t)
+            logger.info("shield threshold %.4g at update %d", runner.threshold, learner.updates)
+
+    eval_env = make_env(env_id, split, cfg.seed) if eval_episodes > 0 else None
+    evals_log = (out / "evals.jsonl").open("a")
+
+    def evaluate_now(t: int) -> dict[str, float]:
+        assert eval_env is not None
+        row = evaluate(runner, eval_env, obs_key, eval_episodes, learner.kappa_c(), 10_000 + cfg.seed * 1_000)
+        evals_log.write(
+            json.dumps({"step": t, "updates": learner.updates, "lambda": learner.lam, **row}) + "\n"
+        )
+        evals_log.flush()
+        metrics.scalars({"online/eval_return": row["return_mean"], "online/eval_cost": row["cost_mean"]}, t)
+        logger.info("eval at step %d: return %.2f cost %.1f", t, row["return_mean"], row["cost_mean"])
+        return row
+
     result = OnlineRunResult(
         out, 0, int(state.get("episodes", 0)), cumulative_cost=float(state.get("cumulative_cost", 0.0))
     )
@@ -151,6 +179,7 @@ def train_online(
     start_t, t0 = int(state.get("steps", 0)), time.monotonic()
     last_ckpt, budget = t0, 0.0
     frame = _check_frame(frame_of(env.reset(seed=cfg.seed + result.episodes)[0], obs_key), agent)
+    recalibrate_shield(start_t)
     ep = {"ret": 0.0, "cost": 0.0, "len": 0, "offline": 0, "shielded": 0}
     cost = 0.0  # of the last step
 
@@ -164,6 +193,8 @@ def train_online(
         for t in range(start_t, steps):
             if stop["set"]:
                 break
+            if eval_every > 0 and eval_env is not None and t % eval_every == 0:
+                evaluate_now(t)
             action, policy, shielded = runner.act(frame, rng, learner.kappa_c(), False, cost > 0)
             obs2, reward, terminated, truncated, info = env.step(action)
             cost = float(info.get("cost", 0.0))
@@ -189,6 +220,9 @@ def train_online(
                     m = learner.update(sampler.sample(cfg.batch_size, rng))
                     if learner.updates % 100 == 0:
                         metrics.scalars({**m, **learner.lagrange.metrics()}, t + 1)
+                    every = cfg.shield_recalibrate_every
+                    if every > 0 and learner.updates % every == 0:
+                        recalibrate_shield(t + 1)
             if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
                 checkpoint(t + 1)
                 last_ckpt = time.monotonic()
@@ -197,12 +231,15 @@ def train_online(
     result.steps = t
     checkpoint(t)
     episodes_log.close()
-    if eval_episodes > 0 and not stop["set"]:
-        result.final_eval = evaluate(
-            runner, env, obs_key, eval_episodes, learner.kappa_c(), 10_000 + cfg.seed * 1_000
-        )
+    if eval_env is not None and not stop["set"]:
+        recalibrate_shield(t)  # evaluate what would ship now
+        result.final_eval = evaluate_now(t)
+    result.shield_threshold = runner.threshold
+    evals_log.close()
     result.seconds = time.monotonic() - t0
     env.close()
+    if eval_env is not None:
+        eval_env.close()
     metrics.close()
     write_json_atomically(out / "summary.json", _summary(result, cfg, env_id, split), indent=1)
     return result
@@ -254,7 +291,7 @@ def _end_episode(
 def _summary(result: OnlineRunResult, cfg: OnlineConfig, env_id: str, split: str | None) -> dict[str, Any]:
     return {
         "env": env_id, "split": split, "steps": result.steps, "episodes": result.episodes,
-        "seconds": result.seconds, "cumulative_cost": result.cumulative_cost,
+        "seconds": result.seconds, "cumulative_cost": result.cumulative_cost, "shield_threshold": result.shield_threshold,
         "return_last10": float(np.mean(result.returns[-10:])) if result.returns else None,
         "cost_last10": float(np.mean(result.costs[-10:])) if result.costs else None,
         "final_eval": result.final_eval, "config": cfg.to_dict(),
