@@ -137,7 +137,8 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     gym.register("reachsafe_test/PointCost-v0", entry_point=PointCostEnv)
     write_hdf5(make_point_dataset(episodes=4, length=20), tmp_path / "ds.h5")
     save_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", small_agent(), 0,
-                    extra={"dataset": {"source": str(tmp_path / "ds.h5")}})  # fmt: skip
+                    extra={"dataset": {"source": str(tmp_path / "ds.h5")},
+                           "config": {"shield_threshold_floor": -100.0}})  # the raw quantile  # fmt: skip
     cfg = OnlineConfig(batch_size=16, warmup_steps=20, vpa=VPAConfig(steps=5))
     out = tmp_path / "online"
     first = train_online(tmp_path / "run", "reachsafe_test/PointCost-v0", 60, cfg, out, eval_episodes=0)

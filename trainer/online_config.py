@@ -31,7 +31,10 @@ class OnlineConfig(Config):
     gamma: float = option(0.99, "Discount γ.")
     tau: float = option(0.005, "Polyak rate of the target networks.")
     batch_size: int = option(128, "SAC-Lag batch size (offline + online samples together).")
-    lr_actor: float = option(3e-4, "Learning rate of π_on.")
+    lr_actor: float = option(
+        3e-5,
+        "Learning rate of π_on (small: it starts as π_off, and Q's action gradients are noisy early on).",
+    )
     lr_critic: float = option(3e-4, "Learning rate of the encoder, Q_r, Q_c, Q_h and V_h.")
     lr_encoder: float | None = option(
         None,
