@@ -35,7 +35,9 @@ class OnlineConfig(Config):
         3e-5,
         "Learning rate of π_on (small: it starts as π_off, and Q's action gradients are noisy early on).",
     )
-    lr_critic: float = option(3e-4, "Learning rate of the encoder, Q_r, Q_c, Q_h and V_h.")
+    lr_critic: float = option(
+        3e-4, "Learning rate of Q_r, Q_c, Q_h, V_h (and of the encoder unless lr_encoder is set)."
+    )
     lr_encoder: float | None = option(
         None,
         "Learning rate of the shared image/state encoder online (critic losses train it); 0 freezes it at "

@@ -149,11 +149,11 @@ def train_online(
         logger.info("VPA took %.1f s", time.monotonic() - t0)
     env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
     runner = PolicyRunner(agent, cfg, None)
-    shield_now = shield_for_ship(cfg, offline_ckpt, dataset)
+    shield_now = shield_for_ship(cfg, offline_ckpt, dataset) if use_shield else None
 
     def recalibrate_shield(t: int) -> None:
         """The threshold a bundle shipped now would carry (Q_h keeps learning: its scale moves)."""
-        if use_shield:
+        if shield_now is not None:
             runner.threshold = float(shield_now(agent)["threshold"])
             metrics.scalars({"online/shield_threshold": runner.threshold}, t)
             logger.info("shield threshold %.4g at update %d", runner.threshold, learner.updates)
