@@ -35,6 +35,23 @@ def test_transitions_link_consecutive_steps_across_batches_and_streams() -> None
     assert np.all(batch.rewards == obs) and np.all(batch.actions[:, 0] == obs)
 
 
+def test_steps_keep_the_proposal_and_whether_the_shield_replaced_it() -> None:
+    rb = StepReplay(16, (1, 1, 3), 2)
+    rb.add_batch("a", 0, cols(0, 3))  # no shield columns: unshielded, the proposal is the action
+    shielded = {
+        **cols(3, 3),
+        "proposed": np.full((3, 2), 9.0, np.float32),
+        "shielded": np.array([1, 0, 1], bool),
+    }
+    rb.add_batch("a", 3, shielded)
+    batch = rb.sample(256, np.random.default_rng(0))
+    step = batch.obs[:, 0, 0, 0].astype(int)
+    assert set(step) == {0, 1, 2, 3, 4}  # 5 waits for its successor
+    assert np.array_equal(batch.shielded, np.isin(step, [3]))
+    assert np.all(batch.proposed[step < 3] == batch.actions[step < 3])
+    assert np.all(batch.proposed[step >= 3] == 9.0)
+
+
 def test_truncated_step_and_gaps_make_no_transition_and_ring_overwrites_oldest() -> None:
     rb = StepReplay(4, (1, 1, 3), 2)
     rb.add_batch("a", 0, cols(0, 2, truncated={1}))  # 0→1; 1 truncated: its next frame was never seen

@@ -20,10 +20,12 @@ from trainer.networks import Agent, load_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
 from trainer.online import load_offline_dataset, shield_for_ship
 from trainer.online_config import OnlineConfig
+from trainer.replay import StepReplay
 from trainer.run_dir import RunDir, resolve_signing_key
 from trainer.shield_calibration import (
     CalibrationError,
     CalibrationSettings,
+    apply_intervention_budget,
     calibrate_shield,
     calibrate_threshold,
     safe_step_mask,
@@ -116,8 +118,8 @@ def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog, mon
     ds.costs[:] = 1.0  # every step leads into cost: no safe steps to calibrate on
     cfg = OfflineConfig(hidden_dim=16, latent_dim=8, world_model=False, shield_threshold=0.7)
     evaluated = []
-    q_h_at = shield_calibration.in_sample_q_h
-    monkeypatch.setattr(shield_calibration, "in_sample_q_h", lambda *a: evaluated.append(1) or q_h_at(*a))
+    q_h_at = shield_calibration.q_h_at
+    monkeypatch.setattr(shield_calibration, "q_h_at", lambda *a: evaluated.append(1) or q_h_at(*a))
     with caplog.at_level(logging.WARNING, logger="trainer.shield_calibration"):
         cal = calibrate_shield(
             OfflineLearner(agent_spec_for(ds, cfg), cfg).agent, ds, CalibrationSettings.of(cfg)
@@ -180,3 +182,47 @@ def test_a_shipped_online_bundle_carries_the_recalibrated_threshold(offline_run,
         manifest["shield"]
         == calibrate_shield(agent, dataset, CalibrationSettings.from_checkpoint(ckpt)).to_manifest()
     )
+
+
+def test_the_intervention_budget_raises_the_threshold_to_the_proposals_quantile() -> None:
+    q = np.arange(10.0)  # Q_h at the last 10 proposals
+    raised = apply_intervention_budget({"threshold": 2.0, "calibration": {"method": "quantile"}}, q, 0.2)
+    assert raised["threshold"] == 7.0  # 8 and 9 replaced: 20% of the proposals
+    cal = raised["calibration"]
+    assert (
+        cal["method"] == "quantile" and cal["calibrated_threshold"] == 2.0 and cal["budget_threshold"] == 7.0
+    )
+    assert cal["proposal_intervention_rate"] == pytest.approx(0.2) and cal["budget_samples"] == 10
+    kept = apply_intervention_budget({"threshold": 8.5}, q, 0.2)  # within budget already: never lowered
+    assert kept["threshold"] == 8.5 and kept["calibration"]["proposal_intervention_rate"] == pytest.approx(
+        0.1
+    )
+    assert apply_intervention_budget({"threshold": 1.0}, np.zeros(0), 0.2) == {"threshold": 1.0}
+    with pytest.raises(CalibrationError, match="budget"):
+        apply_intervention_budget({"threshold": 1.0}, q, 1.0)
+
+
+def test_bundles_keep_the_shield_within_its_budget_on_the_recent_online_proposals(small_run) -> None:
+    _, ckpt = small_run
+    agent, _ = load_checkpoint(RunDir(small_run[0] / "run").require_checkpoint())
+    dataset = load_offline_dataset(None, ckpt)
+    n = 40
+    replay = StepReplay(64, (2,), 2)
+    replay.obs = np.zeros((64, 2), np.float32)  # a state replay
+    replay.add_batch("robot", 0, {"obs": dataset.observations[:n], "action": dataset.actions[:n],
+                                  "proposed": dataset.actions[:n], "reward": dataset.rewards[:n],
+                                  "cost": dataset.costs[:n], "terminated": np.zeros(n, bool),
+                                  "truncated": np.zeros(n, bool)})  # fmt: skip
+    shift_q_h(agent, 5.0)
+    offline_only = shield_for_ship(OnlineConfig(shield_intervention_budget=None), ckpt, dataset, replay)(
+        agent
+    )
+    shipped = shield_for_ship(OnlineConfig(shield_intervention_budget=0.1), ckpt, dataset, replay)(agent)
+    cal = shipped["calibration"]
+    assert cal["calibrated_threshold"] == offline_only["threshold"] and cal["budget_samples"] == n
+    assert shipped["threshold"] >= offline_only["threshold"] and cal["proposal_intervention_rate"] <= 0.1
+    q = shield_calibration.q_h_at(agent, replay.obs, replay.proposed, replay.recent(n))
+    assert np.mean(q > offline_only["threshold"]) > 0.1  # the offline calibration alone was over budget
+    assert shipped["threshold"] > offline_only["threshold"]
+    configured = shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, dataset, replay)(agent)
+    assert configured["threshold"] == 2.5  # a configured threshold is shipped as is

@@ -50,7 +50,11 @@ class EmptyDatasetError(DatasetError):
 
 @dataclass(frozen=True)
 class Batch:
-    """Transitions (o, a, r, c, o', terminal), all numpy arrays with a leading batch axis."""
+    """Transitions (o, a, r, c, o', terminal), all numpy arrays with a leading batch axis.
+
+    Online steps also carry what the shield did: ``proposed`` (the selected policy's action) and
+    ``shielded`` (the shield executed ``actions`` instead). None for offline data.
+    """
 
     obs: np.ndarray
     actions: np.ndarray
@@ -58,6 +62,8 @@ class Batch:
     costs: np.ndarray
     next_obs: np.ndarray
     terminals: np.ndarray
+    proposed: np.ndarray | None = None
+    shielded: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,15 @@ One :class:`OnlineLearner` serves both the daemon (data from robots) and `reachs
   c + γ(1−d) max Q̄_c(z', a'), a' ~ π_on(z'); the shared encoder learns through these losses (at
   ``lr_encoder``; 0 keeps the offline features π_on was trained on);
 - reachability: Q_h ← (1−γ)h + γ·max(h, V_h(z')) (h at terminals), V_h by a low expectile of Q_h;
-- actor: (α log π − Q_r + λ Q_c) / (1 + λ) on the detached latent; α toward entropy −dim(A).
+- actor: (α log π − Q_r + λ Q_c) / (1 + λ) on the detached latent, plus ``anchor_weight`` times
+  ‖tanh μ_on − tanh μ_off‖² (π_on's mean action held near π_off's); α toward entropy −dim(A).
 
 The transitions carry the *executed* action (after policy selection and the shield), so the
-critics learn the values of what the robot did, whichever policy proposed it.
+critics learn the values of what the robot did, whichever policy proposed it. A step the shield
+replaced also teaches Q_r and Q_c the value of the *proposal* in the shielded system: proposing it
+led to the executed step, less ``intervention_penalty`` in reward (the post-posed shield's
+punishment, Alshiekh et al. 2018). Without this, a replaced proposal is never executed, so neither
+the critics nor λ ever see its risk, and π_on drifts toward actions the shield keeps replacing.
 """
 
 from __future__ import annotations
@@ -38,7 +43,12 @@ from trainer.offline import polyak
 from trainer.online_config import OnlineConfig
 from trainer.replay import StepReplay
 from trainer.run_dir import RunDir
-from trainer.shield_calibration import CalibrationSettings, calibrate_shield
+from trainer.shield_calibration import (
+    CalibrationSettings,
+    apply_intervention_budget,
+    calibrate_shield,
+    q_h_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,10 @@ def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 def concat_batches(a: Batch, b: Batch) -> Batch:
+    """``a`` then ``b``; where only one side says what the shield did, the other side's steps count as
+    unshielded (their proposal is their action)."""
+    both = (a, b)
+    shield_known = any(x.shielded is not None for x in both)
     return Batch(
         obs=np.concatenate([a.obs, b.obs]),
         actions=np.concatenate([a.actions, b.actions]),
@@ -65,6 +79,14 @@ def concat_batches(a: Batch, b: Batch) -> Batch:
         costs=np.concatenate([a.costs, b.costs]),
         next_obs=np.concatenate([a.next_obs, b.next_obs]),
         terminals=np.concatenate([a.terminals, b.terminals]),
+        proposed=np.concatenate([x.actions if x.proposed is None else x.proposed for x in both])
+        if shield_known
+        else None,
+        shielded=np.concatenate(
+            [np.zeros(len(x.actions), bool) if x.shielded is None else x.shielded for x in both]
+        )
+        if shield_known
+        else None,
     )
 
 
@@ -120,7 +142,10 @@ def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineData
 
 
 def shield_for_ship(
-    cfg: OnlineConfig, offline_ckpt: dict[str, Any], dataset: OfflineDataset | None
+    cfg: OnlineConfig,
+    offline_ckpt: dict[str, Any],
+    dataset: OfflineDataset | None,
+    replay: StepReplay | None = None,
 ) -> Callable[[Agent], dict[str, Any]]:
     """agent -> the manifest ``shield`` section of a bundle shipped now, chosen as the offline export does.
 
@@ -130,21 +155,40 @@ def shield_for_ship(
     steps), and the sample (fixed by the offline seed) is the same at every ship. A configured
     ``OnlineConfig.shield_threshold`` is used as the ``fixed`` threshold (its rates still reported).
     Without the dataset the configured threshold, else the offline run's section, is shipped as is.
+    With ``replay`` and ``cfg.shield_intervention_budget`` (and no configured threshold), the
+    threshold is then raised so that the shield would replace at most that fraction of the recent
+    online proposals (:func:`apply_intervention_budget`).
     """
     settings = CalibrationSettings.from_checkpoint(offline_ckpt)
     if cfg.shield_threshold is not None:
         settings = dataclasses.replace(settings, method="fixed", fixed_threshold=float(cfg.shield_threshold))
+    fixed_section: dict[str, Any] = {}
     if dataset is None:
-        section = (
+        fixed_section = (
             {"threshold": float(cfg.shield_threshold)}
             if cfg.shield_threshold is not None
             else checkpoint_shield(offline_ckpt)
         )
         logger.warning(
-            "no offline dataset: bundles ship shield threshold %g, not recalibrated", section["threshold"]
+            "no offline dataset: bundles ship shield threshold %g, not recalibrated on the offline data",
+            fixed_section["threshold"],
         )
-        return lambda agent: dict(section)
-    return lambda agent: calibrate_shield(agent, dataset, settings).to_manifest()
+
+    def calibrated(agent: Agent) -> dict[str, Any]:
+        if dataset is None:
+            return dict(fixed_section)
+        return calibrate_shield(agent, dataset, settings).to_manifest()
+
+    budget = cfg.shield_intervention_budget
+    if replay is None or budget is None or cfg.shield_threshold is not None:
+        return calibrated
+
+    def within_budget(agent: Agent) -> dict[str, Any]:
+        section = calibrated(agent)
+        recent = replay.recent(cfg.shield_budget_window)
+        return apply_intervention_budget(section, q_h_at(agent, replay.obs, replay.proposed, recent), budget)
+
+    return within_budget
 
 
 def on_policy_next(
@@ -231,17 +275,25 @@ class OnlineLearner:
             y_r = t["reward"] + cfg.gamma * not_done * q_r_next
             y_c = t["cost"] + cfg.gamma * not_done * q_c_next
         z = ag.encoder(t["obs"])
-        q_r = ag.q_r(z, t["action"])
-        q_c = ag.q_c(z, t["action"])
-        loss_r = F.mse_loss(q_r, y_r.unsqueeze(-1).expand_as(q_r))
-        loss_c = F.mse_loss(q_c, y_c.unsqueeze(-1).expand_as(q_c))
+        z_rc, a_rc, y_r_rc, y_c_rc = z, t["action"], y_r, y_c
+        replaced = self._replaced(batch)
+        if replaced.size:  # the proposals the shield replaced: same outcome, less the penalty
+            z_rc = torch.cat([z, z[replaced]])
+            a_rc = torch.cat([a_rc, torch.as_tensor(batch.proposed[replaced], dtype=torch.float32)])
+            y_r_rc = torch.cat([y_r, y_r[replaced] - cfg.intervention_penalty])
+            y_c_rc = torch.cat([y_c, y_c[replaced]])
+        q_r = ag.q_r(z_rc, a_rc)
+        q_c = ag.q_c(z_rc, a_rc)
+        loss_r = F.mse_loss(q_r, y_r_rc.unsqueeze(-1).expand_as(q_r))
+        loss_c = F.mse_loss(q_c, y_c_rc.unsqueeze(-1).expand_as(q_c))
         loss = loss_r + loss_c
         metrics = {
             "online/loss_q_r": loss_r.item(),
             "online/loss_q_c": loss_c.item(),
-            "online/q_r": q_r.mean().item(),
+            "online/q_r": q_r[: len(y_r)].mean().item(),
+            "online/replaced_in_batch": float(replaced.size),
         }
-        if cfg.learn_qh:
+        if cfg.learn_qh:  # Q_h learns the executed actions only: it models the real dynamics
             loss_h, h_metrics = self._reach_loss(z, z_next_t, t)
             loss = loss + loss_h
             metrics.update(h_metrics)
@@ -250,6 +302,12 @@ class OnlineLearner:
         self.opt_critic.step()
         self._polyak()
         return metrics
+
+    def _replaced(self, batch: Batch) -> np.ndarray:
+        """Rows whose proposal the shield replaced (none unless ``learn_interventions``)."""
+        if not self.cfg.learn_interventions or batch.shielded is None or batch.proposed is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(batch.shielded)
 
     def _reach_loss(
         self, z: torch.Tensor, z_next_t: torch.Tensor, t: dict[str, torch.Tensor]
@@ -273,20 +331,31 @@ class OnlineLearner:
         q_r = ag.q_r(z, a).min(dim=-1).values
         q_c = ag.q_c(z, a).max(dim=-1).values
         loss = ((self.alpha * logp - q_r + lam * q_c) / (1.0 + lam)).mean()
+        metrics = {"online/loss_actor": loss.item()}
+        if self.cfg.anchor_weight > 0:
+            anchor = self._anchor(batch, z)
+            loss = loss + self.cfg.anchor_weight * anchor
+            metrics["online/anchor"] = anchor.item()
         self.opt_actor.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_actor.step()
-        metrics = {
-            "online/loss_actor": loss.item(),
-            "online/entropy": -logp.mean().item(),
-            "online/alpha": self.alpha,
-        }
+        metrics.update({"online/entropy": -logp.mean().item(), "online/alpha": self.alpha})
         if self.cfg.autotune_alpha:
             loss_a = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
             self.opt_alpha.zero_grad(set_to_none=True)
             loss_a.backward()
             self.opt_alpha.step()
         return metrics
+
+    def _anchor(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance between π_on's and π_off's mean actions on the batch's observations."""
+        ag = self.agent
+        with torch.no_grad():
+            mu_off, _ = ag.actor_off.distribution_params(
+                ag.encoder_off(torch.as_tensor(np.ascontiguousarray(batch.obs)))
+            )
+        mu_on, _ = ag.actor_on.distribution_params(z)
+        return (torch.tanh(mu_on) - torch.tanh(mu_off)).pow(2).sum(dim=-1).mean()
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One SAC-Lag gradient step on a (mixed) batch."""

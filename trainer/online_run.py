@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -80,6 +80,15 @@ def frame_of(obs: Any, obs_key: str | None) -> np.ndarray:
     return np.asarray(obs)
 
 
+class ActedStep(NamedTuple):
+    """What :class:`PolicyRunner` did in one step (the step record's action, proposed, policy, shielded)."""
+
+    action: np.ndarray
+    proposed: np.ndarray
+    policy: int
+    shielded: bool
+
+
 class PolicyRunner:
     """Acts like the robot: graph outputs → policy expansion (or π_on only) → shield."""
 
@@ -89,7 +98,7 @@ class PolicyRunner:
 
     def act(
         self, frame: np.ndarray, rng: np.random.Generator, kappa_c: float, greedy: bool, in_violation: bool
-    ) -> tuple[np.ndarray, int, bool]:
+    ) -> ActedStep:
         """``in_violation``: the last step cost something (the shield then defers to the policy)."""
         a_dim = self.agent.spec.action_dim
         noise = (
@@ -104,9 +113,9 @@ class PolicyRunner:
         else:
             policy, action = POLICY_ONLINE, np.asarray(out.a_on, np.float32)
         if self.threshold is None:
-            return action, policy, False
+            return ActedStep(action, action, policy, False)
         decision = apply_shield(out, policy, self.threshold, in_violation)
-        return np.asarray(decision.action, np.float32), policy, decision.shielded
+        return ActedStep(np.asarray(decision.action, np.float32), action, policy, decision.shielded)
 
 
 def train_online(
@@ -149,7 +158,7 @@ def train_online(
         logger.info("VPA took %.1f s", time.monotonic() - t0)
     env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
     runner = PolicyRunner(agent, cfg, None)
-    shield_now = shield_for_ship(cfg, offline_ckpt, dataset) if use_shield else None
+    shield_now = shield_for_ship(cfg, offline_ckpt, dataset, replay) if use_shield else None
 
     def recalibrate_shield(t: int) -> None:
         """The threshold a bundle shipped now would carry (Q_h keeps learning: its scale moves)."""
@@ -195,18 +204,19 @@ def train_online(
                 break
             if eval_every > 0 and eval_env is not None and t % eval_every == 0:
                 evaluate_now(t)
-            action, policy, shielded = runner.act(frame, rng, learner.kappa_c(), False, cost > 0)
-            obs2, reward, terminated, truncated, info = env.step(action)
+            step = runner.act(frame, rng, learner.kappa_c(), False, cost > 0)
+            obs2, reward, terminated, truncated, info = env.step(step.action)
             cost = float(info.get("cost", 0.0))
             replay.add_batch("env", t, {
-                "obs": frame[None], "action": action[None], "reward": np.array([reward], np.float32),
+                "obs": frame[None], "action": step.action[None], "proposed": step.proposed[None],
+                "shielded": np.array([step.shielded]), "reward": np.array([reward], np.float32),
                 "cost": np.array([cost], np.float32), "terminated": np.array([terminated]),
                 "truncated": np.array([truncated])})  # fmt: skip
             ep["ret"] += float(reward)
             ep["cost"] += cost
             ep["len"] += 1
-            ep["offline"] += int(policy != POLICY_ONLINE)
-            ep["shielded"] += int(shielded)
+            ep["offline"] += int(step.policy != POLICY_ONLINE)
+            ep["shielded"] += int(step.shielded)
             result.cumulative_cost += cost
             if terminated or truncated:
                 _end_episode(result, learner, ep, t + 1, episodes_log, metrics)
@@ -255,8 +265,7 @@ def evaluate(
         frame, done, ret, cost = frame_of(env.reset(seed=seed + i)[0], obs_key), False, 0.0, 0.0
         step_cost = 0.0
         while not done:
-            action, _, _ = runner.act(frame, rng, kappa_c, True, step_cost > 0)
-            obs, r, term, trunc, info = env.step(action)
+            obs, r, term, trunc, info = env.step(runner.act(frame, rng, kappa_c, True, step_cost > 0).action)
             step_cost = float(info.get("cost", 0.0))
             ret, cost, done = ret + float(r), cost + step_cost, term or trunc
             frame = frame_of(obs, obs_key)

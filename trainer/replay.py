@@ -5,6 +5,9 @@ rebuilt by linking a step to the next step of the same stream. A terminated step
 transition on its own (done = 1, o' unused); a truncated step without a successor is dropped (its
 true next frame was never recorded, and bootstrapping from the next episode's first frame would be
 wrong). Each frame is stored once, so memory is one uint8 frame per step.
+
+Each step also keeps the action its policy proposed and whether the shield replaced it (the
+step record's ``proposed`` and ``shielded``), so the learner can learn what the shield prevented.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class StepReplay:
         self.capacity = capacity
         self.obs = np.zeros((capacity, *obs_shape), dtype=np.uint8)
         self.action = np.zeros((capacity, action_dim), dtype=np.float32)
+        self.proposed = np.zeros((capacity, action_dim), dtype=np.float32)
+        self.shielded = np.zeros(capacity, dtype=bool)
         self.reward = np.zeros(capacity, dtype=np.float32)
         self.cost = np.zeros(capacity, dtype=np.float32)
         self.done = np.zeros(capacity, dtype=np.float32)
@@ -39,8 +44,11 @@ class StepReplay:
         return int(self.valid.sum())
 
     def add_batch(self, stream: Hashable, first_step: int, columns: Mapping[str, np.ndarray]) -> None:
-        """Append a batch of consecutive steps of one stream (columns as in the step record)."""
+        """Append a batch of consecutive steps of one stream (columns as in the step record;
+        without ``proposed`` / ``shielded`` a step counts as unshielded)."""
         n = int(columns["obs"].shape[0])
+        proposed = columns.get("proposed", columns["action"])
+        shielded = np.asarray(columns.get("shielded", np.zeros(n, bool)), dtype=bool)
         terminated = np.asarray(columns["terminated"], dtype=bool)
         truncated = np.asarray(columns["truncated"], dtype=bool)
         for i in range(n):
@@ -48,6 +56,8 @@ class StepReplay:
             self.valid[slot] = False
             self.obs[slot] = columns["obs"][i]
             self.action[slot] = columns["action"][i]
+            self.proposed[slot] = proposed[i]
+            self.shielded[slot] = shielded[i]
             self.reward[slot] = columns["reward"][i]
             self.cost[slot] = columns["cost"][i]
             self.done[slot] = float(terminated[i])
@@ -70,6 +80,11 @@ class StepReplay:
         self.next_slot[prev_slot] = slot
         self.valid[prev_slot] = True
 
+    def recent(self, n: int) -> np.ndarray:
+        """Slots of the last ``n`` steps added (fewer while the ring holds fewer), newest first."""
+        k = min(n, self.added, self.capacity)
+        return (self.added - 1 - np.arange(k)) % self.capacity
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         """Uniform sample of complete transitions; raises ValueError while there are none."""
         idx = np.flatnonzero(self.valid)
@@ -83,4 +98,6 @@ class StepReplay:
             costs=self.cost[pick],
             next_obs=self.obs[self.next_slot[pick]],
             terminals=self.done[pick] > 0.5,
+            proposed=self.proposed[pick],
+            shielded=self.shielded[pick],
         )
