@@ -11,11 +11,11 @@ One :class:`OnlineLearner` serves both the daemon (data from robots) and `reachs
   ‖tanh μ_on − tanh μ_off‖² (π_on's mean action held near π_off's); α toward entropy −dim(A).
 
 The transitions carry the *executed* action (after policy selection and the shield), so the
-critics learn the values of what the robot did, whichever policy proposed it. A step the shield
-replaced also teaches Q_r and Q_c the value of the *proposal* in the shielded system: proposing it
-led to the executed step, less ``intervention_penalty`` in reward (the post-posed shield's
-punishment, Alshiekh et al. 2018). Without this, a replaced proposal is never executed, so neither
-the critics nor λ ever see its risk, and π_on drifts toward actions the shield keeps replacing.
+critics learn the values of what the robot did, whichever policy proposed it. With
+``learn_interventions`` (off by default: it measured worse on SafeGoal1), a step the shield replaced
+also teaches Q_r and Q_c the value of the *proposal* in the shielded system: proposing it led to the
+executed step, less ``intervention_penalty`` in reward (the post-posed shield's punishment, Alshiekh
+et al. 2018); otherwise a replaced proposal is never executed, so its risk is never seen.
 """
 
 from __future__ import annotations

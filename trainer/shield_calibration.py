@@ -87,6 +87,13 @@ def safe_step_mask(costs: np.ndarray, episode_bounds: list[tuple[int, int]], hor
     return safe
 
 
+def threshold_replacing_at_most(q: np.ndarray, fraction: float) -> tuple[float, float]:
+    """The k-th smallest of ``q`` with k = n − ⌊fraction·n⌋ (at most that fraction of ``q`` lies above
+    it), and its empirical quantile k/n. ``q`` must not be empty."""
+    k = len(q) - math.floor(fraction * len(q))
+    return float(np.sort(q)[k - 1]), k / len(q)
+
+
 def calibrate_threshold(
     q_h: np.ndarray,
     safe: np.ndarray,
@@ -120,9 +127,7 @@ def calibrate_threshold(
                 "no safe steps to calibrate on (every step leads into cost within the horizon); "
                 "use shield_calibration: fixed or a shorter shield_cost_horizon"
             )
-        k = len(q_safe) - math.floor(max_safe_intervention * len(q_safe))
-        threshold = float(np.sort(q_safe)[k - 1])
-        quantile = k / len(q_safe)
+        threshold, quantile = threshold_replacing_at_most(q_safe, max_safe_intervention)
         if floor is not None:
             threshold = max(threshold, float(floor))
     else:
@@ -177,8 +182,7 @@ def apply_intervention_budget(
         raise CalibrationError(f"the intervention budget must lie in (0, 1), got {budget}")
     if len(q) == 0 or not np.all(np.isfinite(q)):
         return section
-    k = len(q) - math.floor(budget * len(q))  # at most ⌊budget·n⌋ proposals above the k-th smallest
-    at_budget = float(np.sort(q)[k - 1])
+    at_budget, _ = threshold_replacing_at_most(q, budget)
     calibrated = float(section["threshold"])
     threshold = max(calibrated, at_budget)
     report = {
