@@ -22,6 +22,7 @@ from trainer.online import load_offline_dataset, shield_for_ship
 from trainer.online_config import OnlineConfig
 from trainer.replay import StepReplay
 from trainer.run_dir import RunDir, resolve_signing_key
+from trainer.shield_budget import ShieldBudget
 from trainer.shield_calibration import (
     CalibrationError,
     CalibrationSettings,
@@ -226,3 +227,10 @@ def test_bundles_keep_the_shield_within_its_budget_on_the_recent_online_proposal
     assert shipped["threshold"] > offline_only["threshold"]
     configured = shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, dataset, replay)(agent)
     assert configured["threshold"] == 2.5  # a configured threshold is shipped as is
+    budget = ShieldBudget(0.1, rate=0.2, low=0.01, high=0.5)
+    adapted = shield_for_ship(OnlineConfig(), ckpt, dataset, replay, budget)
+    assert adapted(agent) == shipped
+    budget.value = 0.025  # the learner's budget at the next ship: one proposal of 40 may be replaced
+    tighter = adapted(agent)
+    assert tighter["calibration"]["intervention_budget"] == 0.025
+    assert tighter["threshold"] > shipped["threshold"] and tighter["threshold"] == float(np.sort(q)[-2])

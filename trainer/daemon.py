@@ -120,7 +120,8 @@ def serve(args: argparse.Namespace) -> int:
     refill_replay(store, replay)
     signing_key = load_signing_key(resolve_signing_key(args.keys, run))
     shelf = BundleShelf(
-        run.root, signing_key, shield_for_ship(cfg, offline_ckpt, dataset, replay), cfg.keep_bundles,
+        run.root, signing_key, shield_for_ship(cfg, offline_ckpt, dataset, replay, learner.shield_budget),
+        cfg.keep_bundles,
         selection=lambda: {"kappa_t": cfg.expansion.kappa_t, "kappa_c": learner.kappa_c()},
     )  # fmt: skip
     metrics = MetricsWriter(paths.tensorboard)

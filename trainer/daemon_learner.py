@@ -111,8 +111,7 @@ class DaemonLearner:
             self.replay.add_batch((msg.robot_id, msg.stream_id), msg.first_step, msg.columns)
             self.online_steps += msg.n_steps
             for ep in finished:
-                self.learner.lagrange.observe_episode(ep.cost)
-                lam = self.learner.lagrange.update_from_window()
+                lam = self.learner.observe_episode(ep.cost)
                 self.metrics.scalars(
                     {"fleet/episode_return": ep.ret, "fleet/episode_cost": ep.cost, "lagrange/lambda": lam},
                     self.online_steps,
@@ -132,7 +131,7 @@ class DaemonLearner:
             return False
         m = self.learner.update(self.sampler.sample(self.cfg.batch_size, self.rng))
         self.grad_steps += 1
-        m.update(self.learner.lagrange.metrics())
+        m.update(self.learner.metrics())
         self._rate.tick()
         self._record(m)
         return True

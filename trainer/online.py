@@ -43,6 +43,7 @@ from trainer.offline import polyak
 from trainer.online_config import OnlineConfig
 from trainer.replay import StepReplay
 from trainer.run_dir import RunDir
+from trainer.shield_budget import ShieldBudget
 from trainer.shield_calibration import (
     CalibrationSettings,
     apply_intervention_budget,
@@ -146,6 +147,7 @@ def shield_for_ship(
     offline_ckpt: dict[str, Any],
     dataset: OfflineDataset | None,
     replay: StepReplay | None = None,
+    budget: ShieldBudget | None = None,
 ) -> Callable[[Agent], dict[str, Any]]:
     """agent -> the manifest ``shield`` section of a bundle shipped now, chosen as the offline export does.
 
@@ -157,7 +159,8 @@ def shield_for_ship(
     Without the dataset the configured threshold, else the offline run's section, is shipped as is.
     With ``replay`` and ``cfg.shield_intervention_budget`` (and no configured threshold), the
     threshold is then raised so that the shield would replace at most that fraction of the recent
-    online proposals (:func:`apply_intervention_budget`).
+    online proposals (:func:`apply_intervention_budget`); with ``budget`` (the learner's adapted
+    one), its value at the time of the call instead of the configured one.
     """
     settings = CalibrationSettings.from_checkpoint(offline_ckpt)
     if cfg.shield_threshold is not None:
@@ -179,14 +182,15 @@ def shield_for_ship(
             return dict(fixed_section)
         return calibrate_shield(agent, dataset, settings).to_manifest()
 
-    budget = cfg.shield_intervention_budget
-    if replay is None or budget is None or cfg.shield_threshold is not None:
+    fixed_budget = cfg.shield_intervention_budget
+    if replay is None or fixed_budget is None or cfg.shield_threshold is not None:
         return calibrated
 
     def within_budget(agent: Agent) -> dict[str, Any]:
         section = calibrated(agent)
         recent = replay.recent(cfg.shield_budget_window)
-        return apply_intervention_budget(section, q_h_at(agent, replay.obs, replay.proposed, recent), budget)
+        q_h = q_h_at(agent, replay.obs, replay.proposed, recent)
+        return apply_intervention_budget(section, q_h, fixed_budget if budget is None else budget.value)
 
     return within_budget
 
@@ -250,6 +254,16 @@ class OnlineLearner:
         self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
         self.target_entropy = -float(agent.spec.action_dim)
         self.lagrange = PIDLagrangian(cfg.lagrange)
+        self.shield_budget = (
+            None
+            if cfg.shield_intervention_budget is None
+            else ShieldBudget(
+                cfg.shield_intervention_budget,
+                cfg.shield_budget_rate,
+                cfg.shield_budget_min,
+                cfg.shield_budget_max,
+            )
+        )
         self.updates = 0
 
     @property
@@ -377,6 +391,21 @@ class OnlineLearner:
         for name, module in self._tracked():
             self.target[name].load_state_dict(module.state_dict())
 
+    def observe_episode(self, episode_cost: float) -> float:
+        """A robot's (or env's) episode finished: update λ and the shield's budget; returns λ."""
+        self.lagrange.observe_episode(episode_cost)
+        lam = self.lagrange.update_from_window()
+        if self.shield_budget is not None:
+            self.shield_budget.update(self.lagrange.recent, self.cfg.lagrange.cost_limit)
+        return lam
+
+    def metrics(self) -> dict[str, float]:
+        """λ controller state and the shield budget, for the scalars."""
+        m = self.lagrange.metrics()
+        if self.shield_budget is not None:
+            m["online/shield_budget"] = self.shield_budget.value
+        return m
+
     # ----- policy set -------------------------------------------------------------------------
     def kappa_c(self) -> float:
         exp = self.cfg.expansion
@@ -391,6 +420,7 @@ class OnlineLearner:
             "log_alpha": self.log_alpha.detach().clone(),
             "opt_alpha": self.opt_alpha.state_dict(),
             "lagrange": self.lagrange.state_dict(),
+            "shield_budget": None if self.shield_budget is None else self.shield_budget.state_dict(),
             "updates": self.updates,
         }
 
@@ -402,6 +432,8 @@ class OnlineLearner:
             self.log_alpha.copy_(state["log_alpha"])
         self.opt_alpha.load_state_dict(state["opt_alpha"])
         self.lagrange.load_state_dict(state["lagrange"])
+        if self.shield_budget is not None and state.get("shield_budget") is not None:
+            self.shield_budget.load_state_dict(state["shield_budget"])  # older checkpoints: the initial one
         self.updates = int(state["updates"])
 
 

@@ -81,6 +81,14 @@ class OnlineConfig(Config):
     shield_budget_window: int = option(
         3000, "Online steps (newest first, all robots) the intervention budget is measured on."
     )
+    shield_budget_rate: float = option(
+        0.0,
+        "Adapt the intervention budget after every episode: budget · exp(rate · (J_c − d) / max(d, 1)) with "
+        "J_c the λ controller's recent mean episode cost, so the shield stands back while the robots stay "
+        "under the cost limit d and steps in again above it (0 = a fixed budget).",
+    )
+    shield_budget_min: float = option(0.01, "Lower clamp of the adapted intervention budget.")
+    shield_budget_max: float = option(0.5, "Upper clamp of the adapted intervention budget.")
     anchor_weight: float = option(
         1.0,
         "Weight of ‖tanh μ_on − tanh μ_off‖² (π_on's mean action vs π_off's, on the batch's frames) in π_on's "
@@ -129,6 +137,17 @@ class OnlineConfig(Config):
         if self.shield_intervention_budget is not None and not 0.0 < self.shield_intervention_budget < 1.0:
             raise ConfigError(
                 f"shield_intervention_budget must lie in (0, 1) (unset: no budget), got {self.shield_intervention_budget}"
+            )
+        if self.shield_intervention_budget is not None and not (
+            0.0 < self.shield_budget_min <= self.shield_intervention_budget <= self.shield_budget_max < 1.0
+        ):
+            raise ConfigError(
+                "need 0 < shield_budget_min ≤ shield_intervention_budget ≤ shield_budget_max < 1, got "
+                f"{self.shield_budget_min}, {self.shield_intervention_budget}, {self.shield_budget_max}"
+            )
+        if self.shield_budget_rate < 0:
+            raise ConfigError(
+                f"shield_budget_rate must be ≥ 0 (0 = a fixed budget), got {self.shield_budget_rate}"
             )
         if self.shield_budget_window < 1:
             raise ConfigError(f"shield_budget_window must be ≥ 1, got {self.shield_budget_window}")

@@ -158,7 +158,9 @@ def train_online(
         logger.info("VPA took %.1f s", time.monotonic() - t0)
     env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
     runner = PolicyRunner(agent, cfg, None)
-    shield_now = shield_for_ship(cfg, offline_ckpt, dataset, replay) if use_shield else None
+    shield_now = (
+        shield_for_ship(cfg, offline_ckpt, dataset, replay, learner.shield_budget) if use_shield else None
+    )
 
     def recalibrate_shield(t: int) -> None:
         """The threshold a bundle shipped now would carry (Q_h keeps learning: its scale moves)."""
@@ -229,7 +231,7 @@ def train_online(
                     budget -= 1.0
                     m = learner.update(sampler.sample(cfg.batch_size, rng))
                     if learner.updates % 100 == 0:
-                        metrics.scalars({**m, **learner.lagrange.metrics()}, t + 1)
+                        metrics.scalars({**m, **learner.metrics()}, t + 1)
                     every = cfg.shield_recalibrate_every
                     if every > 0 and learner.updates % every == 0:
                         recalibrate_shield(t + 1)
@@ -281,8 +283,7 @@ def _end_episode(
     result.episodes += 1
     result.returns.append(ep["ret"])
     result.costs.append(ep["cost"])
-    learner.lagrange.observe_episode(ep["cost"])
-    lam = learner.lagrange.update_from_window()
+    lam = learner.observe_episode(ep["cost"])
     row = {
         "step": step, "episode": result.episodes, "return": ep["ret"], "cost": ep["cost"], "length": ep["len"],
         "cumulative_cost": result.cumulative_cost, "lambda": lam, "offline_rate": ep["offline"] / max(ep["len"], 1),
