@@ -17,6 +17,7 @@ from trainer.losses import expectile_loss, hj_target, reachability_signal
 from trainer.networks import Agent, AgentSpec, load_checkpoint, save_checkpoint
 from trainer.online import MixedSampler, OnlineLearner, ReachabilityTarget, shield_for_ship
 from trainer.online_config import OnlineConfig, VPAConfig
+from trainer.online_reeval import ReevalError, reevaluate
 from trainer.online_run import train_online
 from trainer.replay import StepReplay
 from trainer.synthetic import make_point_dataset, write_hdf5
@@ -265,6 +266,15 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert summary["shield_threshold"] != pytest.approx(ship(small_agent())["threshold"])  # Q_h moved
     ckpt = load_checkpoint(out / "checkpoint.pt")[1]
     assert ckpt["online"]["updates"] == 100 - 20 + 1 and ckpt["online_run"]["steps"] == 100
+    # re-evaluation acts as the run's own evaluation did: on the run's seeds it reproduces the final one
+    again = reevaluate(out, 2, seed_base=10_000)
+    assert (again["return_mean"], again["cost_mean"]) == pytest.approx(
+        (summary["final_eval"]["return_mean"], summary["final_eval"]["cost_mean"])
+    )
+    assert again["threshold"] == summary["shield_threshold"]
+    assert reevaluate(out, 3, seed_base=50_000)["episodes"] == 3
+    with pytest.raises(ReevalError, match="has not finished"):
+        reevaluate(tmp_path / "run", 1, seed_base=0)
 
 
 def test_online_config_reads_exponent_floats_from_the_cli_and_yaml(tmp_path: Path) -> None:

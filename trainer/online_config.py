@@ -82,10 +82,10 @@ class OnlineConfig(Config):
         3000, "Online steps (newest first, all robots) the intervention budget is measured on."
     )
     shield_budget_rate: float = option(
-        0.0,
+        0.2,
         "Adapt the intervention budget after every episode: budget · exp(rate · (J_c − d) / max(d, 1)) with "
         "J_c the λ controller's recent mean episode cost, so the shield stands back while the robots stay "
-        "under the cost limit d and steps in again above it (0 = a fixed budget).",
+        "under the cost limit d and steps in again above it (0 = a fixed budget; docs/results.md measures both).",
     )
     shield_budget_min: float = option(0.01, "Lower clamp of the adapted intervention budget.")
     shield_budget_max: float = option(0.5, "Upper clamp of the adapted intervention budget.")

@@ -24,6 +24,15 @@ def load_run(out: Path) -> dict[str, Any]:
     return {"rows": _jsonl(out / "episodes.jsonl"), "evals": _jsonl(out / "evals.jsonl"), "summary": summary}
 
 
+def parse_groups(specs: list[str]) -> dict[str, list[Path]]:
+    """``["LABEL=DIR[,DIR...]", ...]`` -> {label: [dirs]}; a spec without ``=`` is its own label."""
+    groups: dict[str, list[Path]] = {}
+    for spec in specs:
+        label, sep, dirs = spec.partition("=")
+        groups[label] = [Path(d) for d in (dirs if sep else spec).split(",")]
+    return groups
+
+
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -110,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-limit", type=float, default=10.0)
     ap.add_argument("--window", type=int, default=3, help="episodes averaged at the start / end of a run")
     args = ap.parse_args(argv)
-    groups = {}
-    for spec in args.groups:
-        label, _, dirs = spec.partition("=")
-        groups[label] = [load_run(Path(d)) for d in dirs.split(",")]
+    groups = {label: [load_run(d) for d in dirs] for label, dirs in parse_groups(args.groups).items()}
     plot(groups, args.out)
     print(table(groups, args.cost_limit, args.window))
     return 0

@@ -1,0 +1,111 @@
+"""Re-evaluate the final agents of `reachsafe train online` runs on episode seeds they never saw.
+
+    python -m trainer.online_reeval [--episodes 30] [--seed-base 50000] [--no-shield] LABEL=DIR[,DIR...] ...
+
+A run's own evaluations (``--eval-every``) reuse the same 10 episode seeds every time, so a final
+evaluation partly measures how the agent does on those 10 layouts. This loads each run's final agent
+(OUT/checkpoint.pt) and lets it act exactly as it did there — greedy, policy selection with the λ the
+run ended with, the shield at the run's last threshold (OUT/summary.json) — on episode seeds
+``seed_base + 1000 · seed + i``, and prints a markdown table: per run and, per LABEL, the mean over
+its seeds and how many seeds are within the cost limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocol.config import ConfigError
+from trainer.networks import CheckpointError, load_checkpoint
+from trainer.online_config import OnlineConfig
+from trainer.online_report import parse_groups
+from trainer.online_run import PolicyRunner, evaluate, make_env
+
+logger = logging.getLogger(__name__)
+
+
+class ReevalError(Exception):
+    """A directory is not a finished `reachsafe train online` run."""
+
+
+def reevaluate(
+    out: Path, episodes: int, seed_base: int, use_shield: bool = True, obs_key: str | None = None
+) -> dict[str, Any]:
+    """Greedy episodes of the run's final agent on seeds ``seed_base + 1000 · seed + i``."""
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise ReevalError(f"{out}: no summary.json; the run has not finished (finish it with --resume)")
+    summary = json.loads(summary_path.read_text())
+    cfg = OnlineConfig.from_dict(summary["config"], source=str(summary_path))
+    agent, ckpt = load_checkpoint(out / "checkpoint.pt")
+    lam = float(ckpt["online"]["lagrange"]["lam"])
+    kappa_c = lam if cfg.expansion.kappa_c_from_lambda else cfg.expansion.kappa_c
+    threshold = summary["shield_threshold"] if use_shield else None
+    env = make_env(summary["env"], summary["split"], cfg.seed)
+    try:
+        row = evaluate(
+            PolicyRunner(agent, cfg, threshold), env, obs_key, episodes, kappa_c, seed_base + 1000 * cfg.seed
+        )
+    finally:
+        env.close()
+    return {"run": str(out), "seed": cfg.seed, "threshold": threshold, "kappa_c": kappa_c, **row}
+
+
+def table(results: dict[str, list[dict[str, Any]]], cost_limit: float) -> str:
+    lines = ["| variant | seed | return | cost | shield threshold |", "|---|---|---|---|---|"]
+    for label, rows in results.items():
+        for r in rows:
+            thr = "off" if r["threshold"] is None else f"{r['threshold']:.3g}"
+            lines.append(
+                f"| {label} | {r['seed']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} "
+                f"| {r['cost_mean']:.2f} ± {r['cost_std']:.2f} | {thr} |"
+            )
+        within = sum(r["cost_mean"] <= cost_limit for r in rows)
+        lines.append(
+            f"| **{label}, mean** | {within}/{len(rows)} ≤ limit | {np.mean([r['return_mean'] for r in rows]):.2f} "
+            f"| {np.mean([r['cost_mean'] for r in rows]):.2f} | |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("groups", nargs="+", help="LABEL=DIR[,DIR...] (train online --out directories)")
+    ap.add_argument("--episodes", type=int, default=30, help="greedy episodes per run")
+    ap.add_argument(
+        "--seed-base",
+        type=int,
+        default=50_000,
+        help="episode i of the run with seed s uses seed_base + 1000·s + i",
+    )
+    ap.add_argument("--no-shield", action="store_true", help="act without the shield")
+    ap.add_argument("--obs-key", help="image key of dict observations, as given to train online")
+    ap.add_argument("--cost-limit", type=float, default=10.0)
+    ap.add_argument("--jsonl", type=Path, help="also append one JSON line per run here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    results: dict[str, list[dict[str, Any]]] = {}
+    for label, dirs in parse_groups(args.groups).items():
+        for d in dirs:
+            try:
+                row = reevaluate(d, args.episodes, args.seed_base, not args.no_shield, args.obs_key)
+            except (ReevalError, CheckpointError, ConfigError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            logger.info("%s %s: return %.2f cost %.2f", label, d, row["return_mean"], row["cost_mean"])
+            results.setdefault(label, []).append(row)
+            if args.jsonl:
+                with args.jsonl.open("a") as f:
+                    f.write(json.dumps({"label": label, **row}) + "\n")
+    print(table(results, args.cost_limit))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
