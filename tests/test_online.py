@@ -275,6 +275,9 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert reevaluate(out, 3, seed_base=50_000)["episodes"] == 3
     with pytest.raises(ReevalError, match="has not finished"):
         reevaluate(tmp_path / "run", 1, seed_base=0)
+    (out / "summary.json").write_text("{truncated")
+    with pytest.raises(ReevalError, match="not valid JSON"):
+        reevaluate(out, 1, seed_base=0)
 
 
 def test_online_config_reads_exponent_floats_from_the_cli_and_yaml(tmp_path: Path) -> None:

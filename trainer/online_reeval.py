@@ -39,9 +39,16 @@ def reevaluate(
 ) -> dict[str, Any]:
     """Greedy episodes of the run's final agent on seeds ``seed_base + 1000 · seed + i``."""
     summary_path = out / "summary.json"
+    if not out.is_dir():
+        raise ReevalError(
+            f"{out}: no such directory; pass the --out directory of a `reachsafe train online` run"
+        )
     if not summary_path.is_file():
         raise ReevalError(f"{out}: no summary.json; the run has not finished (finish it with --resume)")
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReevalError(f"{summary_path} is not valid JSON ({exc}); re-run or --resume the run") from None
     cfg = OnlineConfig.from_dict(summary["config"], source=str(summary_path))
     agent, ckpt = load_checkpoint(out / "checkpoint.pt")
     lam = float(ckpt["online"]["lagrange"]["lam"])
@@ -54,21 +61,31 @@ def reevaluate(
         )
     finally:
         env.close()
-    return {"run": str(out), "seed": cfg.seed, "threshold": threshold, "kappa_c": kappa_c, **row}
+    return {
+        "run": str(out),
+        "seed": cfg.seed,
+        "steps": summary["steps"],
+        "threshold": threshold,
+        "kappa_c": kappa_c,
+        **row,
+    }
 
 
 def table(results: dict[str, list[dict[str, Any]]], cost_limit: float) -> str:
-    lines = ["| variant | seed | return | cost | shield threshold |", "|---|---|---|---|---|"]
+    lines = [
+        "| variant | seed | trained steps | return | cost | shield threshold |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, rows in results.items():
         for r in rows:
             thr = "off" if r["threshold"] is None else f"{r['threshold']:.3g}"
             lines.append(
-                f"| {label} | {r['seed']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} "
+                f"| {label} | {r['seed']} | {r['steps']} | {r['return_mean']:.2f} ± {r['return_std']:.2f} "
                 f"| {r['cost_mean']:.2f} ± {r['cost_std']:.2f} | {thr} |"
             )
         within = sum(r["cost_mean"] <= cost_limit for r in rows)
         lines.append(
-            f"| **{label}, mean** | {within}/{len(rows)} ≤ limit | {np.mean([r['return_mean'] for r in rows]):.2f} "
+            f"| **{label}, mean** | {within}/{len(rows)} ≤ limit | | {np.mean([r['return_mean'] for r in rows]):.2f} "
             f"| {np.mean([r['cost_mean'] for r in rows]):.2f} | |"
         )
     return "\n".join(lines)
