@@ -275,6 +275,12 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert reevaluate(out, 3, seed_base=50_000)["episodes"] == 3
     with pytest.raises(ReevalError, match="has not finished"):
         reevaluate(tmp_path / "run", 1, seed_base=0)
+    not_online = tmp_path / "not_online"
+    not_online.mkdir()
+    (not_online / "summary.json").write_text((out / "summary.json").read_text())
+    (not_online / "checkpoint.pt").write_bytes((tmp_path / "run" / "checkpoints" / "latest.pt").read_bytes())
+    with pytest.raises(ReevalError, match="no online learner state"):
+        reevaluate(not_online, 1, seed_base=0)
     (out / "summary.json").write_text("{truncated")
     with pytest.raises(ReevalError, match="not valid JSON"):
         reevaluate(out, 1, seed_base=0)

@@ -408,8 +408,7 @@ class OnlineLearner:
 
     # ----- policy set -------------------------------------------------------------------------
     def kappa_c(self) -> float:
-        exp = self.cfg.expansion
-        return self.lam if exp.kappa_c_from_lambda else exp.kappa_c
+        return self.cfg.expansion.kappa_c_at(self.lam)
 
     # ----- persistence --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -24,6 +24,10 @@ class ExpansionConfig(Config):
     kappa_c: float = option(DEFAULT_KAPPA_C, "Weight κ_c of Q_c in the selection score Q_r − κ_c·Q_c.")
     kappa_c_from_lambda: bool = option(False, "Use the current λ as κ_c instead of the fixed value.")
 
+    def kappa_c_at(self, lam: float) -> float:
+        """κ_c of the selection score while the Lagrange multiplier is ``lam``."""
+        return lam if self.kappa_c_from_lambda else self.kappa_c
+
 
 @dataclass
 class OnlineConfig(Config):

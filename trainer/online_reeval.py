@@ -38,11 +38,11 @@ def reevaluate(
     out: Path, episodes: int, seed_base: int, use_shield: bool = True, obs_key: str | None = None
 ) -> dict[str, Any]:
     """Greedy episodes of the run's final agent on seeds ``seed_base + 1000 · seed + i``."""
-    summary_path = out / "summary.json"
     if not out.is_dir():
         raise ReevalError(
             f"{out}: no such directory; pass the --out directory of a `reachsafe train online` run"
         )
+    summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise ReevalError(f"{out}: no summary.json; the run has not finished (finish it with --resume)")
     try:
@@ -51,8 +51,11 @@ def reevaluate(
         raise ReevalError(f"{summary_path} is not valid JSON ({exc}); re-run or --resume the run") from None
     cfg = OnlineConfig.from_dict(summary["config"], source=str(summary_path))
     agent, ckpt = load_checkpoint(out / "checkpoint.pt")
-    lam = float(ckpt["online"]["lagrange"]["lam"])
-    kappa_c = lam if cfg.expansion.kappa_c_from_lambda else cfg.expansion.kappa_c
+    if "online" not in ckpt:
+        raise ReevalError(
+            f"{out / 'checkpoint.pt'} holds no online learner state; pass a train online --out directory"
+        )
+    kappa_c = cfg.expansion.kappa_c_at(float(ckpt["online"]["lagrange"]["lam"]))
     threshold = summary["shield_threshold"] if use_shield else None
     env = make_env(summary["env"], summary["split"], cfg.seed)
     try:
