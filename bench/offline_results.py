@@ -136,6 +136,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 "split": split,
                 "return": _mean_std([r["return_mean"] for r in rows]),
                 "cost": _mean_std([r["cost_mean"] for r in rows]),
+                "collision cost": _mean_std([r["collision_cost_mean"] for r in rows]),
                 "norm. return": _mean_std([r["normalized_return_mean"] for r in rows]),
                 "norm. cost": _mean_std([r["normalized_cost_mean"] for r in rows]),
                 "success": _mean_std([r["success_rate"] for r in rows]),
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"evaluation: {args.eval_episodes} greedy episodes per split per seed through `edge_runtime` inference; "
         f"mean ± std over seeds of the per-seed means. Cost limit {COST_LIMIT:g}; normalised return = "
         f"(R − R_min)/(R_max − R_min) with the dataset's episode-return range; success = ≥ 1 goal within the "
-        f"cost limit. Training time per run (s, {args.workers} runs at once): "
+        f"cost limit; collision cost = the steps that touched a solid object, here the unseen split's pillar "
+        f"(the train split has none, so the dataset holds no example of it). Training time per run (s, {args.workers} runs at once): "
         + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in train_seconds.items())
         + f". Total {minutes:.0f} min on this machine."
     )

@@ -9,6 +9,7 @@ from conftest import REPO
 
 from protocol.bundle import load_bundle
 from protocol.keys import load_trusted_keys
+from trainer.evaluate import EpisodeResult, EvalSummary
 from trainer.synthetic import make_point_dataset, write_hdf5
 
 
@@ -47,9 +48,21 @@ def test_train_export_eval_cli(tmp_path):
         "eval", "--bundle", run / "bundle", "--task", "reachsafe/SafeGoal1-v0", "--split", "unseen",
         "--seeds", 3, 4, "--episode-steps", 15, "--dataset", data, "--json", summary,
     )  # fmt: skip
-    assert "return" in out and "normalised return" in out
+    assert "return" in out and "normalised return" in out and "touching a solid object" in out
     result = json.loads(summary.read_text())
     assert result["episodes"] == 2 and 0.0 <= result["success_rate"] <= 1.0 and result["cost_mean"] >= 0
+    assert 0 <= result["collision_cost_mean"] <= result["cost_mean"]
+
+
+def test_summary_reports_the_collision_part_of_the_cost():
+    summary = EvalSummary("reachsafe/SafeGoal1-v0", "unseen", cost_limit=10.0)
+    summary.episodes += [
+        EpisodeResult(0, ret=3.0, cost=12.0, length=300, goals=1, shielded=0, collision_cost=5.0),
+        EpisodeResult(1, ret=1.0, cost=2.0, length=300, goals=0, shielded=4),
+    ]
+    d = summary.to_dict()
+    assert d["cost_mean"] == 7.0 and d["collision_cost_mean"] == 2.5 and d["success_rate"] == 0.0
+    assert "touching a solid object: 2.500" in summary.format()
 
 
 def test_bad_dataset_is_a_one_line_error(tmp_path):

@@ -259,7 +259,8 @@ def _run_export(args: argparse.Namespace) -> int:
 def add_eval_command(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run a bundle on a simulated task through the edge runtime's inference, selection and shield, "
-        "and print mean ± std return, cost, success rate and DSRL-normalised return/cost."
+        "and print mean ± std return, cost (with the part from touching solid objects), success rate and "
+        "DSRL-normalised return/cost."
     )
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     parser.add_argument("--task", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0")

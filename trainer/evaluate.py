@@ -27,6 +27,7 @@ class EpisodeResult:
     length: int
     goals: int
     shielded: int
+    collision_cost: float = 0.0  # steps of the episode that touched a solid object (pillar, wrong button)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class EvalSummary:
                 sum(e.shielded for e in self.episodes) / max(1, sum(e.length for e in self.episodes))
             ),
             "normalized_cost_mean": self._stat([c / self.cost_limit for c in cost])[0],
+            "collision_cost_mean": self._stat([e.collision_cost for e in self.episodes])[0],
         }
         if self.reward_ref is not None:
             lo, hi = self.reward_ref
@@ -70,7 +72,8 @@ class EvalSummary:
         lines = [
             f"{self.task} [{self.split}] over {len(self.episodes)} episodes (cost limit {self.cost_limit:g}):",
             f"  return        {d['return_mean']:.3f} ± {d['return_std']:.3f}",
-            f"  cost          {d['cost_mean']:.3f} ± {d['cost_std']:.3f}",
+            f"  cost          {d['cost_mean']:.3f} ± {d['cost_std']:.3f}"
+            f"  (steps touching a solid object: {d['collision_cost_mean']:.3f})",
             f"  success rate  {d['success_rate']:.2%}  (≥ 1 goal and cost ≤ limit)",
             f"  shielded      {d['shield_rate']:.2%} of steps",
             f"  normalised cost    {d['normalized_cost_mean']:.3f}  (cost / limit; ≤ 1 is safe)",
@@ -140,7 +143,7 @@ def evaluate_bundle(
     try:
         for seed in seeds:
             obs, _ = env.reset(seed=int(seed))
-            ret = cost = 0.0
+            ret = cost = collision = 0.0
             length = n_shielded = goals = 0
             done = in_violation = False
             while not done:
@@ -154,12 +157,13 @@ def evaluate_bundle(
                 obs, r, terminated, truncated, info = env.step(action)
                 ret += float(r)
                 cost += float(info["cost"])
+                collision += float(info.get("cost_collision", 0.0))
                 in_violation = float(info["cost"]) > 0
                 goals = int(info.get("goals_reached", goals))
                 n_shielded += int(shielded)
                 length += 1
                 done = terminated or truncated
-            summary.episodes.append(EpisodeResult(int(seed), ret, cost, length, goals, n_shielded))
+            summary.episodes.append(EpisodeResult(int(seed), ret, cost, length, goals, n_shielded, collision))
             logger.info(
                 "episode seed %d: return %.3f cost %.1f goals %d shielded %d",
                 seed,
