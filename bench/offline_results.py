@@ -153,7 +153,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"mean ± std over seeds of the per-seed means. Cost limit {COST_LIMIT:g}; normalised return = "
         f"(R − R_min)/(R_max − R_min) with the dataset's episode-return range; success = ≥ 1 goal within the "
         f"cost limit; collision cost = the steps that touched a solid object, here the unseen split's pillar "
-        f"(the train split has none, so the dataset holds no example of it). Training time per run (s, {args.workers} runs at once): "
+        f"(the train split has none, so the dataset holds no example of it). "
+        f"Training time per run (s, {args.workers} runs at once): "
         + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in train_seconds.items())
         + f". Total {minutes:.0f} min on this machine."
     )

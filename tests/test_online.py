@@ -281,6 +281,9 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     (not_online / "checkpoint.pt").write_bytes((tmp_path / "run" / "checkpoints" / "latest.pt").read_bytes())
     with pytest.raises(ReevalError, match="no online learner state"):
         reevaluate(not_online, 1, seed_base=0)
+    (out / "summary.json").write_text(json.dumps({"steps": 100}))
+    with pytest.raises(ReevalError, match="lacks"):
+        reevaluate(out, 1, seed_base=0)
     (out / "summary.json").write_text("{truncated")
     with pytest.raises(ReevalError, match="not valid JSON"):
         reevaluate(out, 1, seed_base=0)

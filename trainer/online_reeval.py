@@ -49,6 +49,11 @@ def reevaluate(
         summary = json.loads(summary_path.read_text())
     except json.JSONDecodeError as exc:
         raise ReevalError(f"{summary_path} is not valid JSON ({exc}); re-run or --resume the run") from None
+    missing = sorted({"config", "env", "split", "steps", "shield_threshold"} - set(summary))
+    if missing:
+        raise ReevalError(
+            f"{summary_path} lacks {missing}; it was not written by a finished train online run"
+        )
     cfg = OnlineConfig.from_dict(summary["config"], source=str(summary_path))
     agent, ckpt = load_checkpoint(out / "checkpoint.pt")
     if "online" not in ckpt:
