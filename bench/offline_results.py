@@ -55,6 +55,40 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
+def _key(split_shield: tuple[str, bool]) -> str:
+    return f"{split_shield[0]}|{'shield' if split_shield[1] else 'policy'}"
+
+
+def _unkey(key: str) -> tuple[str, bool]:
+    split, mode = key.split("|")
+    return split, mode == "shield"
+
+
+def paired_vs_bc(results: dict[tuple[str, str, bool], list[dict[str, float]]]) -> list[str]:
+    """Each FOSP variant minus BC on the same seed (same init, batches and evaluation episodes), per
+    split and shield: mean ± standard error over seeds of the return and cost differences, and on how
+    many seeds the cost is lower. Lists are in seed order."""
+    lines = []
+    for (name, split, use_shield), rows in sorted(
+        results.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])
+    ):
+        base = results.get(("bc", split, False))
+        if name == "bc" or base is None or len(base) != len(rows) or len(rows) < 2:
+            continue
+        diff = {
+            k: np.array([r[f"{k}_mean"] for r in rows]) - np.array([b[f"{k}_mean"] for b in base])
+            for k in ("return", "cost")
+        }
+        se = {k: d.std(ddof=1) / np.sqrt(len(d)) for k, d in diff.items()}
+        lower = int(np.sum(diff["cost"] < 0))
+        lines.append(
+            f"{split}, {name}{' + shield' if use_shield else ''} − bc: return {diff['return'].mean():+.2f} ± "
+            f"{se['return']:.2f}, cost {diff['cost'].mean():+.2f} ± {se['cost']:.2f}, cost lower on "
+            f"{lower}/{len(rows)} seeds"
+        )
+    return lines
+
+
 def _train_and_evaluate(
     name: str, seed: int, args: argparse.Namespace, work: Path, ref: tuple[float, float]
 ) -> tuple[str, int, float, dict[tuple[str, bool], dict[str, float]]]:
@@ -72,9 +106,18 @@ def _train_and_evaluate(
     run_dir = work / f"{name}_seed{seed}"
     timing = run_dir / "train_seconds.json"
     if not timing.exists():
+        (run_dir / "bench_eval.json").unlink(missing_ok=True)  # a fresh run's evaluation is not cached yet
         res = train_offline(load_dataset(work / DATASET), run_dir, cfg, keys_dir=keys, progress=False)
         timing.write_text(json.dumps(res.seconds))
         print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
+    cache = run_dir / "bench_eval.json"
+    settings = {"episodes": args.eval_episodes, "reward_ref": list(ref), "cost_limit": COST_LIMIT}
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("settings") == settings:
+            results = {_unkey(k): v for k, v in cached["results"].items()}
+            print(f"{name} seed {seed}: evaluation reused from {cache}", flush=True)
+            return name, seed, json.loads(timing.read_text()), results
     bundle = load_bundle(run_dir / "bundle", load_trusted_keys(keys))
     results = {}
     for split in ("train", "unseen"):
@@ -92,6 +135,7 @@ def _train_and_evaluate(
             ).to_dict()
             results[(split, use_shield)] = s
             print(f"{name} seed {seed} {split} shield={use_shield}: {s}", flush=True)
+    cache.write_text(json.dumps({"settings": settings, "results": {_key(k): v for k, v in results.items()}}))
     return name, seed, json.loads(timing.read_text()), results
 
 
@@ -137,6 +181,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 "return": _mean_std([r["return_mean"] for r in rows]),
                 "cost": _mean_std([r["cost_mean"] for r in rows]),
                 "collision cost": _mean_std([r["collision_cost_mean"] for r in rows]),
+                "at wall": _mean_std([r["wall_share"] for r in rows]),
                 "norm. return": _mean_std([r["normalized_return_mean"] for r in rows]),
                 "norm. cost": _mean_std([r["normalized_cost_mean"] for r in rows]),
                 "success": _mean_std([r["success_rate"] for r in rows]),
@@ -153,11 +198,19 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"mean ± std over seeds of the per-seed means. Cost limit {COST_LIMIT:g}; normalised return = "
         f"(R − R_min)/(R_max − R_min) with the dataset's episode-return range; success = ≥ 1 goal within the "
         f"cost limit; collision cost = the steps that touched a solid object, here the unseen split's pillar "
-        f"(the train split has none, so the dataset holds no example of it). "
+        f"(the train split has none, so the dataset holds no example of it); at wall = the share of steps "
+        f"pressed against the arena's edge, where a stuck policy costs nothing and earns nothing. "
         f"Training time per run (s, {args.workers} runs at once): "
         + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in train_seconds.items())
         + f". Total {minutes:.0f} min on this machine."
     )
+    paired = paired_vs_bc(results)
+    if paired:
+        notes += (
+            " Paired with BC on the same seed (mean ± standard error over seeds of the per-seed difference): "
+            + "; ".join(paired)
+            + "."
+        )
     command = (
         f"python -m bench.offline_results --episodes {args.episodes} --steps {args.steps} "
         f"--seeds {' '.join(map(str, args.seeds))} --eval-episodes {args.eval_episodes} --workers {args.workers} "

@@ -124,11 +124,13 @@ class SafeNavEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
         v, w = a[0] * MAX_SPEED, a[1] * MAX_TURN
-        in_hazard = collided = False
+        in_hazard = collided = at_wall = False
         for _ in range(self.action_repeat):
             self._yaw = _wrap(self._yaw + w * self._dt)
             self._xy += v * self._dt * np.array([math.cos(self._yaw), math.sin(self._yaw)])
-            collided |= self._resolve_collisions()
+            touched_solid, touched_wall = self._resolve_collisions()
+            collided |= touched_solid
+            at_wall |= touched_wall
             in_hazard |= self.in_hazard()
         self._velocity[:] = a
         self._steps += 1
@@ -152,6 +154,7 @@ class SafeNavEnv(gym.Env):
             "cost": cost,
             "cost_hazard": float(in_hazard),
             "cost_collision": float(collided),
+            "at_wall": at_wall,
             "goal_met": goal_met,
             "goals_reached": self._goals,
         }
@@ -206,9 +209,10 @@ class SafeNavEnv(gym.Env):
         self._prev_dist = float(np.linalg.norm(self._layout.goal_xy - self._xy))
         self._seen_at = None
 
-    def _resolve_collisions(self) -> bool:
-        """Push the robot out of walls and solid objects; True if it touched a costly one."""
+    def _resolve_collisions(self) -> tuple[bool, bool]:
+        """Push the robot out of walls and solid objects; (touched a costly one, touched a wall)."""
         lim = self.params.arena_half - ROBOT_RADIUS
+        touched_wall = bool(np.any(np.abs(self._xy) > lim))
         np.clip(self._xy, -lim, lim, out=self._xy)  # walls stop the robot but cost nothing
         lay = self._layout
         solids = [(p, PILLAR_RADIUS, True) for p in lay.pillars]
@@ -223,7 +227,7 @@ class SafeNavEnv(gym.Env):
             if d < ROBOT_RADIUS + radius:
                 self._xy = centre + rel / max(d, 1e-9) * (ROBOT_RADIUS + radius + 1e-6)
                 touched |= costly
-        return touched
+        return touched, touched_wall
 
     def _update_fading(self) -> float:
         if self.params.fade_steps > 0 and self._seen_at is None:

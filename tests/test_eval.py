@@ -52,17 +52,19 @@ def test_train_export_eval_cli(tmp_path):
     result = json.loads(summary.read_text())
     assert result["episodes"] == 2 and 0.0 <= result["success_rate"] <= 1.0 and result["cost_mean"] >= 0
     assert 0 <= result["collision_cost_mean"] <= result["cost_mean"]
+    assert 0.0 <= result["wall_share"] <= 1.0 and "at the wall" in out
 
 
 def test_summary_reports_the_collision_part_of_the_cost():
     summary = EvalSummary("reachsafe/SafeGoal1-v0", "unseen", cost_limit=10.0)
     summary.episodes += [
         EpisodeResult(0, ret=3.0, cost=12.0, length=300, goals=1, shielded=0, collision_cost=5.0),
-        EpisodeResult(1, ret=1.0, cost=2.0, length=300, goals=0, shielded=4),
+        EpisodeResult(1, ret=1.0, cost=2.0, length=300, goals=0, shielded=4, wall_steps=150),
     ]
     d = summary.to_dict()
     assert d["cost_mean"] == 7.0 and d["collision_cost_mean"] == 2.5 and d["success_rate"] == 0.0
     assert "touching a solid object: 2.500" in summary.format()
+    assert d["wall_share"] == 0.25 and "at the wall   25.00% of steps" in summary.format()
 
 
 def test_bad_dataset_is_a_one_line_error(tmp_path):

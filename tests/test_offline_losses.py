@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trainer.losses import (
+    effective_sample_share,
     expectile_loss,
     feasibility_weights,
     hj_target,
@@ -109,6 +110,14 @@ def test_feasibility_weights_by_hand():
         100.0,  # exp(6) clipped
     ]
     assert w.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_effective_sample_share_by_hand():
+    assert effective_sample_share(t(1.0, 1.0, 1.0, 1.0)) == pytest.approx(1.0)
+    # (0 + 0 + 0 + 4)² / (4 · 16) = 0.25: all the weight on one of four samples
+    assert effective_sample_share(t(0.0, 0.0, 0.0, 4.0)) == pytest.approx(0.25)
+    # (1 + 3)² / (2 · (1 + 9)) = 0.8
+    assert effective_sample_share(t(1.0, 3.0)) == pytest.approx(0.8)
 
 
 def test_weighted_bc_loss_by_hand():

@@ -147,6 +147,20 @@ def test_touching_a_pillar_costs_and_the_robot_cannot_pass_through() -> None:
     env.close()
 
 
+def test_driving_into_a_wall_is_reported_but_costs_nothing() -> None:
+    env = _make("reachsafe/SafeGoal1-v0")
+    env.reset(seed=2)
+    lim = env.params.arena_half - ROBOT_RADIUS
+    env.place_robot(np.array([lim - 0.05, 0.0]), 0.0)  # facing the +x wall, 5 cm from touching it
+    infos = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4] for _ in range(4)]
+    assert [i["at_wall"] for i in infos][-1] is True
+    assert all(i["cost"] == 0.0 for i in infos)
+    assert env.nav_state().xy[0] == pytest.approx(lim)
+    env.step(np.array([-1.0, 0.0], dtype=np.float32))  # backing away leaves the wall
+    assert env.step(np.array([-1.0, 0.0], dtype=np.float32))[4]["at_wall"] is False
+    env.close()
+
+
 def test_reward_is_progress_toward_the_goal() -> None:
     env = _make()
     env.reset(seed=4)

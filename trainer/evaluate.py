@@ -28,6 +28,9 @@ class EpisodeResult:
     goals: int
     shielded: int
     collision_cost: float = 0.0  # steps of the episode that touched a solid object (pillar, wrong button)
+    wall_steps: int = (
+        0  # steps pressed against the arena's edge: free of cost, but a policy stuck there scores 0
+    )
 
 
 @dataclass
@@ -61,6 +64,9 @@ class EvalSummary:
             ),
             "normalized_cost_mean": self._stat([c / self.cost_limit for c in cost])[0],
             "collision_cost_mean": self._stat([e.collision_cost for e in self.episodes])[0],
+            "wall_share": float(
+                sum(e.wall_steps for e in self.episodes) / max(1, sum(e.length for e in self.episodes))
+            ),
         }
         if self.reward_ref is not None:
             lo, hi = self.reward_ref
@@ -76,6 +82,7 @@ class EvalSummary:
             f"  (steps touching a solid object: {d['collision_cost_mean']:.3f})",
             f"  success rate  {d['success_rate']:.2%}  (≥ 1 goal and cost ≤ limit)",
             f"  shielded      {d['shield_rate']:.2%} of steps",
+            f"  at the wall   {d['wall_share']:.2%} of steps  (pressed against the arena's edge: no cost, no progress)",
             f"  normalised cost    {d['normalized_cost_mean']:.3f}  (cost / limit; ≤ 1 is safe)",
         ]
         if "normalized_return_mean" in d:
@@ -144,7 +151,7 @@ def evaluate_bundle(
         for seed in seeds:
             obs, _ = env.reset(seed=int(seed))
             ret = cost = collision = 0.0
-            length = n_shielded = goals = 0
+            length = n_shielded = goals = wall_steps = 0
             done = in_violation = False
             while not done:
                 out = session.act(obs)
@@ -161,9 +168,12 @@ def evaluate_bundle(
                 in_violation = float(info["cost"]) > 0
                 goals = int(info.get("goals_reached", goals))
                 n_shielded += int(shielded)
+                wall_steps += int(bool(info.get("at_wall", False)))
                 length += 1
                 done = terminated or truncated
-            summary.episodes.append(EpisodeResult(int(seed), ret, cost, length, goals, n_shielded, collision))
+            summary.episodes.append(
+                EpisodeResult(int(seed), ret, cost, length, goals, n_shielded, collision, wall_steps)
+            )
             logger.info(
                 "episode seed %d: return %.3f cost %.1f goals %d shielded %d",
                 seed,

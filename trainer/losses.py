@@ -60,6 +60,12 @@ def feasibility_weights(
     return torch.where(feasible_state, torch.where(feasible_action, w_r, zero), w_h)
 
 
+def effective_sample_share(weights: torch.Tensor) -> float:
+    """Kish effective sample size over the batch size, (Σw)² / (n·Σw²): 1 for equal weights, ~1/n for one."""
+    w = weights.detach().to(torch.float64)
+    return float(w.sum() ** 2 / (w.numel() * (w**2).sum()).clamp_min(1e-12))
+
+
 def weighted_bc_loss(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """−mean(w · log π(a|z)); the weights carry no gradient."""
     return -(weights.detach() * log_prob).mean()

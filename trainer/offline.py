@@ -20,6 +20,7 @@ from torch import nn
 from trainer.config import OfflineConfig
 from trainer.dataset import OfflineDataset, SequenceBatch
 from trainer.losses import (
+    effective_sample_share,
     expectile_loss,
     feasibility_weights,
     hj_target,
@@ -215,6 +216,7 @@ class OfflineLearner:
                 "train/actor_loss": float(actor_loss.detach()),
                 "train/log_prob": float(log_prob.detach().mean()),
                 "train/weight_mean": float(weights.mean()),
+                "train/weight_ess": effective_sample_share(weights),
                 "train/frac_infeasible_states": float((v_h.detach() > 0).float().mean()),
                 "train/q_h_mean": float(q_h_t.mean()),
                 "train/v_h_mean": float(v_h.detach().mean()),
