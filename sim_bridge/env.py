@@ -58,6 +58,13 @@ def _wrap(a: float) -> float:
     return (a + math.pi) % (2 * math.pi) - math.pi
 
 
+def goal_in_view(xy: np.ndarray, yaw: float, goal_xy: np.ndarray) -> bool:
+    """Whether the goal is inside the camera's horizontal field of view and within ``SIGHT_RANGE``."""
+    rel = goal_xy - xy
+    bearing = abs(_wrap(math.atan2(rel[1], rel[0]) - yaw))
+    return bool(bearing < math.radians(CAMERA_FOV_DEG) / 2 and np.hypot(*rel) < SIGHT_RANGE)
+
+
 class SafeNavEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_HZ)}
 
@@ -231,9 +238,7 @@ class SafeNavEnv(gym.Env):
 
     def _update_fading(self) -> float:
         if self.params.fade_steps > 0 and self._seen_at is None:
-            rel = self._layout.goal_xy - self._xy
-            bearing = abs(_wrap(math.atan2(rel[1], rel[0]) - self._yaw))
-            if bearing < math.radians(CAMERA_FOV_DEG) / 2 and np.hypot(*rel) < SIGHT_RANGE:
+            if goal_in_view(self._xy, self._yaw, self._layout.goal_xy):
                 self._seen_at = self._steps
         return self.goal_visibility()
 

@@ -1,10 +1,13 @@
-"""The offline bench's paired comparison with BC (the arithmetic; the runs themselves are bench-only)."""
+"""The offline benches' arithmetic (the runs themselves are bench-only)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from bench.offline_goal_view import action_by_view
 from bench.offline_results import _key, _unkey, paired_vs_bc
+from sim_bridge.env import SIGHT_RANGE, goal_in_view
 
 
 def _s(ret: float, cost: float) -> dict[str, float]:
@@ -39,3 +42,29 @@ def test_no_pairs_without_a_matching_bc(missing):
 def test_evaluation_cache_keys_round_trip():
     for split_shield in [("train", False), ("unseen", True)]:
         assert _unkey(_key(split_shield)) == split_shield
+
+
+def test_action_by_view_by_hand():
+    actions = np.array([[1.0, 0.2], [0.8, -0.4], [0.2, -1.0], [0.0, 0.6]])
+    in_view = np.array([True, True, False, False])
+    got = action_by_view(actions, in_view)
+    assert got == pytest.approx(
+        {
+            "forward, in view": 0.9,
+            "forward, out of view": 0.1,
+            "turn magnitude, in view": 0.3,
+            "turn magnitude, out of view": 0.8,
+        }
+    )
+    with pytest.raises(ValueError, match="both"):
+        action_by_view(actions, np.ones(4, dtype=bool))
+
+
+def test_goal_in_view_follows_the_camera_cone_and_range():
+    origin = np.zeros(2)
+    assert goal_in_view(origin, 0.0, np.array([2.0, 0.0]))  # straight ahead
+    assert goal_in_view(origin, 0.0, np.array([2.0, 1.9]))  # 43.5°: inside the 90° cone
+    assert not goal_in_view(origin, 0.0, np.array([2.0, 2.1]))  # 46.4°: outside
+    assert not goal_in_view(origin, 0.0, np.array([-2.0, 0.0]))  # behind
+    assert goal_in_view(origin, np.pi, np.array([-2.0, 0.0]))  # behind, after turning round
+    assert not goal_in_view(origin, 0.0, np.array([SIGHT_RANGE + 0.1, 0.0]))  # too far
