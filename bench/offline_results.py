@@ -6,7 +6,9 @@ through the edge runtime's inference path, with and without the shield.
 
     python -m bench.offline_results [--episodes 40] [--steps 2500] [--seeds 0 1 2] [--eval-episodes 20] [--workers 2]
 
-writes the ``offline`` section of docs/results.md (also importable: ``main(argv) -> dict``).
+writes the ``offline`` section of docs/results.md (also importable: ``main(argv) -> dict``). With ``--workdir``,
+a re-run skips the runs already trained there and reuses a run's evaluation (RUN/bench_eval.json) when the
+episodes, cost limit and reward reference match, so seeds can be added without redoing the others.
 """
 
 from __future__ import annotations
