@@ -76,18 +76,10 @@ def expert_frames(episodes: int) -> ViewFrames:
 
 def bundle_actions(bundle_dir: Path, keys_dir: Path, frames: list[np.ndarray]) -> np.ndarray:
     """The bundle's greedy eval-mode action on each frame, as ``reachsafe eval`` picks it (policy alone)."""
-    from edge_runtime.inference import AgentSession, SessionOptions
-    from edge_runtime.select import SelectionParams, select
-    from protocol.bundle import load_bundle
-    from protocol.keys import load_trusted_keys
+    from trainer.evaluate import GreedyAgent, load_verified_bundle
 
-    bundle = load_bundle(bundle_dir, load_trusted_keys(keys_dir))
-    session = AgentSession.from_bundle(bundle, SessionOptions(intra_op_threads=1, providers=("cpu",)))
-    params = SelectionParams.from_manifest(bundle.manifest)
-    rng = np.random.default_rng(0)
-    return np.array(
-        [select(session.act(f), "eval", params.kappa_t, params.kappa_c, rng).action for f in frames]
-    )
+    agent = GreedyAgent(load_verified_bundle(bundle_dir, keys_dir))
+    return np.array([agent.act(f)[1].action for f in frames])
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -107,12 +107,12 @@ def _train_and_evaluate(
     cfg = OfflineConfig(steps=args.steps, seed=seed, log_every=100, checkpoint_every=0, **VARIANTS[name])
     run_dir = work / f"{name}_seed{seed}"
     timing = run_dir / "train_seconds.json"
+    cache = run_dir / "bench_eval.json"
     if not timing.exists():
-        (run_dir / "bench_eval.json").unlink(missing_ok=True)  # a fresh run's evaluation is not cached yet
+        cache.unlink(missing_ok=True)  # a fresh run's evaluation is not cached yet
         res = train_offline(load_dataset(work / DATASET), run_dir, cfg, keys_dir=keys, progress=False)
         timing.write_text(json.dumps(res.seconds))
         print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
-    cache = run_dir / "bench_eval.json"
     settings = {"episodes": args.eval_episodes, "reward_ref": list(ref), "cost_limit": COST_LIMIT}
     if cache.exists():
         cached = json.loads(cache.read_text())

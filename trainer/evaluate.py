@@ -28,9 +28,8 @@ class EpisodeResult:
     goals: int
     shielded: int
     collision_cost: float = 0.0  # steps of the episode that touched a solid object (pillar, wrong button)
-    wall_steps: int = (
-        0  # steps pressed against the arena's edge: free of cost, but a policy stuck there scores 0
-    )
+    # steps pressed against the arena's edge: free of cost, but a policy stuck there scores nothing
+    wall_steps: int = 0
 
 
 @dataclass
@@ -44,6 +43,10 @@ class EvalSummary:
     def _stat(self, values: list[float]) -> tuple[float, float]:
         arr = np.asarray(values, dtype=np.float64)
         return float(arr.mean()), float(arr.std())
+
+    def _step_share(self, counts: list[int]) -> float:
+        """Counted steps over all steps of all episodes."""
+        return float(sum(counts) / max(1, sum(e.length for e in self.episodes)))
 
     @property
     def success(self) -> list[bool]:
@@ -59,14 +62,10 @@ class EvalSummary:
             "cost_mean": self._stat(cost)[0],
             "cost_std": self._stat(cost)[1],
             "success_rate": float(np.mean(self.success)),
-            "shield_rate": float(
-                sum(e.shielded for e in self.episodes) / max(1, sum(e.length for e in self.episodes))
-            ),
+            "shield_rate": self._step_share([e.shielded for e in self.episodes]),
             "normalized_cost_mean": self._stat([c / self.cost_limit for c in cost])[0],
             "collision_cost_mean": self._stat([e.collision_cost for e in self.episodes])[0],
-            "wall_share": float(
-                sum(e.wall_steps for e in self.episodes) / max(1, sum(e.length for e in self.episodes))
-            ),
+            "wall_share": self._step_share([e.wall_steps for e in self.episodes]),
         }
         if self.reward_ref is not None:
             lo, hi = self.reward_ref
@@ -112,6 +111,27 @@ def load_verified_bundle(bundle_dir: str | Path, keys: str | Path | None):
     return load_bundle(bundle_dir, load_trusted_keys(keys))
 
 
+class GreedyAgent:
+    """A verified bundle run as the robot runs it in eval mode: inference on one CPU thread (greedy noise),
+    then the manifest's policy selection. ``act`` returns the raw output (for the shield) and the selection."""
+
+    def __init__(self, bundle) -> None:
+        from edge_runtime.inference import AgentSession, SessionOptions
+        from edge_runtime.select import SelectionParams
+
+        self.session = AgentSession.from_bundle(
+            bundle, SessionOptions(intra_op_threads=1, providers=("cpu",))
+        )
+        self.params = SelectionParams.from_manifest(bundle.manifest)
+        self._rng = np.random.default_rng(0)
+
+    def act(self, obs: np.ndarray):
+        from edge_runtime.select import select
+
+        out = self.session.act(obs)
+        return out, select(out, "eval", self.params.kappa_t, self.params.kappa_c, self._rng)
+
+
 def evaluate_bundle(
     bundle,
     task: str,
@@ -130,13 +150,10 @@ def evaluate_bundle(
     import gymnasium as gym
 
     import sim_bridge  # noqa: F401  (registers the tasks)
-    from edge_runtime.inference import AgentSession, SessionOptions
-    from edge_runtime.select import SelectionParams, select
     from edge_runtime.shield import shield
 
-    session = AgentSession.from_bundle(bundle, SessionOptions(intra_op_threads=1, providers=("cpu",)))
+    agent = GreedyAgent(bundle)
     threshold = float(bundle.manifest["shield"]["threshold"])
-    params = SelectionParams.from_manifest(bundle.manifest)
     seeds = list(seeds) if seeds else list(range(episodes))
     kwargs = {"split": split, "obs_mode": "image"}
     if episode_steps is not None:
@@ -145,7 +162,6 @@ def evaluate_bundle(
         env = gym.make(task, **kwargs)
     except gym.error.Error as exc:
         raise EvalError(f"cannot make task {task!r}: {exc}") from exc
-    rng = np.random.default_rng(0)
     summary = EvalSummary(task=task, split=split, cost_limit=cost_limit, reward_ref=reward_ref)
     try:
         for seed in seeds:
@@ -154,8 +170,7 @@ def evaluate_bundle(
             length = n_shielded = goals = wall_steps = 0
             done = in_violation = False
             while not done:
-                out = session.act(obs)
-                sel = select(out, "eval", params.kappa_t, params.kappa_c, rng)
+                out, sel = agent.act(obs)
                 if use_shield:
                     decision = shield(out, sel.policy, threshold, in_violation)
                     action, shielded = decision.action, decision.shielded
