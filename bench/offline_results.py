@@ -153,7 +153,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             CollectConfig(task=TASK, policy="mixed", episodes=args.episodes, seed=1000), data, workers=2
         )
         print("dataset:", summarize(stats), flush=True)
-    returns, costs = load_dataset(data).episode_returns()
+    dataset = load_dataset(data)
+    want = {"episodes": args.episodes, "seeds": [1000, 1000 + args.episodes - 1], "search": True}
+    have = {k: dataset.metadata.get(k, False if k == "search" else None) for k in want}
+    if have != want:
+        raise SystemExit(
+            f"{data} was collected with {have}, this bench needs {want}: remove it or use another --workdir"
+        )
+    returns, costs = dataset.episode_returns()
     ref = (float(returns.min()), float(returns.max()))
     if not (work / "keys" / "signing.key").exists():
         generate_keys(work / "keys")

@@ -46,6 +46,7 @@ def _collect(args: argparse.Namespace) -> int:
         seed=args.seed,
         episode_steps=args.episode_steps,
         compression=args.compression,
+        search=args.search,
     )
     out = Path(args.out)
     stats = collect(cfg, out, workers=args.workers)
@@ -104,6 +105,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--obs-mode", default="image", choices=("image", "state"), help="observation stored")
     p.add_argument("--episode-steps", type=_positive(int), default=300, help="steps per episode")
     p.add_argument("--compression", default="lzf", choices=("lzf", "gzip"), help="HDF5 compression")
+    p.add_argument(
+        "--search",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="experts turn in place while the goal is out of the camera's view (--no-search: steer by the map)",
+    )
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("serve", help="run simulated robots as hardware servers (real-time paced)")

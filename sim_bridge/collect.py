@@ -42,6 +42,7 @@ class CollectConfig:
     seed: int = 0
     episode_steps: int = 300
     compression: str = "lzf"  # or "gzip"
+    search: bool = True  # experts turn in place while the goal is out of the camera's view
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,11 @@ def _env(cfg: CollectConfig) -> gym.Env:
     return _ENVS[key]
 
 
-def run_episode(env: gym.Env, policy_name: str, seed: int) -> tuple[dict[str, np.ndarray], EpisodeStats]:
+def run_episode(
+    env: gym.Env, policy_name: str, seed: int, search: bool = True
+) -> tuple[dict[str, np.ndarray], EpisodeStats]:
     """One episode of a scripted policy: DSRL columns and its stats (index left at ``seed``)."""
-    policy = make_policy(policy_name)
+    policy = make_policy(policy_name, search)
     policy.reset(np.random.default_rng(seed))
     obs, _ = env.reset(seed=seed)
     cols: dict[str, list] = {k: [] for k in DSRL_KEYS}
@@ -113,7 +116,7 @@ def _collect_chunk(cfg_json: str, first: int, count: int, shard: str) -> None:
     with h5py.File(shard, "w") as f:
         parts: dict[str, list[np.ndarray]] = {k: [] for k in DSRL_KEYS}
         for i in range(first, first + count):
-            cols, st = run_episode(env, cfg.policy, cfg.seed + i)
+            cols, st = run_episode(env, cfg.policy, cfg.seed + i, cfg.search)
             for k in DSRL_KEYS:
                 parts[k].append(cols[k])
             stats.append({**asdict(st), "index": i})
@@ -185,6 +188,7 @@ def collect(cfg: CollectConfig, out: Path, workers: int = 1, progress: bool = Tr
             "obs_mode": cfg.obs_mode,
             "policy": cfg.policy,
             "policy_mix": MIX_WEIGHTS if cfg.policy == "mixed" else {cfg.policy: 1.0},
+            "search": cfg.search,
             "episodes": cfg.episodes,
             "episode_steps": cfg.episode_steps,
             "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],

@@ -44,6 +44,7 @@ def test_collect_cli_writes_a_valid_dsrl_file_with_workers(tmp_path: Path) -> No
     )
     assert meta["seeds"] == [3, 6] and set(meta["policy_mix"]) == {"careful", "reckless", "noisy", "random"}
     assert len(meta["episode_policies"]) == 4 and "pybullet" in meta["versions"]
+    assert meta["search"] is True  # the default: experts search while the goal is out of view
 
 
 def test_collect_is_independent_of_worker_count(tmp_path: Path) -> None:
@@ -55,6 +56,7 @@ def test_collect_is_independent_of_worker_count(tmp_path: Path) -> None:
         seed=11,
         episode_steps=30,
         compression="gzip",
+        search=False,
     )
     s1 = collect(cfg, tmp_path / "a.h5", workers=1, progress=False)
     s2 = collect(cfg, tmp_path / "b.h5", workers=2, progress=False)
@@ -64,5 +66,6 @@ def test_collect_is_independent_of_worker_count(tmp_path: Path) -> None:
         for k in DSRL_KEYS:
             np.testing.assert_array_equal(a[k][()], b[k][()])
         np.testing.assert_allclose(a["rewards"][()].reshape(3, 30).sum(1), [s.ret for s in s1], rtol=1e-5)
+        assert json.loads(a.attrs["metadata"])["search"] is False
     summary = summarize(s1)
     assert summary["episodes"] == 3 and summary["steps"] == 90

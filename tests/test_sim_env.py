@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -232,6 +233,43 @@ def test_episode_truncates_at_the_fixed_length() -> None:
     flags = [env.step(np.zeros(2, dtype=np.float32))[3] for _ in range(15)]
     assert flags == [False] * 14 + [True]
     env.close()
+
+
+@pytest.mark.parametrize("name", ["careful", "reckless"])
+def test_experts_search_by_turning_in_place_only_while_the_goal_is_out_of_view(name: str) -> None:
+    """Goal 0.3 m away at a bearing of 60° (outside the 90° camera cone): the searching expert turns
+    left in place, the map-steering one already drives; at 30° (inside the cone) both steer alike."""
+    env = gym.make(GOAL1, obs_mode="state")
+    env.reset(seed=0)
+    s = env.unwrapped.nav_state()
+    env.close()
+    acts = {}
+    for bearing in (60, 30):
+        away = math.radians(bearing)
+        xy = s.goal_xy - 0.3 * np.array([math.cos(away), math.sin(away)])
+        state = dataclasses.replace(s, xy=xy, yaw=0.0)
+        for search in (True, False):
+            policy = make_policy(name, search=search)
+            policy.reset(np.random.default_rng(0))
+            acts[bearing, search] = policy.act(state)
+    np.testing.assert_array_equal(acts[60, True], [0.0, 1.0])
+    assert acts[60, False][0] > 0.4  # cos(60°) forward
+    np.testing.assert_array_equal(acts[30, True], acts[30, False])
+    assert acts[30, True][0] > 0.8
+
+
+@pytest.mark.parametrize(("task", "seed"), [(GOAL1, 4), ("reachsafe/SafeButton1-v0", 0)])
+def test_searching_expert_does_not_loop_at_the_edge_of_the_view(task: str, seed: int) -> None:
+    """Layouts where the careful expert's detour leads the goal out of view: a search keyed on the goal
+    turned it back, the detour turned it away again, and the robot spun on the spot for the episode."""
+    env = gym.make(task, obs_mode="state", episode_steps=300)
+    env.reset(seed=seed)
+    policy = make_policy("careful")
+    policy.reset(np.random.default_rng(seed))
+    for _ in range(300):
+        *_, info = env.step(policy.act(env.unwrapped.nav_state()))
+    env.close()
+    assert info["goals_reached"] >= 3
 
 
 def test_policies_span_the_reward_cost_plane() -> None:
