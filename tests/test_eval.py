@@ -54,6 +54,17 @@ def test_train_export_eval_cli(tmp_path):
     assert 0 <= result["collision_cost_mean"] <= result["cost_mean"]
     assert 0.0 <= result["wall_share"] <= 1.0 and "at the wall" in out
 
+    # the threshold override: above every Q_h the shield never acts, below every Q_h it acts wherever
+    # the policy's candidate is not already the safest one
+    rates = {}
+    for threshold in (1e9, -1e9):
+        reachsafe(
+            "eval", "--bundle", run / "bundle", "--task", "reachsafe/SafeGoal1-v0", "--seeds", 3,
+            "--episode-steps", 15, "--shield-threshold", threshold, "--json", summary,
+        )  # fmt: skip
+        rates[threshold] = json.loads(summary.read_text())["shield_rate"]
+    assert rates[1e9] == 0.0 and rates[-1e9] > 0.0
+
 
 def test_summary_reports_the_collision_part_of_the_cost():
     summary = EvalSummary("reachsafe/SafeGoal1-v0", "unseen", cost_limit=10.0)

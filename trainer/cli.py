@@ -282,7 +282,14 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
         "--reward-ref", type=float, nargs=2, metavar=("LOW", "HIGH"), help="reference returns"
     )
     parser.add_argument("--episode-steps", type=int, help="override the task's episode length")
-    parser.add_argument("--no-shield", action="store_true", help="execute the policy's action unshielded")
+    shield = parser.add_mutually_exclusive_group()
+    shield.add_argument("--no-shield", action="store_true", help="execute the policy's action unshielded")
+    shield.add_argument(
+        "--shield-threshold",
+        type=float,
+        help="replace the manifest's shield threshold: the policy's action is replaced where Q_h exceeds it "
+        "(higher: fewer interventions, more return and cost) [default: the manifest's]",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     parser.set_defaults(func=_reporting_user_errors(_run_eval))
 
@@ -309,6 +316,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         reward_ref=ref,
         episode_steps=args.episode_steps,
         use_shield=not args.no_shield,
+        shield_threshold=args.shield_threshold,
     )
     print(summary.format())
     if args.json:

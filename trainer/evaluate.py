@@ -142,10 +142,12 @@ def evaluate_bundle(
     reward_ref: tuple[float, float] | None = None,
     episode_steps: int | None = None,
     use_shield: bool = True,
+    shield_threshold: float | None = None,
 ) -> EvalSummary:
     """Run ``episodes`` greedy episodes (seeds ``seeds`` or 0 … episodes−1) of a verified bundle.
 
-    ``use_shield=False`` executes the selected policy's action as is (to measure the policy alone).
+    ``use_shield=False`` executes the selected policy's action as is (to measure the policy alone);
+    ``shield_threshold`` replaces the manifest's threshold (to trace the shield's cost–return trade-off).
     """
     import gymnasium as gym
 
@@ -153,7 +155,11 @@ def evaluate_bundle(
     from edge_runtime.shield import shield
 
     agent = GreedyAgent(bundle)
-    threshold = float(bundle.manifest["shield"]["threshold"])
+    threshold = float(
+        bundle.manifest["shield"]["threshold"] if shield_threshold is None else shield_threshold
+    )
+    if use_shield:
+        logger.info("shield threshold %g (manifest: %g)", threshold, bundle.manifest["shield"]["threshold"])
     seeds = list(seeds) if seeds else list(range(episodes))
     kwargs = {"split": split, "obs_mode": "image"}
     if episode_steps is not None:
