@@ -28,6 +28,7 @@ import numpy as np
 TASK = "reachsafe/SafeGoal1-v0"
 COST_LIMIT = 10.0
 DATASET = "safegoal1_mixed.h5"
+DATASET_SEED = 1000  # episode i of the dataset uses seed DATASET_SEED + i
 VARIANTS = {
     "bc": {"method": "bc"},
     "fosp": {"method": "fosp"},
@@ -150,12 +151,19 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     data = work / DATASET
     if not data.exists():
         stats = collect(
-            CollectConfig(task=TASK, policy="mixed", episodes=args.episodes, seed=1000), data, workers=2
+            CollectConfig(task=TASK, policy="mixed", episodes=args.episodes, seed=DATASET_SEED),
+            data,
+            workers=2,
         )
         print("dataset:", summarize(stats), flush=True)
     dataset = load_dataset(data)
-    want = {"episodes": args.episodes, "seeds": [1000, 1000 + args.episodes - 1], "search": True}
-    have = {k: dataset.metadata.get(k, False if k == "search" else None) for k in want}
+    meta = dataset.metadata
+    want = {
+        "episodes": args.episodes,
+        "seeds": [DATASET_SEED, DATASET_SEED + args.episodes - 1],
+        "search": True,
+    }
+    have = {"episodes": meta.get("episodes"), "seeds": meta.get("seeds"), "search": meta.get("search", False)}
     if have != want:
         raise SystemExit(
             f"{data} was collected with {have}, this bench needs {want}: remove it or use another --workdir"

@@ -109,7 +109,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         "--search",
         default=True,
         action=argparse.BooleanOptionalAction,
-        help="experts turn in place while the goal is out of the camera's view (--no-search: steer by the map)",
+        help="experts turn in place while their next waypoint is out of the camera's view (--no-search: steer by the map)",
     )
     p.set_defaults(func=_collect)
 

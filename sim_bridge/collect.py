@@ -42,7 +42,7 @@ class CollectConfig:
     seed: int = 0
     episode_steps: int = 300
     compression: str = "lzf"  # or "gzip"
-    search: bool = True  # experts turn in place while the goal is out of the camera's view
+    search: bool = True  # experts turn in place while their target is out of the camera's view (policies.py)
 
 
 @dataclass(frozen=True)

@@ -58,15 +58,15 @@ def _wrap(a: float) -> float:
     return (a + math.pi) % (2 * math.pi) - math.pi
 
 
-def goal_in_fov(xy: np.ndarray, yaw: float, goal_xy: np.ndarray) -> bool:
-    """Whether the goal's bearing is inside the camera's horizontal field of view (at any range)."""
-    rel = goal_xy - xy
+def in_fov(xy: np.ndarray, yaw: float, point: np.ndarray) -> bool:
+    """Whether ``point``'s bearing is inside the camera's horizontal field of view (at any range)."""
+    rel = point - xy
     return abs(_wrap(math.atan2(rel[1], rel[0]) - yaw)) < math.radians(CAMERA_FOV_DEG) / 2
 
 
 def goal_in_view(xy: np.ndarray, yaw: float, goal_xy: np.ndarray) -> bool:
     """Whether the goal is inside the camera's horizontal field of view and within ``SIGHT_RANGE``."""
-    return goal_in_fov(xy, yaw, goal_xy) and bool(np.hypot(*(goal_xy - xy)) < SIGHT_RANGE)
+    return in_fov(xy, yaw, goal_xy) and bool(np.hypot(*(goal_xy - xy)) < SIGHT_RANGE)
 
 
 class SafeNavEnv(gym.Env):

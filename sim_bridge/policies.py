@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from sim_bridge.env import NavState, goal_in_fov
+from sim_bridge.env import NavState, in_fov
 from sim_bridge.planner import CostToGo
 
 POLICIES: tuple[str, ...] = ("careful", "reckless", "noisy", "random", "mixed")
@@ -84,7 +84,7 @@ class ExpertPolicy:
 
     def act(self, s: NavState) -> np.ndarray:
         target = self._target(s)
-        lost = self.search and not goal_in_fov(s.xy, s.yaw, target)
+        lost = self.search and not in_fov(s.xy, s.yaw, target)
         a = np.array([0.0, 1.0]) if lost else np.array(self._steer(s, target))
         if self.noise > 0:
             a = a + self._rng.normal(0.0, self.noise, size=2)
@@ -154,7 +154,7 @@ Policy = ExpertPolicy | RandomPolicy | NoisyPolicy | MixedPolicy
 
 def make_policy(name: str, search: bool = True) -> Policy:
     """A scripted policy by name (one of ``POLICIES``); call ``reset(rng)`` before each episode.
-    ``search``: the experts turn in place while the goal is out of the camera's view (module docstring)."""
+    ``search``: the experts turn in place while their target is out of the camera's view (module docstring)."""
     if name == "careful":
         return ExpertPolicy("careful", 1.0, search=search)
     if name == "reckless":

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bench.offline_goal_view import action_by_view
-from bench.offline_results import DATASET, _args, _key, _unkey, paired_vs_bc, run
+from bench.offline_results import DATASET, DATASET_SEED, _args, _key, _unkey, paired_vs_bc, run
 from sim_bridge.collect import CollectConfig, collect
-from sim_bridge.env import SIGHT_RANGE, goal_in_fov, goal_in_view
+from sim_bridge.env import SIGHT_RANGE, goal_in_view, in_fov
 
 
 def _s(ret: float, cost: float) -> dict[str, float]:
@@ -69,13 +69,15 @@ def test_goal_in_view_follows_the_camera_cone_and_range():
     assert not goal_in_view(origin, 0.0, np.array([-2.0, 0.0]))  # behind
     assert goal_in_view(origin, np.pi, np.array([-2.0, 0.0]))  # behind, after turning round
     assert not goal_in_view(origin, 0.0, np.array([SIGHT_RANGE + 0.1, 0.0]))  # too far
-    assert goal_in_fov(origin, 0.0, np.array([SIGHT_RANGE + 0.1, 0.0]))  # but in the cone
-    assert not goal_in_fov(origin, 0.0, np.array([2.0, 2.1]))
+    assert in_fov(origin, 0.0, np.array([SIGHT_RANGE + 0.1, 0.0]))  # but in the cone
+    assert not in_fov(origin, 0.0, np.array([2.0, 2.1]))
 
 
 def test_bench_refuses_a_dataset_collected_otherwise(tmp_path):
     """A workdir's dataset from experts that steer by the map is not silently reused."""
-    cfg = CollectConfig(task="reachsafe/SafeGoal1-v0", episodes=1, episode_steps=5, seed=1000, search=False)
+    cfg = CollectConfig(
+        task="reachsafe/SafeGoal1-v0", episodes=1, episode_steps=5, seed=DATASET_SEED, search=False
+    )
     collect(cfg, tmp_path / DATASET, progress=False)
     with pytest.raises(SystemExit, match="'search': False"):
         run(_args(["--episodes", "1"]), tmp_path)
