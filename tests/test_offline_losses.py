@@ -9,6 +9,7 @@ from trainer.losses import (
     effective_sample_share,
     expectile_loss,
     feasibility_weights,
+    feasible_advantage,
     hj_target,
     imagined_targets,
     reachability_signal,
@@ -101,7 +102,8 @@ def test_feasibility_weights_by_hand():
     q_h = t(0.8, -0.5, 0.5, -1.0, -0.5)
     q_r = t(0.0, 1.0, 1.0, 0.0, 3.0)
     v_r = t(0.0, 0.5, 0.5, 0.0, 1.0)
-    w = feasibility_weights(v_h, q_h, q_r, v_r, beta_h=5.0, beta_r=3.0, max_h=150.0, max_r=100.0)
+    adv = feasible_advantage(q_r, v_r, q_c=t(0, 0, 0, 0, 0), v_c=t(0, 0, 0, 0, 0), cost_coef=1.0)
+    w = feasibility_weights(v_h, q_h, adv, beta_h=5.0, beta_r=3.0, max_h=150.0, max_r=100.0)
     expected = [
         math.exp(5 * 0.2),  # infeasible state: exp(β_h (V_h − Q_h))
         math.exp(3 * 0.5),  # feasible state, feasible action: exp(β_r (Q_r − V_r))
@@ -110,6 +112,14 @@ def test_feasibility_weights_by_hand():
         100.0,  # exp(6) clipped
     ]
     assert w.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_feasible_advantage_charges_extra_cost_by_hand():
+    q_r, v_r = t(1.0, 1.0), t(0.5, 0.5)
+    q_c, v_c = t(2.0, 0.0), t(1.0, 1.0)
+    assert feasible_advantage(q_r, v_r, q_c, v_c, cost_coef=0.0).tolist() == pytest.approx([0.5, 0.5])
+    # κ = 0.5: the costlier action loses 0.5·(2 − 1), the cheaper one gains 0.5·(1 − 0)
+    assert feasible_advantage(q_r, v_r, q_c, v_c, cost_coef=0.5).tolist() == pytest.approx([0.0, 1.0])
 
 
 def test_effective_sample_share_by_hand():

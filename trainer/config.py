@@ -37,7 +37,16 @@ class OfflineConfig(Config):
     tau_c: float = option(0.5, "Expectile of V_c on Q_c (0.5: the behaviour's expected cost).")
     tau_h: float = option(0.9, "Expectile of V_h toward the lower side of Q_h (best in-sample feasibility).")
     c_scale: float = option(25.0, "Reachability signal in a hazard: h = +c_scale if c > 0 else −1 (FISOR).")
-    beta_r: float = option(3.0, "Inverse temperature of the reward advantage weight in feasible states.")
+    beta_r: float = option(
+        0.3,
+        "Inverse temperature of the reward advantage weight in feasible states (DESIGN.md's 3 cost more on "
+        "SafeGoal1 images: docs/results.md).",
+    )
+    adv_cost_coef: float = option(
+        0.0,
+        "κ of the feasible-state advantage (Q_r − V_r) − κ(Q_c − V_c): 0 is DESIGN.md's reward-only form; "
+        "κ > 0 also down-weights feasible actions that cost more than the behaviour's average.",
+    )
     beta_h: float = option(5.0, "Inverse temperature of the feasibility weight in infeasible states.")
     max_weight_r: float = option(100.0, "Clip of the reward advantage weight.")
     max_weight_h: float = option(150.0, "Clip of the feasibility weight.")

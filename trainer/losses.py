@@ -36,11 +36,21 @@ def td_target(
     return signal + gamma * (1.0 - terminal.float()) * next_v
 
 
+def feasible_advantage(
+    q_r: torch.Tensor, v_r: torch.Tensor, q_c: torch.Tensor, v_c: torch.Tensor, cost_coef: float
+) -> torch.Tensor:
+    """(Q_r − V_r) − κ(Q_c − V_c): the reward advantage, less κ times the action's extra expected cost.
+
+    κ = 0 is DESIGN.md's form. κ > 0 also prefers, among actions Q_h calls feasible, those whose
+    in-sample cost is lower than the behaviour's average from that state.
+    """
+    return (q_r - v_r) - cost_coef * (q_c - v_c)
+
+
 def feasibility_weights(
     v_h: torch.Tensor,
     q_h: torch.Tensor,
-    q_r: torch.Tensor,
-    v_r: torch.Tensor,
+    advantage: torch.Tensor,
     beta_h: float,
     beta_r: float,
     max_h: float = 150.0,
@@ -49,11 +59,12 @@ def feasibility_weights(
     """Feasibility-split advantage weights of the actor's weighted behaviour cloning.
 
     Infeasible states (V_h > 0): clip(exp(β_h(V_h − Q_h)), 0, max_h) — prefer actions that lower Q_h.
-    Feasible states and feasible actions (V_h ≤ 0, Q_h ≤ 0): clip(exp(β_r(Q_r − V_r)), 0, max_r).
+    Feasible states and feasible actions (V_h ≤ 0, Q_h ≤ 0): clip(exp(β_r·advantage), 0, max_r),
+    the advantage being Q_r − V_r (see `feasible_advantage`).
     Feasible states, infeasible actions: 0.
     """
     w_h = torch.exp(beta_h * (v_h - q_h)).clamp(0.0, max_h)
-    w_r = torch.exp(beta_r * (q_r - v_r)).clamp(0.0, max_r)
+    w_r = torch.exp(beta_r * advantage).clamp(0.0, max_r)
     feasible_state = v_h <= 0
     feasible_action = q_h <= 0
     zero = torch.zeros_like(w_r)

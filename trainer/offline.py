@@ -23,6 +23,7 @@ from trainer.losses import (
     effective_sample_share,
     expectile_loss,
     feasibility_weights,
+    feasible_advantage,
     hj_target,
     imagined_targets,
     reachability_signal,
@@ -189,11 +190,11 @@ class OfflineLearner:
             if cfg.method == "bc":
                 weights = torch.ones_like(rew)
             else:
+                advantage = feasible_advantage(q_r_t, v_r.detach(), q_c_t, v_c.detach(), cfg.adv_cost_coef)
                 weights = feasibility_weights(
                     v_h.detach(),
                     q_h_t,
-                    q_r_t,
-                    v_r.detach(),
+                    advantage,
                     cfg.beta_h,
                     cfg.beta_r,
                     cfg.max_weight_h,
@@ -297,11 +298,12 @@ class OfflineLearner:
         act = torch.from_numpy(dataset.actions[idx])
         q_h = a.qh_max(z, act)
         v_h = a.v_h(z)
-        q_r = a.q_r(z, act).min(-1).values
-        v_r = a.v_r(z)
         cfg = self.cfg
+        advantage = feasible_advantage(
+            a.q_r(z, act).min(-1).values, a.v_r(z), a.q_c(z, act).max(-1).values, a.v_c(z), cfg.adv_cost_coef
+        )
         w = feasibility_weights(
-            v_h, q_h, q_r, v_r, cfg.beta_h, cfg.beta_r, cfg.max_weight_h, cfg.max_weight_r
+            v_h, q_h, advantage, cfg.beta_h, cfg.beta_r, cfg.max_weight_h, cfg.max_weight_r
         )
         log_prob = a.actor_on.log_prob(z, act)
         return {
