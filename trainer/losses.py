@@ -59,8 +59,8 @@ def feasibility_weights(
     """Feasibility-split advantage weights of the actor's weighted behaviour cloning.
 
     Infeasible states (V_h > 0): clip(exp(β_h(V_h − Q_h)), 0, max_h) — prefer actions that lower Q_h.
-    Feasible states and feasible actions (V_h ≤ 0, Q_h ≤ 0): clip(exp(β_r·advantage), 0, max_r),
-    the advantage being Q_r − V_r (see `feasible_advantage`).
+    Feasible states and feasible actions (V_h ≤ 0, Q_h ≤ 0): clip(exp(β_r·advantage), 0, max_r), with
+    the advantage from `feasible_advantage` (Q_r − V_r at κ = 0).
     Feasible states, infeasible actions: 0.
     """
     w_h = torch.exp(beta_h * (v_h - q_h)).clamp(0.0, max_h)
