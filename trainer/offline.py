@@ -190,16 +190,7 @@ class OfflineLearner:
             if cfg.method == "bc":
                 weights = torch.ones_like(rew)
             else:
-                advantage = feasible_advantage(q_r_t, v_r.detach(), q_c_t, v_c.detach(), cfg.adv_cost_coef)
-                weights = feasibility_weights(
-                    v_h.detach(),
-                    q_h_t,
-                    advantage,
-                    cfg.beta_h,
-                    cfg.beta_r,
-                    cfg.max_weight_h,
-                    cfg.max_weight_r,
-                )
+                weights = self._actor_weights(v_h.detach(), q_h_t, q_r_t, v_r.detach(), q_c_t, v_c.detach())
         # the actor's loss also shapes the encoder: pixels → goal direction is learnt fastest from the actions
         log_prob = a.actor_on.log_prob(z, act)
         actor_loss = weighted_bc_loss(log_prob, weights)
@@ -287,6 +278,22 @@ class OfflineLearner:
             nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
 
+    def _actor_weights(
+        self,
+        v_h: torch.Tensor,
+        q_h: torch.Tensor,
+        q_r: torch.Tensor,
+        v_r: torch.Tensor,
+        q_c: torch.Tensor,
+        v_c: torch.Tensor,
+    ) -> torch.Tensor:
+        """The actor's feasibility-split weights from critic values, with this run's temperatures and clips."""
+        cfg = self.cfg
+        advantage = feasible_advantage(q_r, v_r, q_c, v_c, cfg.adv_cost_coef)
+        return feasibility_weights(
+            v_h, q_h, advantage, cfg.beta_h, cfg.beta_r, cfg.max_weight_h, cfg.max_weight_r
+        )
+
     # ----- evaluation helpers -----------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, dataset: OfflineDataset, n: int = 2048, seed: int = 1) -> dict[str, Any]:
@@ -298,12 +305,8 @@ class OfflineLearner:
         act = torch.from_numpy(dataset.actions[idx])
         q_h = a.qh_max(z, act)
         v_h = a.v_h(z)
-        cfg = self.cfg
-        advantage = feasible_advantage(
-            a.q_r(z, act).min(-1).values, a.v_r(z), a.q_c(z, act).max(-1).values, a.v_c(z), cfg.adv_cost_coef
-        )
-        w = feasibility_weights(
-            v_h, q_h, advantage, cfg.beta_h, cfg.beta_r, cfg.max_weight_h, cfg.max_weight_r
+        w = self._actor_weights(
+            v_h, q_h, a.q_r(z, act).min(-1).values, a.v_r(z), a.q_c(z, act).max(-1).values, a.v_c(z)
         )
         log_prob = a.actor_on.log_prob(z, act)
         return {
