@@ -48,6 +48,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument(
+        "--palette-jitter",
+        type=float,
+        default=0.0,
+        help="collect the dataset with per-episode colour randomisation of this strength (sim collect)",
+    )
+    p.add_argument(
         "--workdir", type=Path, help="keep datasets and runs here (default: a temporary directory)"
     )
     p.add_argument("--no-write", action="store_true", help="do not write docs/results.md")
@@ -151,7 +157,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     data = work / DATASET
     if not data.exists():
         stats = collect(
-            CollectConfig(task=TASK, policy="mixed", episodes=args.episodes, seed=DATASET_SEED),
+            CollectConfig(
+                task=TASK,
+                policy="mixed",
+                episodes=args.episodes,
+                seed=DATASET_SEED,
+                palette_jitter=args.palette_jitter,
+            ),
             data,
             workers=2,
         )
@@ -162,8 +174,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "episodes": args.episodes,
         "seeds": [DATASET_SEED, DATASET_SEED + args.episodes - 1],
         "search": True,
+        "palette_jitter": args.palette_jitter,
     }
-    have = {"episodes": meta.get("episodes"), "seeds": meta.get("seeds"), "search": meta.get("search", False)}
+    have = {
+        "episodes": meta.get("episodes"),
+        "seeds": meta.get("seeds"),
+        "search": meta.get("search", False),
+        "palette_jitter": meta.get("palette_jitter", 0.0),
+    }
     if have != want:
         raise SystemExit(
             f"{data} was collected with {have}, this bench needs {want}: remove it or use another --workdir"
@@ -208,7 +226,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     table.sort(key=lambda r: (r["split"], r["variant"], r["shield"]))
     minutes = (time.monotonic() - t0) / 60
     notes = (
-        f"Dataset: {len(returns)} episodes of `sim collect --policy mixed` on {TASK} (train split), "
+        f"Dataset: {len(returns)} episodes of `sim collect --policy mixed"
+        + (f" --palette-jitter {args.palette_jitter:g}" if args.palette_jitter else "")
+        + f"` on {TASK} (train split), "
         f"episode return {returns.mean():.2f} ± {returns.std():.2f}, cost {costs.mean():.1f} ± {costs.std():.1f}. "
         f"Each run: {args.steps} offline updates (OfflineConfig defaults otherwise), seeds {args.seeds}; "
         f"evaluation: {args.eval_episodes} greedy episodes per split per seed through `edge_runtime` inference; "
@@ -232,6 +252,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"python -m bench.offline_results --episodes {args.episodes} --steps {args.steps} "
         f"--seeds {' '.join(map(str, args.seeds))} --eval-episodes {args.eval_episodes} --workers {args.workers} "
         f"--variants {' '.join(args.variants)}"
+        + (f" --palette-jitter {args.palette_jitter:g}" if args.palette_jitter else "")
     )
     title = "Offline pretraining on SafeGoal1: FOSP-lite vs BC"
     return {"title": title, "table": table, "notes": notes, "command": command}

@@ -27,6 +27,13 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS), help="task id")
     p.add_argument("--split", default="train", choices=SPLITS, help="layout split")
@@ -47,6 +54,7 @@ def _collect(args: argparse.Namespace) -> int:
         episode_steps=args.episode_steps,
         compression=args.compression,
         search=args.search,
+        palette_jitter=args.palette_jitter,
     )
     out = Path(args.out)
     stats = collect(cfg, out, workers=args.workers)
@@ -110,6 +118,14 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         default=True,
         action=argparse.BooleanOptionalAction,
         help="experts turn in place while their next waypoint is out of the camera's view (--no-search: steer by the map)",
+    )
+    p.add_argument(
+        "--palette-jitter",
+        type=_unit_interval,
+        default=0.0,
+        metavar="S",
+        help="randomise the colours every episode: each channel of each colour moved by up to ±S, and a floor "
+        "grid on half of the episodes (domain randomisation; the layouts and actions stay the seed's) [default: 0]",
     )
     p.set_defaults(func=_collect)
 

@@ -43,6 +43,7 @@ class CollectConfig:
     episode_steps: int = 300
     compression: str = "lzf"  # or "gzip"
     search: bool = True  # experts turn in place while their target is out of the camera's view (policies.py)
+    palette_jitter: float = 0.0  # per-episode colour randomisation strength (env.SafeNavEnv), 0 = off
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,20 @@ class EpisodeStats:
     goals: int
 
 
-_ENVS: dict[tuple[str, str, str, int], gym.Env] = {}
+_ENVS: dict[tuple[str, str, str, int, float], gym.Env] = {}
 
 
 def _env(cfg: CollectConfig) -> gym.Env:
     """One env per worker process and config (building the PyBullet scene is not free)."""
-    key = (cfg.task, cfg.split, cfg.obs_mode, cfg.episode_steps)
+    key = (cfg.task, cfg.split, cfg.obs_mode, cfg.episode_steps, cfg.palette_jitter)
     if key not in _ENVS:
         register_envs()
         _ENVS[key] = gym.make(
-            cfg.task, split=cfg.split, obs_mode=cfg.obs_mode, episode_steps=cfg.episode_steps
+            cfg.task,
+            split=cfg.split,
+            obs_mode=cfg.obs_mode,
+            episode_steps=cfg.episode_steps,
+            palette_jitter=cfg.palette_jitter,
         )
     return _ENVS[key]
 
@@ -189,6 +194,7 @@ def collect(cfg: CollectConfig, out: Path, workers: int = 1, progress: bool = Tr
             "policy": cfg.policy,
             "policy_mix": MIX_WEIGHTS if cfg.policy == "mixed" else {cfg.policy: 1.0},
             "search": cfg.search,
+            "palette_jitter": cfg.palette_jitter,
             "episodes": cfg.episodes,
             "episode_steps": cfg.episode_steps,
             "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1],

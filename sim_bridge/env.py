@@ -27,7 +27,7 @@ from sim_bridge.layout import (
 )
 from sim_bridge.scene import CAMERA_FOV_DEG, Scene
 from sim_bridge.sensors import STATE_DIM, state_vector
-from sim_bridge.tasks import task_spec
+from sim_bridge.tasks import jitter_palette, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ MAX_TURN = 2.5  # rad/s at action[1] = 1
 GOAL_BONUS = 1.0
 BUTTON_COOLDOWN = 10  # steps after a correct press in which touching *that* button costs nothing
 SIGHT_RANGE = 6.0
+_PALETTE_STREAM = 0x9A1E77E  # second seed word of the palette generator, apart from the layouts' stream
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,14 @@ def goal_in_view(xy: np.ndarray, yaw: float, goal_xy: np.ndarray) -> bool:
 
 
 class SafeNavEnv(gym.Env):
+    """One SafeNav task on one split; ``palette`` (a split name) repaints the split's world with that
+    split's colours (default: its own), see :meth:`sim_bridge.tasks.TaskSpec.params`.
+
+    ``palette_jitter`` > 0 randomises the colours every episode (:func:`sim_bridge.tasks.jitter_palette`
+    at that strength), from a generator of its own seeded by ``reset(seed=…)``: the layouts, and so a
+    scripted expert's actions, are the ones the same seed gives without it.
+    """
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_HZ)}
 
     def __init__(
@@ -81,13 +90,17 @@ class SafeNavEnv(gym.Env):
         episode_steps: int = 300,
         action_repeat: int = 2,
         render_mode: str | None = None,
+        palette: str | None = None,
+        palette_jitter: float = 0.0,
     ) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode {obs_mode!r} is not one of {OBS_MODES}")
+        if not 0.0 <= palette_jitter <= 1.0:
+            raise ValueError(f"palette_jitter must lie in [0, 1], got {palette_jitter}")
         self.spec_ = task_spec(task_id)
         self.task_id = task_id
         self.split = split
-        self.params = self.spec_.params(split)
+        self.params = self.spec_.params(split, palette)
         self.obs_mode = obs_mode
         self.image_size = image_size
         self.episode_steps = episode_steps
@@ -105,7 +118,9 @@ class SafeNavEnv(gym.Env):
         }[obs_mode]
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
-        self._scene = Scene(self.params, image_size)
+        self.palette_jitter = palette_jitter
+        self._palette_rng = np.random.default_rng()
+        self._scene = Scene(self.params, image_size, repaintable=palette_jitter > 0)
         self._layout = sample_layout(np.random.default_rng(0), self.params)
         self._xy = np.zeros(2)
         self._yaw = 0.0
@@ -120,6 +135,10 @@ class SafeNavEnv(gym.Env):
     # -- gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
+        if self.palette_jitter > 0:
+            if seed is not None:
+                self._palette_rng = np.random.default_rng([seed, _PALETTE_STREAM])
+            self._scene.repaint(jitter_palette(self.params.palette, self._palette_rng, self.palette_jitter))
         self._layout = sample_layout(self.np_random, self.params)
         self._scene.load_layout(self._layout)
         self._xy = self._layout.start_xy.astype(np.float64).copy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import math
 import os
@@ -38,7 +39,7 @@ with _stdout_to_stderr():
     import pybullet
 
 from sim_bridge.layout import BUTTON_RADIUS, PILLAR_RADIUS, ROBOT_RADIUS, Layout  # noqa: E402
-from sim_bridge.tasks import Colour, LayoutParams  # noqa: E402
+from sim_bridge.tasks import Colour, LayoutParams, Palette  # noqa: E402
 
 CAMERA_FOV_DEG = 90.0
 CAMERA_HEIGHT = 0.18
@@ -67,7 +68,10 @@ def _rgba(c: Colour, a: float = 1.0) -> list[float]:
 
 
 class Scene:
-    def __init__(self, params: LayoutParams, image_size: int = 64) -> None:
+    """``repaintable``: also build the floor grid when the palette has none, so that :meth:`repaint`
+    can show it (domain randomisation of the colours)."""
+
+    def __init__(self, params: LayoutParams, image_size: int = 64, repaintable: bool = False) -> None:
         self.params = params
         self.image_size = image_size
         self._pb = _Client()
@@ -75,14 +79,25 @@ class Scene:
         self._heights: dict[int, float] = {}
         pal = params.palette
         half = params.arena_half
-        self._box((half + 0.5, half + 0.5, 0.01), (0, 0, -0.01), pal.floor)  # floor, a margin past the walls
-        if pal.floor_lines is not None:
+        self._floor = self._box((half + 0.5, half + 0.5, 0.01), (0, 0, -0.01), pal.floor)  # past the walls
+        self._lines: list[tuple[int, tuple[float, float, float]]] = []
+        if pal.floor_lines is not None or repaintable:
+            lines = pal.floor_lines or pal.floor
             for k in np.arange(-half + 0.5, half, 0.5):
-                self._box((0.01, half, 0.001), (k, 0, 0.0005), pal.floor_lines)
-                self._box((half, 0.01, 0.001), (0, k, 0.0005), pal.floor_lines)
+                for ext, pos in (
+                    ((0.01, half, 0.001), (k, 0, 0.0005)),
+                    ((half, 0.01, 0.001), (0, k, 0.0005)),
+                ):
+                    body = self._box(ext, pos, lines)
+                    self._lines.append((body, pos))
+                    if pal.floor_lines is None:
+                        self._pb.resetBasePositionAndOrientation(body, _HIDDEN, _UNIT_QUAT)
+        self._walls = []
         for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             ext = (0.05, half + 0.05, _WALL_HEIGHT / 2) if sx else (half + 0.05, 0.05, _WALL_HEIGHT / 2)
-            self._box(ext, (sx * (half + 0.05), sy * (half + 0.05), _WALL_HEIGHT / 2), pal.wall)
+            self._walls.append(
+                self._box(ext, (sx * (half + 0.05), sy * (half + 0.05), _WALL_HEIGHT / 2), pal.wall)
+            )
         # one disc per fixed radius; a layout assigns each hazard position a disc of its radius
         self.hazard_radii = params.hazard_radii
         self.hazards = [self._cylinder(float(r), 0.002, pal.hazard) for r in self.hazard_radii]
@@ -116,6 +131,25 @@ class Scene:
         self._pb.resetBasePositionAndOrientation(body, (float(xy[0]), float(xy[1]), z), _UNIT_QUAT)
 
     # -- updating -------------------------------------------------------------------------
+    def repaint(self, palette: Palette) -> None:
+        """Recolour every body; the floor grid shows only where ``palette`` has one (build the scene
+        ``repaintable`` to add a grid the split's own palette lacks). Call :meth:`load_layout` next: it
+        recolours the goal and the buttons."""
+        if palette.floor_lines is not None and not self._lines:
+            raise ValueError("this scene has no floor grid to show: build it with repaintable=True")
+        self.params = dataclasses.replace(self.params, palette=palette)
+        paint = [(self._floor, palette.floor), *((b, palette.wall) for b in self._walls)]
+        paint += [(b, palette.hazard) for b in self.hazards] + [(b, palette.pillar) for b in self.pillars]
+        paint += [(b, palette.button) for b in self.buttons]
+        for body, colour in paint:
+            self._pb.changeVisualShape(body, -1, rgbaColor=_rgba(colour))
+        for body, pos in self._lines:
+            if palette.floor_lines is None:
+                self._pb.resetBasePositionAndOrientation(body, _HIDDEN, _UNIT_QUAT)
+            else:
+                self._pb.resetBasePositionAndOrientation(body, pos, _UNIT_QUAT)
+                self._pb.changeVisualShape(body, -1, rgbaColor=_rgba(palette.floor_lines))
+
     def load_layout(self, layout: Layout) -> None:
         free = list(range(len(self.hazards)))
         for xy, r in zip(layout.hazards, layout.hazard_radii, strict=True):

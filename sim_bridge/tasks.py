@@ -56,10 +56,16 @@ class TaskSpec:
     description: str
     train: LayoutParams
 
-    def params(self, split: str) -> LayoutParams:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
-        return self.train if split == "train" else unseen_variant(self.train)
+    def params(self, split: str, palette: str | None = None) -> LayoutParams:
+        """The split's world; ``palette`` (a split name) repaints it with that split's colours, which
+        separates what a change of appearance costs a policy from what a change of layout does."""
+        for name, what in ((split, "split"), (palette, "palette")):
+            if name is not None and name not in SPLITS:
+                raise ValueError(f"unknown {what} {name!r}: use one of {SPLITS}")
+        params = self.train if split == "train" else unseen_variant(self.train)
+        if palette is None:
+            return params
+        return replace(params, palette=TRAIN_PALETTE if palette == "train" else UNSEEN_PALETTE)
 
 
 TRAIN_PALETTE = Palette(
@@ -81,6 +87,30 @@ UNSEEN_PALETTE = Palette(
     button=(0.95, 0.60, 0.15),
     floor_lines=(0.50, 0.45, 0.36),
 )
+
+
+def jitter_palette(p: Palette, rng: np.random.Generator, strength: float) -> Palette:
+    """Domain randomisation of the colours: each channel of each colour moved by U(−strength, strength)
+    (clipped to [0, 1]), and on half of the draws a floor grid a shade darker than the floor.
+
+    Every call draws the same count of numbers, so a seeded generator gives the same palettes in turn.
+    """
+
+    def move(c: Colour) -> Colour:
+        r, g, b = np.clip(np.asarray(c) + rng.uniform(-strength, strength, 3), 0.0, 1.0)
+        return (float(r), float(g), float(b))
+
+    floor = move(p.floor)
+    grid = rng.random() < 0.5
+    return Palette(
+        floor=floor,
+        wall=move(p.wall),
+        hazard=move(p.hazard),
+        goal=move(p.goal),
+        pillar=move(p.pillar),
+        button=move(p.button),
+        floor_lines=(0.8 * floor[0], 0.8 * floor[1], 0.8 * floor[2]) if grid else None,
+    )
 
 
 def unseen_variant(p: LayoutParams) -> LayoutParams:

@@ -16,7 +16,7 @@ from sim_bridge.env import SafeNavEnv
 from sim_bridge.layout import PILLAR_RADIUS, ROBOT_RADIUS
 from sim_bridge.policies import POLICIES, make_policy
 from sim_bridge.sensors import STATE_DIM
-from sim_bridge.tasks import SPLITS, TASKS
+from sim_bridge.tasks import SPLITS, TASKS, jitter_palette
 
 GOAL1 = "reachsafe/SafeGoal1-v0"
 
@@ -93,6 +93,54 @@ def test_unseen_split_differs_in_arena_hazards_and_colours() -> None:
     assert np.abs(floor_a - floor_b).max() > 20
     a.close()
     b.close()
+
+
+def test_palette_repaints_a_split_without_moving_anything() -> None:
+    spec = TASKS[GOAL1]
+    repainted = spec.params("unseen", "train")
+    assert repainted.palette == spec.params("train").palette
+    assert repainted == dataclasses.replace(spec.params("unseen"), palette=repainted.palette)
+    with pytest.raises(ValueError, match="palette"):
+        spec.params("unseen", "night")
+    own, other = _make(split="unseen"), _make(split="unseen", palette="train")
+    oa, _ = own.reset(seed=3)
+    ob, _ = other.reset(seed=3)
+    np.testing.assert_array_equal(own.nav_state().hazards, other.nav_state().hazards)
+    floor_a, floor_b = oa[-1].reshape(-1, 3).mean(0), ob[-1].reshape(-1, 3).mean(0)  # bottom row: floor
+    assert np.abs(floor_a - floor_b).max() > 20
+    own.close()
+    other.close()
+
+
+def test_jitter_palette_stays_within_its_strength_and_sometimes_draws_a_grid() -> None:
+    base = TASKS[GOAL1].params("train").palette
+    rng = np.random.default_rng(0)
+    drawn = [jitter_palette(base, rng, 0.1) for _ in range(40)]
+    for p in drawn:
+        for name in ("floor", "wall", "hazard", "goal", "pillar", "button"):
+            c, b = np.array(getattr(p, name)), np.array(getattr(base, name))
+            assert np.all(np.abs(c - b) <= 0.1 + 1e-9) and np.all((c >= 0) & (c <= 1))
+    grids = [p.floor_lines is not None for p in drawn]
+    assert 5 < sum(grids) < 35
+    assert jitter_palette(base, np.random.default_rng(0), 0.1) == drawn[0]
+
+
+def test_palette_jitter_repaints_every_episode_on_the_seed_s_layout() -> None:
+    with pytest.raises(ValueError, match="palette_jitter"):
+        _make(palette_jitter=1.5)
+    plain, jittered = _make(), _make(palette_jitter=0.2)
+    frames = {}
+    for seed in (3, 4):
+        op, _ = plain.reset(seed=seed)
+        oj, _ = jittered.reset(seed=seed)
+        np.testing.assert_array_equal(plain.nav_state().hazards, jittered.nav_state().hazards)
+        assert not np.array_equal(op, oj)
+        frames[seed] = oj
+    oj, _ = jittered.reset(seed=3)
+    np.testing.assert_array_equal(oj, frames[3])  # the same seed paints the same colours
+    assert not np.array_equal(frames[3][-1], frames[4][-1])  # another seed, another floor
+    plain.close()
+    jittered.close()
 
 
 def test_hazard_placement_on_unseen_crowds_the_way_to_the_goal() -> None:

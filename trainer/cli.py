@@ -268,6 +268,12 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
         "--split", default="train", choices=["train", "unseen"], help="task split [default: train]"
     )
     parser.add_argument(
+        "--palette",
+        choices=["train", "unseen"],
+        help="paint the split's layouts with this split's colours, to tell what a change of appearance costs "
+        "from what a change of layout does [default: the split's own]",
+    )
+    parser.add_argument(
         "--episodes", type=int, default=10, help="episodes when --seeds is not given [default: 10]"
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="explicit episode seeds")
@@ -317,6 +323,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         episode_steps=args.episode_steps,
         use_shield=not args.no_shield,
         shield_threshold=args.shield_threshold,
+        palette=args.palette,
     )
     print(summary.format())
     if args.json:

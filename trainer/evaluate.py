@@ -143,11 +143,13 @@ def evaluate_bundle(
     episode_steps: int | None = None,
     use_shield: bool = True,
     shield_threshold: float | None = None,
+    palette: str | None = None,
 ) -> EvalSummary:
     """Run ``episodes`` greedy episodes (seeds ``seeds`` or 0 … episodes−1) of a verified bundle.
 
     ``use_shield=False`` executes the selected policy's action as is (to measure the policy alone);
-    ``shield_threshold`` replaces the manifest's threshold (to trace the shield's cost–return trade-off).
+    ``shield_threshold`` replaces the manifest's threshold (to trace the shield's cost–return trade-off);
+    ``palette`` paints the split's layouts with another split's colours (appearance vs layout shift).
     """
     import gymnasium as gym
 
@@ -161,14 +163,15 @@ def evaluate_bundle(
     if use_shield:
         logger.info("shield threshold %g (manifest: %g)", threshold, bundle.manifest["shield"]["threshold"])
     seeds = list(seeds) if seeds else list(range(episodes))
-    kwargs = {"split": split, "obs_mode": "image"}
+    kwargs = {"split": split, "obs_mode": "image", "palette": palette}
     if episode_steps is not None:
         kwargs["episode_steps"] = episode_steps
     try:
         env = gym.make(task, **kwargs)
     except gym.error.Error as exc:
         raise EvalError(f"cannot make task {task!r}: {exc}") from exc
-    summary = EvalSummary(task=task, split=split, cost_limit=cost_limit, reward_ref=reward_ref)
+    label = split if palette is None else f"{split}, {palette} palette"
+    summary = EvalSummary(task=task, split=label, cost_limit=cost_limit, reward_ref=reward_ref)
     try:
         for seed in seeds:
             obs, _ = env.reset(seed=int(seed))
