@@ -81,17 +81,13 @@ class Scene:
         half = params.arena_half
         self._floor = self._box((half + 0.5, half + 0.5, 0.01), (0, 0, -0.01), pal.floor)  # past the walls
         self._lines: list[tuple[int, tuple[float, float, float]]] = []
-        if pal.floor_lines is not None or repaintable:
-            lines = pal.floor_lines or pal.floor
+        if pal.floor_lines is not None or repaintable:  # shown or hidden by repaint() below
             for k in np.arange(-half + 0.5, half, 0.5):
                 for ext, pos in (
                     ((0.01, half, 0.001), (k, 0, 0.0005)),
                     ((half, 0.01, 0.001), (0, k, 0.0005)),
                 ):
-                    body = self._box(ext, pos, lines)
-                    self._lines.append((body, pos))
-                    if pal.floor_lines is None:
-                        self._pb.resetBasePositionAndOrientation(body, _HIDDEN, _UNIT_QUAT)
+                    self._lines.append((self._box(ext, pos, pal.floor), pos))
         self._walls = []
         for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             ext = (0.05, half + 0.05, _WALL_HEIGHT / 2) if sx else (half + 0.05, 0.05, _WALL_HEIGHT / 2)
@@ -105,6 +101,7 @@ class Scene:
         self.buttons = [self._cylinder(BUTTON_RADIUS, 0.1, pal.button) for _ in range(params.n_buttons)]
         self.goal = -1 if params.n_buttons else self._cylinder(0.12, _GOAL_HEIGHT, pal.goal)
         self.robot = self._cylinder(ROBOT_RADIUS, 0.12, (0.85, 0.15, 0.15))
+        self.repaint(pal)
         self._hazard_shapes: list[int] = []
         self._goal_alpha = -1.0
         self._lit_button = -1

@@ -88,9 +88,8 @@ def test_palette_jitter_changes_the_frames_and_nothing_else(tmp_path: Path) -> N
         for k in ("actions", "rewards", "costs", "timeouts"):
             np.testing.assert_array_equal(a[k][()], b[k][()])
         np.testing.assert_array_equal(b["observations"][()], c["observations"][()])
-        floor_a = (
-            a["observations"][:, -1].reshape(2, 20, -1, 3).mean((1, 2))
-        )  # bottom row: floor, per episode
+        # bottom row of each frame: the floor, averaged per episode
+        floor_a = a["observations"][:, -1].reshape(2, 20, -1, 3).mean((1, 2))
         floor_b = b["observations"][:, -1].reshape(2, 20, -1, 3).mean((1, 2))
         assert np.abs(floor_a - floor_b).max() > 10 and np.abs(floor_b[0] - floor_b[1]).max() > 10
         assert json.loads(b.attrs["metadata"])["palette_jitter"] == 0.2
