@@ -27,7 +27,8 @@ import numpy as np
 
 TASK = "reachsafe/SafeGoal1-v0"
 COST_LIMIT = 10.0
-DATASET = "safegoal1_mixed.h5"
+DATASET_STEM = "safegoal1_mixed"
+DATASET = f"{DATASET_STEM}.h5"  # with --palette-jitter S: f"{DATASET_STEM}_jitter{S:g}.h5"
 DATASET_SEED = 1000  # episode i of the dataset uses seed DATASET_SEED + i
 VARIANTS = {
     "bc": {"method": "bc"},
@@ -52,6 +53,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="collect the dataset with per-episode colour randomisation of this strength (sim collect)",
+    )
+    p.add_argument(
+        "--also-plain",
+        action="store_true",
+        help="with --palette-jitter: also collect the same episodes in the task's own colours and train on both files",
     )
     p.add_argument(
         "--workdir", type=Path, help="keep datasets and runs here (default: a temporary directory)"
@@ -99,14 +105,14 @@ def paired_vs_bc(results: dict[tuple[str, str, bool], list[dict[str, float]]]) -
 
 
 def _train_and_evaluate(
-    name: str, seed: int, args: argparse.Namespace, work: Path, ref: tuple[float, float]
+    name: str, seed: int, args: argparse.Namespace, work: Path, files: list[Path], ref: tuple[float, float]
 ) -> tuple[str, int, float, dict[tuple[str, bool], dict[str, float]]]:
     """One (variant, seed) job, in its own process: train (unless done before), then evaluate greedily
     on both splits with and without the shield. Returns (name, seed, train seconds, results)."""
     from protocol.bundle import load_bundle
     from protocol.keys import load_trusted_keys
     from trainer.config import OfflineConfig
-    from trainer.dataset import load_dataset
+    from trainer.dataset import load_datasets
     from trainer.evaluate import evaluate_bundle
     from trainer.train_offline import train_offline
 
@@ -117,7 +123,7 @@ def _train_and_evaluate(
     cache = run_dir / "bench_eval.json"
     if not timing.exists():
         cache.unlink(missing_ok=True)  # a fresh run's evaluation is not cached yet
-        res = train_offline(load_dataset(work / DATASET), run_dir, cfg, keys_dir=keys, progress=False)
+        res = train_offline(load_datasets(files), run_dir, cfg, keys_dir=keys, progress=False)
         timing.write_text(json.dumps(res.seconds))
         print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
     settings = {"episodes": args.eval_episodes, "reward_ref": list(ref), "cost_limit": COST_LIMIT}
@@ -148,33 +154,27 @@ def _train_and_evaluate(
     return name, seed, json.loads(timing.read_text()), results
 
 
-def run(args: argparse.Namespace, work: Path) -> dict:
-    from protocol.keys import generate_keys
+def _dataset_file(args: argparse.Namespace, work: Path, palette_jitter: float) -> Path:
+    """The bench's dataset with this colour randomisation: collected on first use, checked after."""
     from sim_bridge.collect import CollectConfig, collect, summarize
     from trainer.dataset import load_dataset
 
-    t0 = time.monotonic()
-    data = work / DATASET
+    data = work / (DATASET if not palette_jitter else f"{DATASET_STEM}_jitter{palette_jitter:g}.h5")
     if not data.exists():
-        stats = collect(
-            CollectConfig(
-                task=TASK,
-                policy="mixed",
-                episodes=args.episodes,
-                seed=DATASET_SEED,
-                palette_jitter=args.palette_jitter,
-            ),
-            data,
-            workers=2,
+        config = CollectConfig(
+            task=TASK,
+            policy="mixed",
+            episodes=args.episodes,
+            seed=DATASET_SEED,
+            palette_jitter=palette_jitter,
         )
-        print("dataset:", summarize(stats), flush=True)
-    dataset = load_dataset(data)
-    meta = dataset.metadata
+        print("dataset:", summarize(collect(config, data, workers=2)), flush=True)
+    meta = load_dataset(data).metadata
     want = {
         "episodes": args.episodes,
         "seeds": [DATASET_SEED, DATASET_SEED + args.episodes - 1],
         "search": True,
-        "palette_jitter": args.palette_jitter,
+        "palette_jitter": palette_jitter,
     }
     have = {
         "episodes": meta.get("episodes"),
@@ -186,6 +186,19 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         raise SystemExit(
             f"{data} was collected with {have}, this bench needs {want}: remove it or use another --workdir"
         )
+    return data
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    from protocol.keys import generate_keys
+    from trainer.dataset import load_datasets
+
+    if args.also_plain and not args.palette_jitter:
+        raise SystemExit("--also-plain adds the task's own colours to a --palette-jitter dataset: give both")
+    t0 = time.monotonic()
+    jitters = [0.0, args.palette_jitter] if args.also_plain else [args.palette_jitter]
+    files = [_dataset_file(args, work, j) for j in jitters]
+    dataset = load_datasets(files)
     returns, costs = dataset.episode_returns()
     ref = (float(returns.min()), float(returns.max()))
     if not (work / "keys" / "signing.key").exists():
@@ -196,7 +209,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     train_seconds: dict[str, list[float]] = {}
     jobs = [(name, seed) for seed in args.seeds for name in args.variants]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        done = [pool.submit(_train_and_evaluate, name, seed, args, work, ref) for name, seed in jobs]
+        done = [pool.submit(_train_and_evaluate, name, seed, args, work, files, ref) for name, seed in jobs]
         for name, _seed, seconds, per_split in (f.result() for f in done):
             train_seconds.setdefault(name, []).append(seconds)
             for (split, use_shield), s in per_split.items():
@@ -225,10 +238,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         )
     table.sort(key=lambda r: (r["split"], r["variant"], r["shield"]))
     minutes = (time.monotonic() - t0) / 60
+    collected = " and ".join(
+        "`sim collect --policy mixed" + (f" --palette-jitter {j:g}`" if j else "`") for j in jitters
+    )
     notes = (
-        f"Dataset: {len(returns)} episodes of `sim collect --policy mixed"
-        + (f" --palette-jitter {args.palette_jitter:g}" if args.palette_jitter else "")
-        + f"` on {TASK} (train split), "
+        f"Dataset: {len(returns)} episodes of {collected} on {TASK} (train split)"
+        + (", the same episodes in both files" if len(jitters) > 1 else "")
+        + ", "
         f"episode return {returns.mean():.2f} ± {returns.std():.2f}, cost {costs.mean():.1f} ± {costs.std():.1f}. "
         f"Each run: {args.steps} offline updates (OfflineConfig defaults otherwise), seeds {args.seeds}; "
         f"evaluation: {args.eval_episodes} greedy episodes per split per seed through `edge_runtime` inference; "
@@ -253,6 +269,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         f"--seeds {' '.join(map(str, args.seeds))} --eval-episodes {args.eval_episodes} --workers {args.workers} "
         f"--variants {' '.join(args.variants)}"
         + (f" --palette-jitter {args.palette_jitter:g}" if args.palette_jitter else "")
+        + (" --also-plain" if args.also_plain else "")
     )
     title = "Offline pretraining on SafeGoal1: FOSP-lite vs BC"
     return {"title": title, "table": table, "notes": notes, "command": command}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.offline_goal_view import action_by_view
-from bench.offline_results import DATASET, DATASET_SEED, _args, _key, _unkey, paired_vs_bc, run
+from bench.offline_results import DATASET, DATASET_SEED, DATASET_STEM, _args, _key, _unkey, paired_vs_bc, run
 from sim_bridge.collect import CollectConfig, collect
 from sim_bridge.env import SIGHT_RANGE, goal_in_view, in_fov
 
@@ -81,3 +81,12 @@ def test_bench_refuses_a_dataset_collected_otherwise(tmp_path):
     collect(cfg, tmp_path / DATASET, progress=False)
     with pytest.raises(SystemExit, match="'search': False"):
         run(_args(["--episodes", "1"]), tmp_path)
+
+
+def test_bench_keeps_each_colouring_in_its_own_file_and_needs_jitter_for_also_plain(tmp_path):
+    with pytest.raises(SystemExit, match="--palette-jitter"):
+        run(_args(["--episodes", "1", "--also-plain"]), tmp_path)
+    cfg = CollectConfig(task="reachsafe/SafeGoal1-v0", episodes=1, episode_steps=5, seed=DATASET_SEED)
+    collect(cfg, tmp_path / f"{DATASET_STEM}_jitter0.2.h5", progress=False)  # colours not randomised
+    with pytest.raises(SystemExit, match=r"jitter0\.2\.h5 was collected with .*'palette_jitter': 0\.0"):
+        run(_args(["--episodes", "1", "--palette-jitter", "0.2"]), tmp_path)

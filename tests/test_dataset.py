@@ -11,10 +11,12 @@ from trainer.dataset import (
     DatasetNotFoundError,
     DtypeError,
     EmptyDatasetError,
+    IncompatibleDatasetsError,
     MissingKeyError,
     NonFiniteError,
     ShapeMismatchError,
     load_dataset,
+    load_datasets,
 )
 
 
@@ -111,3 +113,40 @@ def test_sequences_never_cross_episode_ends(tmp_path):
     assert np.array_equal(seq.obs[:, -1], ds.next_observations[idx])
     with pytest.raises(EmptyDatasetError, match="horizon"):
         ds.sample_sequences(4, 6, np.random.default_rng(0))
+
+
+def test_several_files_train_as_one_dataset_with_their_episodes_in_order(tmp_path):
+    a = arrays(n=10, ends=(4, 9))
+    b = arrays(n=7, ends=(2,))  # its last episode (steps 3-6) is unfinished
+    b["rewards"] = np.arange(100, 107, dtype=np.float32)
+    pa = write(tmp_path / "a.h5", a, json.dumps({"task": "x", "palette_jitter": 0.0, "episodes": 2}))
+    pb = write(tmp_path / "b.h5", b, json.dumps({"task": "x", "palette_jitter": 0.2, "episodes": 2}))
+    c = write(tmp_path / "c.h5", arrays(n=5, ends=(4,)), json.dumps({"task": "x"}))
+    ds = load_datasets([pa, pb, c])
+    assert len(ds) == 22 and ds.files == tuple(str(p.resolve()) for p in (pa, pb, c))
+    assert ds.episode_bounds() == [(0, 5), (5, 10), (10, 13), (13, 17), (17, 22)]
+    assert np.array_equal(ds.rewards[10:17], b["rewards"]) and ds.timeouts[16]  # closed, not joined to c
+    assert 14 in ds.valid_sequence_starts(3) and 15 not in ds.valid_sequence_starts(3)
+    assert ds.metadata["task"] == "x" and "palette_jitter" not in ds.metadata  # the files disagree on it
+    assert [p.get("palette_jitter") for p in ds.metadata["parts"]] == [0.0, 0.2, None]
+    assert "a.h5 + " in ds.source and ds.source.endswith("c.h5")
+    one = load_datasets([pa])
+    assert one.metadata == {"task": "x", "palette_jitter": 0.0, "episodes": 2} and len(one) == 10
+
+
+@pytest.mark.parametrize(
+    "other, meta, words",
+    [
+        (arrays(image=False), {"task": "x"}, "observations"),
+        ({**arrays(), "actions": np.zeros((10, 3), np.float32)}, {"task": "x"}, "action size"),
+        (arrays(), {"task": "y"}, "task"),
+    ],
+)
+def test_files_that_cannot_train_together_are_refused_naming_both(tmp_path, other, meta, words):
+    a = write(tmp_path / "a.h5", arrays(), json.dumps({"task": "x"}))
+    b = write(tmp_path / "b.h5", other, json.dumps(meta))
+    with pytest.raises(IncompatibleDatasetsError, match=words) as info:
+        load_datasets([a, b])
+    assert "a.h5" in str(info.value) and "b.h5" in str(info.value)
+    with pytest.raises(DatasetNotFoundError):
+        load_datasets([])

@@ -15,7 +15,7 @@ from protocol.keys import load_signing_key
 from trainer import shield_calibration
 from trainer.config import OfflineConfig
 from trainer.daemon_bundles import BundleShelf
-from trainer.dataset import load_dataset
+from trainer.dataset import load_datasets
 from trainer.networks import Agent, load_checkpoint
 from trainer.offline import OfflineLearner, agent_spec_for
 from trainer.online import load_offline_dataset, shield_for_ship
@@ -79,27 +79,29 @@ def test_safe_steps_look_ahead_within_their_own_episode_only() -> None:
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    """A 3-update offline run on a tiny state dataset, trained from a relative dataset path."""
+    """A 3-update offline run on a tiny state dataset in two files, trained from relative paths."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sh")
     (root / "data").mkdir()
-    write_hdf5(make_point_dataset(episodes=6, length=12, seed=0), root / "data" / "d.h5")
+    write_hdf5(make_point_dataset(episodes=4, length=12, seed=0), root / "data" / "a.h5")
+    write_hdf5(make_point_dataset(episodes=2, length=12, seed=1), root / "data" / "b.h5")
     cfg = OfflineConfig(
         steps=3, batch_size=8, hidden_dim=16, latent_dim=8, world_model=False, shield_calibration_samples=50
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        train_offline(load_dataset("data/d.h5"), "run", cfg, progress=False, export=False)
+        train_offline(load_datasets(["data/a.h5", "data/b.h5"]), "run", cfg, progress=False, export=False)
     _, ckpt = load_checkpoint(RunDir(root / "run").require_checkpoint())
     return root, ckpt
 
 
-def test_run_records_the_absolute_dataset_path_and_the_calibrated_shield(small_run, tmp_path, monkeypatch):
+def test_run_records_the_absolute_dataset_paths_and_the_calibrated_shield(small_run, tmp_path, monkeypatch):
     root, ckpt = small_run
-    assert ckpt["dataset"]["source"] == str((root / "data" / "d.h5").resolve())
+    files = [str((root / "data" / name).resolve()) for name in ("a.h5", "b.h5")]
+    assert ckpt["dataset"]["files"] == files and ckpt["dataset"]["steps"] == 72
     monkeypatch.chdir(tmp_path)  # the daemon starts elsewhere
     ds = load_offline_dataset(None, ckpt)
-    assert ds is not None and len(ds) == 72
+    assert ds is not None and len(ds) == 72 and ds.files == tuple(files) and len(ds.episode_bounds()) == 6
     shield = ckpt["shield"]
     assert shield["threshold"] >= 0.0 and shield["calibration"]["samples"] == 50
     agent, _ = load_checkpoint(RunDir(root / "run").require_checkpoint())

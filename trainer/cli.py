@@ -65,7 +65,15 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
         description="Train π_off, the critics and the reachability critics on a DSRL-layout dataset, "
         "then export and sign RUN/bundle/. Config precedence: defaults < --config YAML < options.",
     )
-    p.add_argument("--dataset", required=True, type=Path, help="HDF5 dataset (DSRL keys)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="HDF5 dataset (DSRL keys); several files train together, e.g. the same episodes collected "
+        "with and without --palette-jitter",
+    )
     p.add_argument(
         "--out", required=True, type=Path, help="run directory RUN (config, checkpoints, bundle, tb)"
     )
@@ -85,7 +93,7 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
 def _run_train_offline(args: argparse.Namespace) -> int:
     from protocol.config import load_config
     from trainer.config import OfflineConfig
-    from trainer.dataset import load_dataset
+    from trainer.dataset import load_datasets
     from trainer.run_dir import RunDir
     from trainer.train_offline import train_offline
 
@@ -95,7 +103,7 @@ def _run_train_offline(args: argparse.Namespace) -> int:
     cfg = load_config(OfflineConfig, config_path, args)
     if args.no_world_model:
         cfg = cfg.replace(world_model=False, imagine=False)
-    dataset = load_dataset(args.dataset)
+    dataset = load_datasets(args.dataset)
     result = train_offline(
         dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress
     )
@@ -128,7 +136,13 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", required=True, type=int, help="environment steps")
     p.add_argument("--out", type=Path, help="output directory [default: RUN/online_sim]")
     p.add_argument("--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)")
-    p.add_argument("--dataset", type=Path, help="offline dataset for mixing and VPA [default: the run's]")
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="offline dataset file(s) for mixing and VPA [default: the run's]",
+    )
     p.add_argument("--no-vpa", action="store_true", help="ablation: skip Value Pre-Alignment")
     p.add_argument("--no-expansion", action="store_true", help="ablation: act with π_on only (no policy set)")
     p.add_argument("--no-shield", action="store_true", help="ablation: no reachability shield")
@@ -164,7 +178,7 @@ def _run_train_online(args: argparse.Namespace) -> int:
     result = train_online(
         args.run, args.env, args.steps, cfg, args.out or args.run / "online_sim",
         split=args.split, obs_key=args.obs_key, use_shield=not args.no_shield, resume=args.resume,
-        dataset_path=args.dataset, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
+        dataset_paths=args.dataset, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
     )  # fmt: skip
     print(
         f"{result.steps} steps, {result.episodes} episodes in {result.seconds:.0f} s; cumulative cost "
@@ -218,7 +232,11 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--int8", action="store_true", help="try int8 static quantization")
     parser.add_argument(
-        "--dataset", type=Path, help="calibration dataset (default: the one the run trained on)"
+        "--dataset",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="calibration dataset file(s) (default: the one(s) the run trained on)",
     )
     parser.add_argument("--keys", type=Path, help="directory with signing.key (default: RUN/keys)")
     parser.add_argument("--version", type=int, default=1, help="bundle version [default: 1]")
@@ -282,7 +300,11 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
     parser.add_argument(
-        "--dataset", type=Path, help="dataset whose min/max episode return are the reward references"
+        "--dataset",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="dataset file(s) whose min/max episode return are the reward references",
     )
     parser.add_argument(
         "--reward-ref", type=float, nargs=2, metavar=("LOW", "HIGH"), help="reference returns"
@@ -307,9 +329,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     ref = tuple(args.reward_ref) if args.reward_ref else None
     if ref is None and args.dataset is not None:
-        from trainer.dataset import load_dataset
+        from trainer.dataset import load_datasets
 
-        returns, _ = load_dataset(args.dataset).episode_returns()
+        returns, _ = load_datasets(args.dataset).episode_returns()
         ref = (float(returns.min()), float(returns.max()))
     bundle = load_verified_bundle(args.bundle, args.keys)
     summary = evaluate_bundle(

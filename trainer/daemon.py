@@ -76,7 +76,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "the socket uses CURVE and admits the robot keys in KEYS/robots/*.key (else KEYS/robot.key).",
     )
     p.add_argument(
-        "--dataset", type=Path, help="Offline dataset for replay mixing and VPA (default: the run's)."
+        "--dataset",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="Offline dataset file(s) for replay mixing and VPA (default: the run's).",
     )
     p.add_argument("--resume", action="store_true", help="Continue from RUN/online/latest.pt.")
     p.add_argument("--config", type=Path, help="OnlineConfig YAML (kind: online); options below override it.")

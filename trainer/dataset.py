@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class NonFiniteError(DatasetError):
 
 class EmptyDatasetError(DatasetError):
     """The dataset (or the requested sequence length) leaves nothing to sample."""
+
+
+class IncompatibleDatasetsError(DatasetError):
+    """Several dataset files cannot be trained on together (other observations, actions or task)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class OfflineDataset:
     timeouts: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+    files: tuple[str, ...] = ()  # absolute paths of the HDF5 file(s) it was read from, in order
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -226,7 +232,8 @@ def load_dataset(path: str | Path) -> OfflineDataset:
             )
         arrays = {k: np.asarray(f[k][()]) for k in REQUIRED_KEYS}
         metadata = _parse_metadata(f.attrs.get("metadata"), path)
-    ds = _construct(arrays, metadata, str(Path(path).resolve()))  # absolute: runs are read from elsewhere
+    source = str(path.resolve())  # absolute: runs are read from elsewhere
+    ds = _construct(arrays, metadata, source, (source,))
     logger.info(
         "loaded %s: %d steps, %d episodes, obs %s %s, action dim %d",
         path,
@@ -239,9 +246,64 @@ def load_dataset(path: str | Path) -> OfflineDataset:
     return ds
 
 
-def _construct(arrays: dict[str, np.ndarray], metadata: dict[str, Any], source: str) -> OfflineDataset:
+def load_datasets(paths: Sequence[str | Path]) -> OfflineDataset:
+    """One dataset from one or more files, their episodes in the order given.
+
+    Files from several collection runs (another split of seeds, the same episodes in randomised colours)
+    train together. They must agree on observation shape and dtype, action size and task; a file whose
+    last episode is unfinished has it closed with a timeout, so no sequence runs into the next file.
+    The metadata keeps what every file agrees on, and each file's own under ``parts``.
+    """
+    if not paths:
+        raise DatasetNotFoundError("no dataset file given")
+    parts = [load_dataset(p) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for part in parts[1:]:
+        checks = (
+            (
+                "observations",
+                (first.obs_shape, first.observations.dtype),
+                (part.obs_shape, part.observations.dtype),
+            ),
+            ("action size", first.action_dim, part.action_dim),
+            ("task", first.metadata.get("task"), part.metadata.get("task")),
+        )
+        for name, want, got in checks:
+            if got != want:
+                raise IncompatibleDatasetsError(
+                    f"{part.source} and {first.source} differ in {name} ({got} vs {want}); "
+                    "train on files collected for the same task and robot"
+                )
+    timeouts = []
+    for part in parts:
+        t = part.timeouts.copy()
+        if not part.episode_ends[-1]:
+            logger.info("%s ends mid-episode: closing its last episode with a timeout", part.source)
+            t[-1] = True
+        timeouts.append(t)
+    arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in REQUIRED_KEYS if k != "timeouts"}
+    shared = {
+        k: v for k, v in first.metadata.items() if all(k in p.metadata and p.metadata[k] == v for p in parts)
+    }
+    ds = _construct(
+        {**arrays, "timeouts": np.concatenate(timeouts)},
+        {**shared, "parts": [p.metadata for p in parts]},
+        " + ".join(p.source for p in parts),
+        tuple(f for p in parts for f in p.files),
+    )
+    logger.info(
+        "training on %d files together: %d steps, %d episodes", len(parts), len(ds), len(ds.episode_bounds())
+    )
+    return ds
+
+
+def _construct(
+    arrays: dict[str, np.ndarray], metadata: dict[str, Any], source: str, files: tuple[str, ...] = ()
+) -> OfflineDataset:
     try:
-        ds = OfflineDataset(**arrays, metadata=metadata, source=source)
+        ds = OfflineDataset(**arrays, metadata=metadata, source=source, files=files)
     except DatasetError as exc:
         raise type(exc)(f"{source}: {exc}") from None
     return ds

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import offline_config_from_checkpoint
-from trainer.dataset import Batch, OfflineDataset, load_dataset
+from trainer.dataset import Batch, OfflineDataset, load_datasets
 from trainer.export import checkpoint_shield
 from trainer.lagrange import PIDLagrangian
 from trainer.losses import expectile_loss, hj_target, reachability_signal
@@ -121,25 +121,29 @@ class MixedSampler:
         return concat_batches(self.offline.sample(n_off, rng), online)
 
 
-def load_offline_dataset(path: Path | None, ckpt: dict[str, Any]) -> OfflineDataset | None:
-    """The dataset given, else the one the offline run trained on; None (with a warning) if gone.
+def load_offline_dataset(paths: Sequence[Path] | None, ckpt: dict[str, Any]) -> OfflineDataset | None:
+    """The dataset file(s) given, else the one(s) the offline run trained on; None (with a warning) if gone.
 
-    Offline checkpoints record the dataset as an absolute path; a relative one (older runs) is
-    tried from the current directory. A ``path`` given explicitly must exist.
+    Offline checkpoints record the dataset files as absolute paths (older runs: one ``source``, which
+    may be relative and is tried from the current directory). Files given explicitly must exist.
     """
-    if path is not None:
-        return load_dataset(path)
-    recorded = str(ckpt.get("dataset", {}).get("source", ""))
-    source = Path(recorded).resolve() if recorded and recorded != "<memory>" else None
-    if source is None or not source.is_file():
+    if paths:
+        return load_datasets(paths)
+    recorded = ckpt.get("dataset", {})
+    files = [str(f) for f in recorded.get("files", [])]
+    if not files and recorded.get("source", "<memory>") != "<memory>":
+        files = [str(recorded["source"])]
+    resolved = [Path(f).resolve() for f in files]
+    missing = [str(f) for f in resolved if not f.is_file()]
+    if not resolved or missing:
         logger.warning(
-            "offline dataset not found (the offline checkpoint records %r, tried %s): running WITHOUT "
+            "offline dataset not found (the offline checkpoint records %s, missing %s): running WITHOUT "
             "replay mixing and value pre-alignment; pass --dataset FILE",
-            recorded,
-            source,
+            files or "none",
+            missing or "all",
         )
         return None
-    return load_dataset(source)
+    return load_datasets(resolved)
 
 
 def shield_for_ship(
@@ -448,7 +452,11 @@ class OnlineStart:
 
 
 def start_online(
-    run: RunDir, online_checkpoint: Path, cfg: OnlineConfig, resume: bool, dataset_path: Path | None
+    run: RunDir,
+    online_checkpoint: Path,
+    cfg: OnlineConfig,
+    resume: bool,
+    dataset_paths: Sequence[Path] | None,
 ) -> OnlineStart:
     """Seed torch, load the offline run (or resume ``online_checkpoint``), build the learner and load
     the offline dataset for replay mixing and VPA."""
@@ -464,4 +472,6 @@ def start_online(
     if resumed:
         learner.load_state_dict(ckpt["online"])
         logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)
-    return OnlineStart(learner, ckpt, offline_ckpt, load_offline_dataset(dataset_path, offline_ckpt), resumed)
+    return OnlineStart(
+        learner, ckpt, offline_ckpt, load_offline_dataset(dataset_paths, offline_ckpt), resumed
+    )

@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -129,7 +129,7 @@ def train_online(
     obs_key: str | None = None,
     use_shield: bool = True,
     resume: bool = False,
-    dataset_path: Path | None = None,
+    dataset_paths: Sequence[Path] | None = None,
     eval_episodes: int = 5,
     eval_every: int = 0,
 ) -> OnlineRunResult:
@@ -138,7 +138,7 @@ def train_online(
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    start = start_online(RunDir(run), ckpt_path, cfg, resume, dataset_path)
+    start = start_online(RunDir(run), ckpt_path, cfg, resume, dataset_paths)
     learner, offline_ckpt, dataset, resumed = (
         start.learner,
         start.offline_checkpoint,

@@ -57,7 +57,12 @@ def save_learner(
         "config": learner.cfg.to_dict(),
         "learner": learner.state_dict(),
         "numpy_rng": rng.bit_generator.state,
-        "dataset": {"source": dataset.source, "steps": len(dataset), "metadata": dataset.metadata},
+        "dataset": {
+            "source": dataset.source,
+            "files": list(dataset.files),
+            "steps": len(dataset),
+            "metadata": dataset.metadata,
+        },
     }
     if shield is not None:
         extra["shield"] = shield.to_manifest()
