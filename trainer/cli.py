@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from trainer.dataset import add_dataset_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,14 +67,11 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
         description="Train π_off, the critics and the reachability critics on a DSRL-layout dataset, "
         "then export and sign RUN/bundle/. Config precedence: defaults < --config YAML < options.",
     )
-    p.add_argument(
-        "--dataset",
-        required=True,
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="HDF5 dataset (DSRL keys); several files train together, e.g. the same episodes collected "
+    add_dataset_argument(
+        p,
+        "HDF5 dataset (DSRL keys); several files train together, e.g. the same episodes collected "
         "with and without --palette-jitter",
+        required=True,
     )
     p.add_argument(
         "--out", required=True, type=Path, help="run directory RUN (config, checkpoints, bundle, tb)"
@@ -136,13 +135,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", required=True, type=int, help="environment steps")
     p.add_argument("--out", type=Path, help="output directory [default: RUN/online_sim]")
     p.add_argument("--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)")
-    p.add_argument(
-        "--dataset",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="offline dataset file(s) for mixing and VPA [default: the run's]",
-    )
+    add_dataset_argument(p, "offline dataset file(s) for mixing and VPA [default: the run's]")
     p.add_argument("--no-vpa", action="store_true", help="ablation: skip Value Pre-Alignment")
     p.add_argument("--no-expansion", action="store_true", help="ablation: act with π_on only (no policy set)")
     p.add_argument("--no-shield", action="store_true", help="ablation: no reachability shield")
@@ -231,13 +224,7 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, type=Path, help="bundle directory to write (replaced if present)"
     )
     parser.add_argument("--int8", action="store_true", help="try int8 static quantization")
-    parser.add_argument(
-        "--dataset",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="calibration dataset file(s) (default: the one(s) the run trained on)",
-    )
+    add_dataset_argument(parser, "calibration dataset file(s) (default: the one(s) the run trained on)")
     parser.add_argument("--keys", type=Path, help="directory with signing.key (default: RUN/keys)")
     parser.add_argument("--version", type=int, default=1, help="bundle version [default: 1]")
     parser.add_argument("--parent", type=int, default=None, help="parent bundle version [default: none]")
@@ -299,13 +286,7 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
         "--keys", type=Path, help="trusted signing.pub (file or dir; default: RUN/keys next to the bundle)"
     )
     parser.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
-    parser.add_argument(
-        "--dataset",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="dataset file(s) whose min/max episode return are the reward references",
-    )
+    add_dataset_argument(parser, "dataset file(s) whose min/max episode return are the reward references")
     parser.add_argument(
         "--reward-ref", type=float, nargs=2, metavar=("LOW", "HIGH"), help="reference returns"
     )

@@ -32,6 +32,7 @@ from protocol.sockets import ServerCurve, server_socket
 from trainer.daemon_bundles import BundleShelf
 from trainer.daemon_ingest import IngestServer
 from trainer.daemon_learner import DaemonLearner
+from trainer.dataset import add_dataset_argument
 from trainer.online import shield_for_ship, start_online
 from trainer.online_config import OnlineConfig
 from trainer.online_metrics import MetricsWriter
@@ -75,13 +76,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="Key directory (`reachsafe keys generate`): signing.key signs bundles; with trainer.key_secret "
         "the socket uses CURVE and admits the robot keys in KEYS/robots/*.key (else KEYS/robot.key).",
     )
-    p.add_argument(
-        "--dataset",
-        type=Path,
-        nargs="+",
-        metavar="FILE",
-        help="Offline dataset file(s) for replay mixing and VPA (default: the run's).",
-    )
+    add_dataset_argument(p, "Offline dataset file(s) for replay mixing and VPA (default: the run's).")
     p.add_argument("--resume", action="store_true", help="Continue from RUN/online/latest.pt.")
     p.add_argument("--config", type=Path, help="OnlineConfig YAML (kind: online); options below override it.")
     add_config_arguments(p, OnlineConfig)

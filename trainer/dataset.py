@@ -7,6 +7,7 @@ bool (N,); optional root attribute ``metadata`` (JSON string).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -297,6 +298,12 @@ def load_datasets(paths: Sequence[str | Path]) -> OfflineDataset:
         "training on %d files together: %d steps, %d episodes", len(parts), len(ds), len(ds.episode_bounds())
     )
     return ds
+
+
+def add_dataset_argument(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """``--dataset FILE [FILE ...]``, the one shape every verb that reads offline data takes
+    (:func:`load_datasets` joins the files)."""
+    p.add_argument("--dataset", required=required, type=Path, nargs="+", metavar="FILE", help=help)
 
 
 def _construct(
