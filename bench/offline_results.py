@@ -4,11 +4,13 @@ One mixed dataset (scripted careful / reckless / noisy / random behaviour), then
 variant an offline run of the same budget, each evaluated greedily on the train and unseen splits
 through the edge runtime's inference path, with and without the shield.
 
-    python -m bench.offline_results [--episodes 40] [--steps 2500] [--seeds 0 1 2] [--eval-episodes 20] [--workers 2]
+    python -m bench.offline_results [--episodes 40] [--steps 5000] [--seeds 0 1 2] [--eval-episodes 50] [--workers 2]
 
 writes the ``offline`` section of docs/results.md (also importable: ``main(argv) -> dict``). With ``--workdir``,
-a re-run skips the runs already trained there and reuses a run's evaluation (RUN/bench_eval.json) when the
-episodes, cost limit and reward reference match, so seeds can be added without redoing the others.
+a re-run skips the runs already trained there to ``--steps`` updates, resumes those trained to fewer (so the
+budget can be raised without starting over), and reuses a run's evaluation (RUN/bench_eval.json) when the
+episodes, cost limit and reward reference match and the run was not trained further, so seeds can be added
+without redoing the others.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ VARIANTS = {
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=40, help="dataset episodes (300 steps each)")
-    p.add_argument("--steps", type=int, default=2500, help="offline updates per run")
+    p.add_argument("--steps", type=int, default=5000, help="offline updates per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per split")
+    p.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per split")
     p.add_argument(
         "--workers", type=int, default=2, help="(variant, seed) jobs run at once, one process and thread each"
     )
@@ -107,8 +109,9 @@ def paired_vs_bc(results: dict[tuple[str, str, bool], list[dict[str, float]]]) -
 def _train_and_evaluate(
     name: str, seed: int, args: argparse.Namespace, work: Path, files: list[Path], ref: tuple[float, float]
 ) -> tuple[str, int, float, dict[tuple[str, bool], dict[str, float]]]:
-    """One (variant, seed) job, in its own process: train (unless done before), then evaluate greedily
-    on both splits with and without the shield. Returns (name, seed, train seconds, results)."""
+    """One (variant, seed) job, in its own process: train to ``args.steps`` updates (resuming a run
+    trained to fewer, skipping one trained to exactly as many), then evaluate greedily on both splits
+    with and without the shield. Returns (name, seed, train seconds in all, results)."""
     from protocol.bundle import load_bundle
     from protocol.keys import load_trusted_keys
     from trainer.config import OfflineConfig
@@ -121,11 +124,23 @@ def _train_and_evaluate(
     run_dir = work / f"{name}_seed{seed}"
     timing = run_dir / "train_seconds.json"
     cache = run_dir / "bench_eval.json"
-    if not timing.exists():
-        cache.unlink(missing_ok=True)  # a fresh run's evaluation is not cached yet
-        res = train_offline(load_datasets(files), run_dir, cfg, keys_dir=keys, progress=False)
-        timing.write_text(json.dumps(res.seconds))
-        print(f"trained {name} seed {seed} in {res.seconds:.0f} s", flush=True)
+    trained = trained_updates(run_dir)
+    if trained > args.steps:
+        raise SystemExit(
+            f"{run_dir} holds a run of {trained} updates, more than --steps {args.steps}: "
+            "give --steps of at least that or another --workdir"
+        )
+    if trained < args.steps or not timing.exists():  # fewer updates, or stopped before it was timed
+        cache.unlink(missing_ok=True)  # the evaluation of fewer updates no longer applies
+        before = json.loads(timing.read_text()) if trained and timing.exists() else 0.0
+        res = train_offline(
+            load_datasets(files), run_dir, cfg, keys_dir=keys, resume=trained > 0, progress=False
+        )
+        timing.write_text(json.dumps(before + res.seconds))
+        print(
+            f"trained {name} seed {seed} from update {trained} to {args.steps} in {res.seconds:.0f} s",
+            flush=True,
+        )
     settings = {"episodes": args.eval_episodes, "reward_ref": list(ref), "cost_limit": COST_LIMIT}
     if cache.exists():
         cached = json.loads(cache.read_text())
@@ -152,6 +167,15 @@ def _train_and_evaluate(
             print(f"{name} seed {seed} {split} shield={use_shield}: {s}", flush=True)
     cache.write_text(json.dumps({"settings": settings, "results": {_key(k): v for k, v in results.items()}}))
     return name, seed, json.loads(timing.read_text()), results
+
+
+def trained_updates(run_dir: Path) -> int:
+    """Updates in the run's latest checkpoint; 0 when it has none yet."""
+    from trainer.networks import load_checkpoint
+    from trainer.run_dir import RunDir
+
+    latest = RunDir(run_dir).latest
+    return int(load_checkpoint(latest)[1]["step"]) if latest.is_file() else 0
 
 
 def _dataset_file(args: argparse.Namespace, work: Path, palette_jitter: float) -> Path:

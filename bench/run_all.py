@@ -23,7 +23,7 @@ BENCHMARKS = {
     "edge": "bench.edge_bench",
     "transport": "bench.transport_bench",
 }
-#: learning experiments, run only when named (``python -m bench.run_all offline``): ~15+ min on 2 cores
+#: learning experiments, run only when named (``python -m bench.run_all offline``): over an hour on 2 cores
 LONG_BENCHMARKS = {
     "offline": "bench.offline_results",
 }

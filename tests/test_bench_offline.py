@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from bench.offline_goal_view import action_by_view
-from bench.offline_results import DATASET, DATASET_SEED, DATASET_STEM, _args, _key, _unkey, paired_vs_bc, run
+from bench.offline_results import (
+    DATASET,
+    DATASET_SEED,
+    DATASET_STEM,
+    _args,
+    _key,
+    _train_and_evaluate,
+    _unkey,
+    paired_vs_bc,
+    run,
+    trained_updates,
+)
 from sim_bridge.collect import CollectConfig, collect
 from sim_bridge.env import SIGHT_RANGE, goal_in_view, in_fov
 
@@ -90,3 +103,12 @@ def test_bench_keeps_each_colouring_in_its_own_file_and_needs_jitter_for_also_pl
     collect(cfg, tmp_path / f"{DATASET_STEM}_jitter0.2.h5", progress=False)  # colours not randomised
     with pytest.raises(SystemExit, match=r"jitter0\.2\.h5 was collected with .*'palette_jitter': 0\.0"):
         run(_args(["--episodes", "1", "--palette-jitter", "0.2"]), tmp_path)
+
+
+def test_bench_counts_a_runs_updates_and_refuses_to_shorten_it(offline_run, tmp_path):
+    """A workdir run is resumed when --steps grows; one trained further than --steps is not silently reused."""
+    assert trained_updates(tmp_path / "fosp_seed0") == 0  # not trained yet
+    shutil.copytree(offline_run, tmp_path / "fosp_seed0")
+    assert trained_updates(tmp_path / "fosp_seed0") == 10
+    with pytest.raises(SystemExit, match="10 updates, more than --steps 5"):
+        _train_and_evaluate("fosp", 0, _args(["--steps", "5"]), tmp_path, [], (0.0, 1.0))

@@ -217,7 +217,7 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Export a run's latest checkpoint to a signed bundle (agent.onnx). With --int8 the graph is "
         "quantized (static QDQ, per-channel, calibrated on dataset frames) and int8 ships only if it agrees "
-        "with fp32 on ≥ 99%% of shield decisions and is not slower; the manifest records the choice."
+        "with fp32 on ≥ 99% of shield decisions and is not slower; the manifest records the choice."
     )
     parser.add_argument("--run", required=True, type=Path, help="run directory (RUN/checkpoints/latest.pt)")
     parser.add_argument(
