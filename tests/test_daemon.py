@@ -75,10 +75,16 @@ def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp
         robot.recv_until(lambda m: isinstance(m, Ack) and m.seq == 7)
         bundle = robot.recv_until(lambda m: isinstance(m, BundleMessage), 60.0)
         assert bundle.version >= 2 and bundle.parent == bundle.version - 1
+        # status.json is a periodic snapshot: wait for one taken after all eight batches were stored
         status = poll_until(
-            lambda: _status_if(run, lambda s: s.get("duplicates") == 1 and s["updates"] > 0), 20.0
+            lambda: _status_if(
+                run,
+                lambda s: s.get("duplicates") == 1 and s["updates"] > 0 and s["steps_stored"] >= 8 * BATCH,
+            ),
+            20.0,
+            what="a status with the resend counted, an update made and all eight batches stored",
         )
-        assert status["steps_stored"] == 8 * BATCH
+        assert status["steps_stored"] == 8 * BATCH  # the resend was not stored twice
         assert status["robots"]["r1"]["steps"] == 8 * BATCH
         out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "trainer", "status", "--run", str(run)],
                              capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
