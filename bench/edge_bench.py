@@ -43,8 +43,8 @@ AIM_RSS_MB = 200.0
 def synthetic_robot(obs_shape: tuple[int, int, int] = OBS_SHAPE, action_dim: int = ACTION_DIM):
     """A `Robot` whose camera returns fresh random frames, whose drive discards commands and whose
     signals end an episode every 500 reads."""
-    from hardware.base import Camera, Drive, Frame, Signals, TaskSignals
-    from hardware.factory import Robot
+    from reachsafe.hardware.base import Camera, Drive, Frame, Signals, TaskSignals
+    from reachsafe.hardware.factory import Robot
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(16, *obs_shape), dtype=np.uint8)
@@ -84,9 +84,9 @@ def build_models(out: Path) -> dict[str, Path]:
     """The trainer's agent network at 64×64, exported fp32 and int8 QDQ; returns {name: onnx path}."""
     import torch
 
-    from trainer.export import export_onnx
-    from trainer.networks import Agent, AgentSpec, save_checkpoint
-    from trainer.quantize import quantize_int8
+    from reachsafe.trainer.export.int8 import quantize_int8
+    from reachsafe.trainer.export.onnx import export_onnx
+    from reachsafe.trainer.models.networks import Agent, AgentSpec, save_checkpoint
 
     torch.manual_seed(0)
     agent = Agent(AgentSpec(OBS_SHAPE, ACTION_DIM)).eval()
@@ -100,9 +100,9 @@ def build_models(out: Path) -> dict[str, Path]:
 
 def write_bundles(models: dict[str, Path], out: Path, count: int) -> tuple[Path, list[Path]]:
     """`count` signed bundles alternating int8/fp32 graphs (versions 1..count) and the key directory."""
-    from protocol.bundle import write_bundle
-    from protocol.keys import generate_keys, load_signing_key
-    from trainer.networks import AgentSpec
+    from reachsafe.protocol.bundle import write_bundle
+    from reachsafe.protocol.keys import generate_keys, load_signing_key
+    from reachsafe.trainer.models.networks import AgentSpec
 
     keys = out / "keys"
     generate_keys(keys)
@@ -144,10 +144,10 @@ def _percentiles(ms: list[float]) -> tuple[float, float]:
 def ort_latency(path: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
     """Inference alone (`AgentSession.act`) and a whole control tick (camera → inference → select →
     shield → drive → signals → ring), one intra-op thread."""
-    from edge_runtime.config import EdgeConfig
-    from edge_runtime.inference import AgentSession, SessionOptions
-    from edge_runtime.loop import ActivePolicy, ControlLoop
-    from edge_runtime.metrics import Metrics
+    from reachsafe.edge_runtime.config import EdgeConfig
+    from reachsafe.edge_runtime.inference import AgentSession, SessionOptions
+    from reachsafe.edge_runtime.loop import ActivePolicy, ControlLoop
+    from reachsafe.edge_runtime.metrics import Metrics
 
     session = AgentSession.from_file(
         path, SessionOptions(intra_op_threads=1, providers=("cpu",), warmup_runs=20)
@@ -188,10 +188,10 @@ def ort_latency(path: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
 
 
 def torch_latency(checkpoint: Path, runs: int = LATENCY_RUNS) -> dict[str, float]:
-    """The same network (trainer.networks.AgentGraph, same weights) in eager torch, one thread."""
+    """The same network (reachsafe.trainer.models.networks.AgentGraph, same weights) in eager torch, one thread."""
     import torch
 
-    from trainer.networks import AgentGraph, load_checkpoint
+    from reachsafe.trainer.models.networks import AgentGraph, load_checkpoint
 
     torch.set_num_threads(1)
     agent, _ = load_checkpoint(checkpoint)
@@ -228,8 +228,8 @@ def _ack_server(endpoint_box: list[str], stop: threading.Event) -> None:
     """A minimal trainer: ACKs every STEPS batch it receives (cumulatively, per stream)."""
     import zmq
 
-    from protocol.codec import decode, encode
-    from protocol.messages import Ack, Steps
+    from reachsafe.protocol.codec import decode, encode
+    from reachsafe.protocol.messages import Ack, Steps
 
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -246,15 +246,15 @@ def _ack_server(endpoint_box: list[str], stop: threading.Event) -> None:
 
 def swap_worker(keys: Path, bundles: list[Path], state: Path, ticks: int) -> dict[str, Any]:
     """Run the real loop + bundle manager + uplink + spool at 50 Hz, submitting a bundle every 1 000 ticks."""
-    from edge_runtime.bundles import BundleManager, BundleStore
-    from edge_runtime.config import EdgeConfig, RollbackConfig
-    from edge_runtime.inference import SessionOptions
-    from edge_runtime.loop import ControlLoop, Watchdog
-    from edge_runtime.metrics import Metrics
-    from edge_runtime.spool import Spool
-    from edge_runtime.uplink import RobotSpec, Uplink
-    from protocol.bundle import load_bundle
-    from protocol.keys import load_trusted_keys
+    from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
+    from reachsafe.edge_runtime.config import EdgeConfig, RollbackConfig
+    from reachsafe.edge_runtime.inference import SessionOptions
+    from reachsafe.edge_runtime.loop import ControlLoop, Watchdog
+    from reachsafe.edge_runtime.metrics import Metrics
+    from reachsafe.edge_runtime.spool import Spool
+    from reachsafe.edge_runtime.uplink import RobotSpec, Uplink
+    from reachsafe.protocol.bundle import load_bundle
+    from reachsafe.protocol.keys import load_trusted_keys
 
     trusted = load_trusted_keys(keys / "signing.pub")
     messages = [load_bundle(b, trusted).to_message() for b in bundles[1:]]
@@ -369,8 +369,8 @@ def main(ticks: int = SWAP_TICKS) -> dict[str, Any]:
         "title": "Edge runtime: latency on one CPU thread at 64×64, deadlines through bundle swaps",
         "table": table,
         "notes": (
-            "Network: trainer.networks.Agent (AgentSpec defaults) exported by trainer.export (fp32) and "
-            "trainer.quantize (int8 QDQ, random calibration frames); the torch row runs AgentGraph with the same "
+            "Network: reachsafe.trainer.models.networks.Agent (AgentSpec defaults) exported by reachsafe.trainer.export.onnx (fp32) and "
+            "reachsafe.trainer.export.int8 (int8 QDQ, random calibration frames); the torch row runs AgentGraph with the same "
             f"weights under inference_mode. Ticks use synthetic in-memory hardware. The swap run is a separate "
             f"torch-free process: real ControlLoop + BundleManager + Uplink (fsync'd spool, ACKing ROUTER), "
             f"{swap['ticks']} ticks at {RATE_HZ:.0f} Hz, a signed bundle submitted every {SWAP_EVERY} ticks "

@@ -1,7 +1,7 @@
 """What offline policies do when the goal is out of the camera's view (a diagnostic of the offline bench's runs).
 
 Rolls out the careful scripted expert on SafeGoal1's train split, labels each frame by whether the goal is in
-the camera's field of view (``sim_bridge.env.goal_in_view``), and feeds the frames to each run's bundle through
+the camera's field of view (``reachsafe.sim_bridge.env.goal_in_view``), and feeds the frames to each run's bundle through
 the edge runtime's inference path. Prints, per run, the mean greedy forward action and turn magnitude with the
 goal in view and out of view, next to the expert's own.
 
@@ -48,9 +48,9 @@ def action_by_view(actions: np.ndarray, in_view: np.ndarray) -> dict[str, float]
 def expert_frames(episodes: int) -> ViewFrames:
     import gymnasium as gym
 
-    import sim_bridge  # noqa: F401  (registers the tasks)
-    from sim_bridge.env import goal_in_view
-    from sim_bridge.policies import make_policy
+    import reachsafe.sim_bridge  # noqa: F401  (registers the tasks)
+    from reachsafe.sim_bridge.env import goal_in_view
+    from reachsafe.sim_bridge.policies import make_policy
 
     env = gym.make(TASK, split="train", obs_mode="image")
     nav = env.unwrapped
@@ -76,10 +76,13 @@ def expert_frames(episodes: int) -> ViewFrames:
 
 def bundle_actions(bundle_dir: Path, keys_dir: Path, frames: list[np.ndarray]) -> np.ndarray:
     """The bundle's greedy eval-mode action on each frame, as ``reachsafe eval`` picks it (policy alone)."""
-    from trainer.evaluate import GreedyAgent, load_verified_bundle
+    from reachsafe.trainer.runs.evaluate import BundleAgent, load_verified_bundle
 
-    agent = GreedyAgent(load_verified_bundle(bundle_dir, keys_dir))
-    return np.array([agent.act(f)[1].action for f in frames])
+    agent = BundleAgent(load_verified_bundle(bundle_dir, keys_dir))
+    policy, rng = agent.policy(threshold=None), np.random.default_rng(0)
+    return np.array(
+        [policy.act(f, rng, agent.params.kappa_c, greedy=True, in_violation=False).action for f in frames]
+    )
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -112,12 +112,12 @@ def _train_and_evaluate(
     """One (variant, seed) job, in its own process: train to ``args.steps`` updates (resuming a run
     trained to fewer, skipping one trained to exactly as many), then evaluate greedily on both splits
     with and without the shield. Returns (name, seed, train seconds in all, results)."""
-    from protocol.bundle import load_bundle
-    from protocol.keys import load_trusted_keys
-    from trainer.config import OfflineConfig
-    from trainer.dataset import load_datasets
-    from trainer.evaluate import evaluate_bundle
-    from trainer.train_offline import train_offline
+    from reachsafe.protocol.bundle import load_bundle
+    from reachsafe.protocol.keys import load_trusted_keys
+    from reachsafe.trainer.algos.offline.config import OfflineConfig
+    from reachsafe.trainer.data.dataset import load_datasets
+    from reachsafe.trainer.runs.evaluate import evaluate_bundle
+    from reachsafe.trainer.runs.offline import train_offline
 
     keys = work / "keys"
     cfg = OfflineConfig(steps=args.steps, seed=seed, log_every=100, checkpoint_every=0, **VARIANTS[name])
@@ -171,8 +171,8 @@ def _train_and_evaluate(
 
 def trained_updates(run_dir: Path) -> int:
     """Updates in the run's latest checkpoint; 0 when it has none yet."""
-    from trainer.networks import load_checkpoint
-    from trainer.run_dir import RunDir
+    from reachsafe.trainer.models.networks import load_checkpoint
+    from reachsafe.trainer.runs.run_dir import RunDir
 
     latest = RunDir(run_dir).latest
     return int(load_checkpoint(latest)[1]["step"]) if latest.is_file() else 0
@@ -180,8 +180,8 @@ def trained_updates(run_dir: Path) -> int:
 
 def _dataset_file(args: argparse.Namespace, work: Path, palette_jitter: float) -> Path:
     """The bench's dataset with this colour randomisation: collected on first use, checked after."""
-    from sim_bridge.collect import CollectConfig, collect, summarize
-    from trainer.dataset import load_dataset
+    from reachsafe.sim_bridge.collect import CollectConfig, collect, summarize
+    from reachsafe.trainer.data.dataset import load_dataset
 
     data = work / (DATASET if not palette_jitter else f"{DATASET_STEM}_jitter{palette_jitter:g}.h5")
     if not data.exists():
@@ -214,8 +214,8 @@ def _dataset_file(args: argparse.Namespace, work: Path, palette_jitter: float) -
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
-    from protocol.keys import generate_keys
-    from trainer.dataset import load_datasets
+    from reachsafe.protocol.keys import generate_keys
+    from reachsafe.trainer.data.dataset import load_datasets
 
     if args.also_plain and not args.palette_jitter:
         raise SystemExit("--also-plain adds the task's own colours to a --palette-jitter dataset: give both")

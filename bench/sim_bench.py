@@ -19,10 +19,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from sim_bridge.collect import CollectConfig, collect
-from sim_bridge.policies import make_policy
-from sim_bridge.registration import register_envs
-from sim_bridge.tasks import TASKS
+from reachsafe.sim_bridge.collect import CollectConfig, collect
+from reachsafe.sim_bridge.policies import make_policy
+from reachsafe.sim_bridge.registration import register_envs
+from reachsafe.sim_bridge.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def collection_rate(workers: int, episodes: int, episode_steps: int) -> float:
 
 def frame_round_trip_ms(n: int) -> tuple[float, float]:
     """p50 / p99 of ``SimCamera.read_latest`` against an in-process server on loopback."""
-    from hardware.sim import SimCamera
-    from sim_bridge.server import ServerConfig, running
+    from reachsafe.hardware.sim import SimCamera
+    from reachsafe.sim_bridge.server import ServerConfig, running
 
     with running(ServerConfig(bind="tcp://127.0.0.1:*")) as server:
         cam = SimCamera(server.endpoint, "robot0")

@@ -2,13 +2,13 @@
 
 Every row moves the same encoded `steps` frames, interleaved in the same run:
 - ceiling: 8 PUSH sockets → one PULL that only receives (no decode, no store, no ACK);
-- ingest: 8 DEALER robots → the daemon's real :class:`trainer.daemon_ingest.IngestServer`
+- ingest: 8 DEALER robots → the daemon's real :class:`reachsafe.trainer.daemon.ingest.IngestServer`
   (decode, validate, two-stage pipelined group commit to the durable store, ACK), each robot with the
   runtime's window of unacked batches (credit-based flow control), with the store on disk, on
   tmpfs, and on disk without fsync (what durability costs);
 - disk line: the same bytes written to a file on disk in the largest groups the windows allow
   (robots x window batches), one fsync per group, no network: no durable ingest can beat it.
-Reported: MB/s, steps/s, ratio to the ceiling (target ≥ 0.7, DESIGN.md §6) and CPU seconds of
+Reported: MB/s, steps/s, ratio to the ceiling (target ≥ 0.7) and CPU seconds of
 this process (all threads) per GB moved.
 """
 
@@ -29,10 +29,10 @@ from typing import Any
 
 import zmq
 
-from protocol.codec import decode, encode
-from protocol.messages import Ack, Steps
-from protocol.sockets import client_socket, server_socket
-from trainer.replay_synthetic import synthetic_columns
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.messages import Ack, Steps
+from reachsafe.protocol.sockets import client_socket, server_socket
+from tests.fixtures.step_batches import synthetic_columns
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def ceiling(frames: list[list[bytes]]) -> float:
 
 def ingest(frames: list[list[bytes]], store_dir: Path, window: int, sync: bool = True) -> tuple[float, int]:
     """Seconds until the real ingest server has durably stored and ACKed every frame; steps stored."""
-    from trainer.daemon_ingest import IngestServer
-    from trainer.store import StepStore
+    from reachsafe.trainer.daemon.ingest import IngestServer
+    from reachsafe.trainer.daemon.store import StepStore
 
     ctx = zmq.Context()
     router = server_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:*")
@@ -214,7 +214,7 @@ def main(
         "commit, WAL synchronous=FULL, runs, while the ingest thread receives the next group) + ACK, "
         f"{window} unacked batches per robot; {repeats} rounds, rows interleaved; MB_per_s and ratio: best round, "
         "median_*: median round (the machine is shared, so rounds vary); cpu_s_per_GB (median) counts every thread "
-        f"of the process (senders included) on a {os.cpu_count()}-core machine; target ratio 0.7 (DESIGN.md §6). "
+        f"of the process (senders included) on a {os.cpu_count()}-core machine; target ratio 0.7. "
         f"Why ingest stays below the target here: the ingest rows are CPU-bound, and durable ingest costs "
         f"{cpu['store on disk']:.2f} CPU-s/GB against the ceiling's {cpu['ceiling']:.2f} "
         f"(ratio of the two: {cpu['ceiling'] / cpu['store on disk']:.2f}). Receiving alone (the ceiling) plus "

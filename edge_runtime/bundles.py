@@ -33,16 +33,16 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_runtime.config import RollbackConfig
-from edge_runtime.inference import AgentSession, InferenceError, SessionOptions
-from edge_runtime.loop import ActivePolicy
-from edge_runtime.metrics import Metrics
-from edge_runtime.select import SelectionParams
-from edge_runtime.steps import Step
-from protocol.bundle import Bundle, load_bundle
-from protocol.errors import BundleError
-from protocol.files import write_json_atomically
-from protocol.messages import BundleMessage, BundleStatus
+from reachsafe.edge_runtime.config import RollbackConfig
+from reachsafe.edge_runtime.inference import AgentSession, InferenceError, SessionOptions
+from reachsafe.edge_runtime.loop import ActivePolicy
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.select import SelectionParams
+from reachsafe.edge_runtime.steps import Step
+from reachsafe.protocol.bundle import Bundle, load_bundle
+from reachsafe.protocol.errors import BundleError
+from reachsafe.protocol.files import write_json_atomically
+from reachsafe.protocol.messages import BundleMessage, BundleStatus
 
 log = logging.getLogger(__name__)
 

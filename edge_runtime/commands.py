@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from edge_runtime.bundles import BundleRejected, BundleStore
-from edge_runtime.config import EdgeConfig
-from edge_runtime.runtime import STATUS_FILE, EdgeRuntime
-from edge_runtime.spool import SpoolError
-from hardware.errors import HardwareError
-from hardware.factory import make_robot
-from protocol.bundle import load_bundle
-from protocol.config import ConfigError, add_config_arguments, load_config
-from protocol.errors import BundleError, KeyFileError
-from protocol.files import write_json_atomically
-from protocol.keys import load_trusted_keys
+from reachsafe.edge_runtime.bundles import BundleRejected, BundleStore
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.runtime import STATUS_FILE, EdgeRuntime
+from reachsafe.edge_runtime.spool import SpoolError
+from reachsafe.hardware.errors import HardwareError
+from reachsafe.hardware.factory import make_robot
+from reachsafe.protocol.bundle import load_bundle
+from reachsafe.protocol.config import ConfigError, add_config_arguments, load_config
+from reachsafe.protocol.errors import BundleError, KeyFileError
+from reachsafe.protocol.files import write_json_atomically
+from reachsafe.protocol.keys import load_trusted_keys
+from reachsafe.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 def _add_doctor(verbs: argparse._SubParsersAction) -> None:
     """`doctor` lives in edge_runtime/doctor.py (the hardware engineer's robot checks)."""
-    from edge_runtime.doctor import add_doctor_arguments, doctor_main
+    from reachsafe.edge_runtime.doctor import add_doctor_arguments, doctor_main
 
     doctor = verbs.add_parser("doctor", help="check this robot: hardware, providers, keys, trainer link")
     add_doctor_arguments(doctor)
@@ -112,18 +112,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"reachsafe edge run: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():  # a second signal: stop waiting for the trainer's ACKs
-            raise KeyboardInterrupt
-        log.warning("%s: stopping (brake, flush the spool, close)", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    # a second signal stops waiting for the trainer's ACKs
+    signals = stop_on_signals(stop.set, "stopping (brake, flush the spool, close)", second_interrupts=True)
     try:
-        runtime = EdgeRuntime(cfg, make_robot(args.hardware), args.trainer, args.keys, args.bundle)
-        summary = runtime.run(stop, max_episodes=args.max_episodes, duration=args.duration)
+        with signals:
+            runtime = EdgeRuntime(cfg, make_robot(args.hardware), args.trainer, args.keys, args.bundle)
+            summary = runtime.run(stop, max_episodes=args.max_episodes, duration=args.duration)
     except (BundleError, BundleRejected, HardwareError, SpoolError, KeyFileError, ValueError) as exc:
         print(f"reachsafe edge run: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
-from protocol.config import Config, ConfigError, option
+from reachsafe.protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
+from reachsafe.protocol.config import Config, ConfigError, option
 
 
 @dataclass

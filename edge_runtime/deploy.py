@@ -28,9 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_runtime.config import EdgeConfig
-from edge_runtime.robot_config import ROBOT_KEY_FILES, RobotConfig, load_robot_config, verify_bundle
-from protocol.config import ConfigError
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.robot_config import ROBOT_KEY_FILES, RobotConfig, load_robot_config, verify_bundle
+from reachsafe.protocol.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _copy_keys(keys: Path, dest: Path) -> None:
 
 
 def _check_bundle(bundle: Path, keys: Path, cfg: RobotConfig) -> None:
-    from protocol.errors import BundleError
+    from reachsafe.protocol.errors import BundleError
 
     try:
         loaded = verify_bundle(bundle, keys, cfg)

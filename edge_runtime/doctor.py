@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from edge_runtime.robot_config import RobotConfig, load_robot_config, verify_bundle
-from protocol.config import ConfigError
+from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config, verify_bundle
+from reachsafe.protocol.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def check_disk(cfg: RobotConfig) -> str:
 
 def check_providers(cfg: RobotConfig) -> str:
     try:
-        from edge_runtime.inference import available_providers, choose_providers
+        from reachsafe.edge_runtime.inference import available_providers, choose_providers
     except ImportError as e:
         raise CheckFailed(f"onnxruntime is not importable: {e}", "pip install 'reachsafe[robot]'") from e
     available = available_providers()
@@ -115,7 +115,7 @@ def check_providers(cfg: RobotConfig) -> str:
 
 
 def check_keys(cfg: RobotConfig) -> str:
-    from protocol.keys import load_curve_keypair, load_trusted_keys
+    from reachsafe.protocol.keys import load_curve_keypair, load_trusted_keys
 
     keys = cfg.keys_dir
     if not (keys / "signing.pub").is_file():
@@ -133,7 +133,7 @@ def check_keys(cfg: RobotConfig) -> str:
                 f"{keys}/robot.key_secret is readable by other users", f"chmod 600 {keys}/robot.key_secret"
             )
         return "signing.pub loaded; CURVE keys present (encrypted, authenticated trainer link)"
-    from protocol.sockets import is_loopback_endpoint
+    from reachsafe.protocol.sockets import is_loopback_endpoint
 
     if not is_loopback_endpoint(cfg.trainer.address):
         raise CheckFailed(
@@ -151,7 +151,7 @@ def _find_bundle(cfg: RobotConfig) -> Path | None:
     """The installed current bundle (what `edge run` starts with), else the configured one."""
     store = cfg.edge.state_dir / "bundles"
     if store.is_dir():
-        from edge_runtime.bundles import BundleStore
+        from reachsafe.edge_runtime.bundles import BundleStore
 
         bundles = BundleStore(store, [])
         current = bundles.pointer()["current"]
@@ -161,8 +161,8 @@ def _find_bundle(cfg: RobotConfig) -> Path | None:
 
 
 def check_bundle(cfg: RobotConfig) -> str:
-    from edge_runtime.inference import AgentSession, SessionOptions
-    from protocol.errors import BundleError
+    from reachsafe.edge_runtime.inference import AgentSession, SessionOptions
+    from reachsafe.protocol.errors import BundleError
 
     path = _find_bundle(cfg)
     if path is None:
@@ -180,7 +180,7 @@ def check_bundle(cfg: RobotConfig) -> str:
 
 
 def check_camera(cfg: RobotConfig) -> str:
-    from hardware.factory import CAMERAS
+    from reachsafe.hardware.factory import CAMERAS
 
     cam = CAMERAS[cfg.hardware.camera.backend](cfg.hardware)
     with cam:
@@ -202,7 +202,7 @@ def check_camera(cfg: RobotConfig) -> str:
 
 
 def check_drive(cfg: RobotConfig) -> str:
-    from hardware.factory import DRIVES
+    from reachsafe.hardware.factory import DRIVES
 
     drive = DRIVES[cfg.hardware.drive.backend](cfg.hardware)
     with drive:
@@ -211,7 +211,7 @@ def check_drive(cfg: RobotConfig) -> str:
 
 
 def check_signals(cfg: RobotConfig) -> str:
-    from hardware.factory import SIGNALS
+    from reachsafe.hardware.factory import SIGNALS
 
     signals = SIGNALS[cfg.hardware.signals.backend](cfg.hardware)
     with signals:
@@ -238,7 +238,7 @@ def check_trainer(cfg: RobotConfig, timeout_s: float = 2.0) -> str:
     except OSError as e:
         raise CheckFailed(
             f"cannot open TCP to {cfg.trainer.address}: {e}",
-            "start `reachsafe trainer serve --bind tcp://0.0.0.0:PORT` on the workstation, check trainer.address, "
+            "start `reachsafe daemon serve --bind tcp://0.0.0.0:PORT` on the workstation, check trainer.address, "
             "the network and the firewall (the robot still runs and spools steps meanwhile)",
         ) from e
     return f"{cfg.trainer.address} accepts connections"
@@ -317,7 +317,7 @@ def _config_from_args(args: argparse.Namespace) -> RobotConfig:
         path = DEFAULT_ROBOT_CONFIG
     cfg = load_robot_config(path) if path is not None else RobotConfig()
     if args.hardware:
-        from hardware.factory import hardware_config
+        from reachsafe.hardware.factory import hardware_config
 
         cfg = cfg.replace(hardware=hardware_config(args.hardware))
     if args.trainer:

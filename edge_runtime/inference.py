@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 if TYPE_CHECKING:
-    from edge_runtime.config import EdgeConfig
+    from reachsafe.edge_runtime.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class AgentSession:
 
     @classmethod
     def from_bundle(cls, bundle: Any, options: SessionOptions | None = None) -> AgentSession:
-        """Session for a verified `protocol.bundle.Bundle`; checks the graph against the manifest's obs/action spec."""
+        """Session for a verified `reachsafe.protocol.bundle.Bundle`; checks the graph against the manifest's obs/action spec."""
         manifest = bundle.manifest
         graph_file = manifest["graph"]["file"]
         session = cls(bundle.files[graph_file], options, name=f"bundle v{manifest['version']}:{graph_file}")

@@ -1,6 +1,6 @@
 """The control loop: one fixed-rate scheduler, per-stage timing, deadlines, brake fallbacks, watchdog.
 
-Every tick: camera → inference → select → shield → drive → signals → uplink (DESIGN.md §5). All
+Every tick: camera → inference → select → shield → drive → signals → uplink (docs/architecture.md). All
 timing goes through the injected `Clock` and `Metrics`; nothing else in the runtime keeps time.
 A stale frame, an inference failure (NaN/inf included), a drive error, a held emergency stop
 (`Signals.estop`), a streak of failed task-signal reads (cost and the e-stop unseen) or a streak of
@@ -22,16 +22,16 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from edge_runtime.config import EdgeConfig
-from edge_runtime.inference import AgentSession, InferenceError, NonFiniteOutputError
-from edge_runtime.metrics import Metrics
-from edge_runtime.select import SelectionParams, select
-from edge_runtime.shield import shield
-from edge_runtime.steps import Step
-from hardware.base import Signals
-from hardware.errors import HardwareError, StaleFrameError
-from hardware.factory import Robot
-from protocol.constants import POLICY_FALLBACK
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.inference import AgentSession, InferenceError, NonFiniteOutputError
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.select import SelectionParams, select
+from reachsafe.edge_runtime.shield import shield
+from reachsafe.edge_runtime.steps import Step
+from reachsafe.hardware.base import Signals
+from reachsafe.hardware.errors import HardwareError, StaleFrameError
+from reachsafe.hardware.factory import Robot
+from reachsafe.protocol.constants import POLICY_FALLBACK
 
 log = logging.getLogger(__name__)
 

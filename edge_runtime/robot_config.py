@@ -3,12 +3,12 @@
 ```yaml
 kind: robot
 version: 1
-hardware:        # hardware.config.HardwareConfig: robot_id, sim, camera, drive, signals
+hardware:        # reachsafe.hardware.config.HardwareConfig: robot_id, sim, camera, drive, signals
   robot_id: pi-01
   camera: {backend: picamera2, width: 64, height: 64, fps: 30}
   drive: {backend: serial, port: /dev/serial/by-id/usb-Arduino..., max_speed_mm_s: 250}
   signals: {backend: referee, endpoint: tcp://192.168.1.10:5590}
-edge:            # edge_runtime.config.EdgeConfig: rate, frame age, deadlines, spool, ...
+edge:            # reachsafe.edge_runtime.config.EdgeConfig: rate, frame age, deadlines, spool, ...
   rate_hz: 20
   max_frame_age: 0.1
 trainer: {address: tcp://192.168.1.10:5555}
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_runtime.config import EdgeConfig
-from hardware.config import HardwareConfig
-from protocol.config import Config, ConfigError, option
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.hardware.config import HardwareConfig
+from reachsafe.protocol.config import Config, ConfigError, option
 
 if TYPE_CHECKING:
-    from protocol.bundle import Bundle
+    from reachsafe.protocol.bundle import Bundle
 
 #: Files a robot gets from the key directory (never signing.key or trainer.key_secret):
 #: `reachsafe keys generate` writes the first four; referee.key is a referee's CURVE public key.
@@ -119,9 +119,9 @@ def load_robot_config(path: str | Path) -> RobotConfig:
 def verify_bundle(path: Path, keys_dir: Path, cfg: RobotConfig) -> Bundle:
     """Load the bundle at ``path`` as this robot would: signed by ``keys_dir``/signing.pub, frames of
     its camera's size (any size for a sim camera: the simulator sets it), the drive's action
-    dimension. Raises :class:`protocol.errors.BundleError` saying what is wrong."""
-    from protocol.bundle import load_bundle
-    from protocol.keys import load_trusted_keys
+    dimension. Raises :class:`reachsafe.protocol.errors.BundleError` saying what is wrong."""
+    from reachsafe.protocol.bundle import load_bundle
+    from reachsafe.protocol.keys import load_trusted_keys
 
     cam = cfg.hardware.camera
     shape = None if cam.backend == "sim" else (cam.height, cam.width, 3)

@@ -17,18 +17,18 @@ from typing import Any
 
 import numpy as np
 
-import edge_runtime
-from edge_runtime.bundles import BundleManager, BundleStore
-from edge_runtime.config import EdgeConfig
-from edge_runtime.inference import SessionOptions
-from edge_runtime.loop import ControlLoop, Watchdog
-from edge_runtime.metrics import Metrics
-from edge_runtime.spool import Spool
-from edge_runtime.uplink import RobotSpec, Uplink
-from hardware.factory import Robot
-from protocol.files import write_json_atomically
-from protocol.keys import load_trusted_keys
-from protocol.sockets import ClientCurve
+from reachsafe import __version__
+from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.inference import SessionOptions
+from reachsafe.edge_runtime.loop import ControlLoop, Watchdog
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.spool import Spool
+from reachsafe.edge_runtime.uplink import RobotSpec, Uplink
+from reachsafe.hardware.factory import Robot
+from reachsafe.protocol.files import write_json_atomically
+from reachsafe.protocol.keys import load_trusted_keys
+from reachsafe.protocol.sockets import ClientCurve
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class EdgeRuntime:
                 cfg,
                 spool,
                 self.trainer_endpoint,
-                RobotSpec(cfg.robot_id, edge_runtime.__version__, obs_shape, action_dim),  # type: ignore[arg-type]
+                RobotSpec(cfg.robot_id, __version__, obs_shape, action_dim),  # type: ignore[arg-type]
                 self.metrics,
                 bundle_version=lambda: bundles.active.version if bundles.active else -1,
                 on_bundle=bundles.submit,
@@ -109,7 +109,7 @@ class EdgeRuntime:
             reporter.start()
             log.info(
                 "edge runtime %s: robot %s at %.0f Hz (%s mode), trainer %s, spool %s",
-                edge_runtime.__version__,
+                __version__,
                 cfg.robot_id,
                 cfg.rate_hz,
                 cfg.mode,

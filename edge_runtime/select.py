@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_runtime.inference import AgentOutput
-from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
-from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
+from reachsafe.edge_runtime.inference import AgentOutput
+from reachsafe.protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
+from reachsafe.protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 
 Mode = Literal["explore", "eval"]
 
@@ -32,7 +32,7 @@ class SelectionParams:
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> SelectionParams:
-        """The manifest's `selection` section (validated by protocol.bundle), else the defaults."""
+        """The manifest's `selection` section (validated by reachsafe.protocol.bundle), else the defaults."""
         sel = manifest.get("selection")
         if sel is None:
             return cls()

@@ -1,4 +1,4 @@
-"""The post-posed reachability shield (DESIGN.md §3, "The shield on the robot").
+"""The post-posed reachability shield (docs/method.md §6).
 
 Q_h(z, a) ≤ 0 means the robot can stay out of hazards after taking a. If the chosen policy's
 candidate has Q_h above the threshold, the candidate with the lowest Q_h is executed instead and
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.inference import AgentOutput
-from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
+from reachsafe.edge_runtime.inference import AgentOutput
+from reachsafe.protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 
 #: Index of each policy's own action in the graph's candidate list [a_on, a_off, brake, ...].
 CANDIDATE_INDEX = {POLICY_ONLINE: 0, POLICY_OFFLINE: 1}

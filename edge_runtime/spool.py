@@ -31,10 +31,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.codec import decode
-from protocol.errors import ProtocolError
-from protocol.files import write_atomically, write_json_atomically
-from protocol.messages import Steps
+from reachsafe.protocol.codec import decode
+from reachsafe.protocol.errors import ProtocolError
+from reachsafe.protocol.files import write_atomically, write_json_atomically
+from reachsafe.protocol.messages import Steps
 
 log = logging.getLogger(__name__)
 

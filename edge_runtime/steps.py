@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from protocol.constants import STEP_COLUMNS
+from reachsafe.protocol.constants import STEP_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class Step:
     t_act: float
 
 
-assert {f.name for f in fields(Step)} == set(STEP_COLUMNS), "Step must mirror protocol.constants.STEP_COLUMNS"
+assert {f.name for f in fields(Step)} == set(STEP_COLUMNS), (
+    "Step must mirror reachsafe.protocol.constants.STEP_COLUMNS"
+)
 
 
 def to_columns(steps: Sequence[Step]) -> dict[str, np.ndarray]:

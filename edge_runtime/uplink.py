@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from edge_runtime.config import EdgeConfig
-from edge_runtime.metrics import Metrics
-from edge_runtime.spool import Spool, SpoolEntry, SpoolError
-from edge_runtime.steps import Step, to_columns
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
-from protocol.messages import Ack, BundleMessage, ErrorMessage, Heartbeat, Hello, Message, Steps
-from protocol.sockets import ClientCurve, client_socket
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.spool import Spool, SpoolEntry, SpoolError
+from reachsafe.edge_runtime.steps import Step, to_columns
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.errors import ProtocolError
+from reachsafe.protocol.messages import Ack, BundleMessage, ErrorMessage, Heartbeat, Hello, Message, Steps
+from reachsafe.protocol.sockets import ClientCurve, client_socket
 
 log = logging.getLogger(__name__)
 

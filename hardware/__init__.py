@@ -4,16 +4,16 @@ Importing this package loads no SDK and no simulator client: drivers are importe
 `make_robot` builds a robot that uses them.
 """
 
-from hardware.base import Camera, Device, Drive, Frame, Signals, TaskSignals
-from hardware.config import HardwareConfig
-from hardware.errors import (
+from reachsafe.hardware.base import Camera, Device, Drive, Frame, Signals, TaskSignals
+from reachsafe.hardware.config import HardwareConfig
+from reachsafe.hardware.errors import (
     DeviceTimeoutError,
     DeviceUnavailableError,
     HardwareError,
     NotConnectedError,
     StaleFrameError,
 )
-from hardware.factory import Robot, hardware_config, make_robot, parse_sim_uri
+from reachsafe.hardware.factory import Robot, hardware_config, make_robot, parse_sim_uri
 
 __all__ = [
     "Camera",

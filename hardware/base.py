@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware.errors import NotConnectedError, StaleFrameError
+from reachsafe.hardware.errors import NotConnectedError, StaleFrameError
 
 log = logging.getLogger(__name__)
 

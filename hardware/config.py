@@ -1,7 +1,7 @@
 """Typed configs of a robot's devices: the `hardware:` section of a robot YAML file.
 
 `HardwareConfig` (robot id, sim link, camera, drive, signals) is what `make_robot` needs. The
-whole robot file (rate, limits, trainer address, keys, ...) is `edge_runtime.robot_config.RobotConfig`,
+whole robot file (rate, limits, trainer address, keys, ...) is `reachsafe.edge_runtime.robot_config.RobotConfig`,
 which nests a `HardwareConfig` under `hardware:`; `HardwareConfig.from_robot_yaml` reads only that
 section so the hardware package never imports the runtime.
 """
@@ -14,7 +14,7 @@ from typing import Literal
 
 import yaml
 
-from protocol.config import Config, ConfigError, option
+from reachsafe.protocol.config import Config, ConfigError, option
 
 
 @dataclass

@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from hardware.base import Camera, Device, Drive, TaskSignals
-from hardware.config import (
+from reachsafe.hardware.base import Camera, Device, Drive, TaskSignals
+from reachsafe.hardware.config import (
     CameraConfig,
     DriveConfig,
     HardwareConfig,
@@ -113,7 +113,7 @@ def _cls(module: str, name: str) -> type:
 
 
 def _sim(name: str) -> Callable[[HardwareConfig], Any]:
-    return lambda hw: _cls("hardware.sim", name)(hw.sim.endpoint, hw.robot_id)
+    return lambda hw: _cls("reachsafe.hardware.sim", name)(hw.sim.endpoint, hw.robot_id)
 
 
 def _driver(module: str, name: str) -> Callable[[HardwareConfig], Any]:
@@ -123,17 +123,17 @@ def _driver(module: str, name: str) -> Callable[[HardwareConfig], Any]:
 # backend name -> builder(HardwareConfig) -> device. Builders import their driver module lazily.
 CAMERAS: dict[str, Callable[[HardwareConfig], Camera]] = {
     "sim": _sim("SimCamera"),
-    "picamera2": _driver("hardware.picamera2_camera", "Picamera2Camera"),
-    "opencv": _driver("hardware.opencv_camera", "OpenCVCamera"),
+    "picamera2": _driver("reachsafe.hardware.picamera2_camera", "Picamera2Camera"),
+    "opencv": _driver("reachsafe.hardware.opencv_camera", "OpenCVCamera"),
 }
 DRIVES: dict[str, Callable[[HardwareConfig], Drive]] = {
     "sim": _sim("SimDrive"),
-    "serial": _driver("hardware.serial_drive", "SerialDrive"),
+    "serial": _driver("reachsafe.hardware.serial_drive", "SerialDrive"),
 }
 SIGNALS: dict[str, Callable[[HardwareConfig], TaskSignals]] = {
     "sim": _sim("SimSignals"),
-    "referee": _driver("hardware.referee_signals", "RefereeSignals"),
-    "manual": _driver("hardware.manual_signals", "ManualSignals"),
+    "referee": _driver("reachsafe.hardware.referee_signals", "RefereeSignals"),
+    "manual": _driver("reachsafe.hardware.manual_signals", "ManualSignals"),
 }
 
 
@@ -157,7 +157,7 @@ def hardware_config(uri_or_config: Any) -> HardwareConfig:
 
     Accepted: `sim:tcp://HOST:PORT[/robot_id]`; a path to a robot YAML file (its `hardware:`
     section); a `HardwareConfig`; or a robot config with a `hardware` attribute
-    (`edge_runtime.robot_config.RobotConfig`).
+    (`reachsafe.edge_runtime.robot_config.RobotConfig`).
     """
     if isinstance(uri_or_config, HardwareConfig):
         return uri_or_config

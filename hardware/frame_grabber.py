@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hardware.base import Frame
-from hardware.errors import DeviceTimeoutError, DeviceUnavailableError
+from reachsafe.hardware.base import Frame
+from reachsafe.hardware.errors import DeviceTimeoutError, DeviceUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import termios
 import tty
 from typing import TYPE_CHECKING, Any
 
-from hardware.base import Signals, TaskSignals
-from hardware.errors import DeviceUnavailableError
+from reachsafe.hardware.base import Signals, TaskSignals
+from reachsafe.hardware.errors import DeviceUnavailableError
 
 if TYPE_CHECKING:
-    from hardware.config import HardwareConfig
+    from reachsafe.hardware.config import HardwareConfig
 
 log = logging.getLogger(__name__)
 

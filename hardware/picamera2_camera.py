@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hardware.base import Camera, Frame
-from hardware.errors import DeviceUnavailableError
-from hardware.frame_grabber import FrameGrabber
+from reachsafe.hardware.base import Camera, Frame
+from reachsafe.hardware.errors import DeviceUnavailableError
+from reachsafe.hardware.frame_grabber import FrameGrabber
 
 if TYPE_CHECKING:
-    from hardware.config import HardwareConfig
+    from reachsafe.hardware.config import HardwareConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ the robot can count messages PUB/SUB dropped. A referee publishes at least every
 all-zero message is a heartbeat); if it is silent for `timeout_s`, `read()` raises
 `DeviceTimeoutError`, because a robot that cannot see its costs must not learn from those steps.
 
-This is not a `protocol.messages` type: the referee is outside the trainer link and the map is
+This is not a `reachsafe.protocol.messages` type: the referee is outside the trainer link and the map is
 the whole contract. `RefereePublisher` is the referee side, for tracker scripts and tests.
 """
 
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from hardware.base import Signals, TaskSignals
-from hardware.errors import DeviceTimeoutError, DeviceUnavailableError
+from reachsafe.hardware.base import Signals, TaskSignals
+from reachsafe.hardware.errors import DeviceTimeoutError, DeviceUnavailableError
 
 if TYPE_CHECKING:
     import zmq
 
-    from hardware.config import HardwareConfig
+    from reachsafe.hardware.config import HardwareConfig
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class RefereeSignals(TaskSignals):
     def _open(self) -> None:
         import zmq
 
-        from protocol.sockets import ClientCurve, client_socket
+        from reachsafe.protocol.sockets import ClientCurve, client_socket
 
         curve = ClientCurve.from_files(*self.curve_files) if self.curve_files else None
         self._ctx = zmq.Context()
@@ -208,7 +208,7 @@ class RefereePublisher:
     def __init__(self, endpoint: str, *, curve: Any = None, allow_plain_remote: bool = False) -> None:
         import zmq
 
-        from protocol.sockets import server_socket
+        from reachsafe.protocol.sockets import server_socket
 
         self._ctx = zmq.Context()
         self._sock = server_socket(

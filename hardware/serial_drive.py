@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hardware.base import Drive
-from hardware.errors import DeviceTimeoutError, DeviceUnavailableError
+from reachsafe.hardware.base import Drive
+from reachsafe.hardware.errors import DeviceTimeoutError, DeviceUnavailableError
 
 if TYPE_CHECKING:
-    from hardware.config import HardwareConfig
+    from reachsafe.hardware.config import HardwareConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hardware.base import Camera, Drive, Frame, Signals, TaskSignals
-from hardware.errors import DeviceTimeoutError, HardwareError
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from reachsafe.hardware.base import Camera, Drive, Frame, Signals, TaskSignals
+from reachsafe.hardware.errors import DeviceTimeoutError, HardwareError
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.errors import ProtocolError
+from reachsafe.protocol.messages import (
     ErrorMessage,
     HwDrive,
     HwFrame,
@@ -33,7 +33,7 @@ from protocol.messages import (
     HwStop,
     Message,
 )
-from protocol.sockets import client_socket
+from reachsafe.protocol.sockets import client_socket
 
 log = logging.getLogger(__name__)
 

@@ -34,17 +34,17 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocol.constants import PROTOCOL_VERSION
-from protocol.errors import (
+from reachsafe.protocol.constants import PROTOCOL_VERSION
+from reachsafe.protocol.errors import (
     BundleError,
     HashMismatchError,
     ManifestError,
     SignatureError,
     SpecMismatchError,
 )
-from protocol.files import fsync_dir
-from protocol.keys import fingerprint
-from protocol.messages import BundleMessage
+from reachsafe.protocol.files import fsync_dir
+from reachsafe.protocol.keys import fingerprint
+from reachsafe.protocol.messages import BundleMessage
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -97,11 +97,6 @@ class Bundle:
     @property
     def action_dim(self) -> int:
         return self.manifest["action"]["dim"]
-
-    @property
-    def graph_bytes(self) -> bytes:
-        """The verified bytes of the agent graph named by manifest["graph"]["file"]."""
-        return self.files[self.manifest["graph"]["file"]]
 
     def to_message(self) -> BundleMessage:
         return BundleMessage(

@@ -1,7 +1,7 @@
-"""`reachsafe keys ...` commands (wired in by the edge_runtime.cli dispatcher).
+"""`reachsafe keys ...` commands (wired in by the reachsafe.cli dispatcher).
 
 `reachsafe keys generate --out DIR [--force]` writes the signing and CURVE key files described
-in `protocol.keys` and prints what goes where.
+in `reachsafe.protocol.keys` and prints what goes where.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protocol.errors import KeyFileError
-from protocol.keys import SIGNING_KEY, SIGNING_PUB, fingerprint, generate_keys, load_signing_key
+from reachsafe.protocol.errors import KeyFileError
+from reachsafe.protocol.keys import SIGNING_KEY, SIGNING_PUB, fingerprint, generate_keys, load_signing_key
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:

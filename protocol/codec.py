@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from protocol.constants import (
+from reachsafe.protocol.constants import (
     ARRAY_EXT_TYPE,
     DEFAULT_MAX_ARRAY_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -34,7 +34,7 @@ from protocol.constants import (
     PROTOCOL_VERSION,
     WIRE_DTYPES,
 )
-from protocol.errors import (
+from reachsafe.protocol.errors import (
     DecodeError,
     FieldError,
     OversizeError,
@@ -42,7 +42,7 @@ from protocol.errors import (
     UnknownTypeError,
     VersionError,
 )
-from protocol.messages import MESSAGE_TYPES, Message
+from reachsafe.protocol.messages import MESSAGE_TYPES, Message
 
 
 def _pad8(n: int) -> int:

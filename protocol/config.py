@@ -38,14 +38,6 @@ def option(default: Any = _MISSING, help: str = "", *, default_factory: Any = _M
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def field_help(cls: type, name: str) -> str:
-    """The help text of field ``name`` of config class ``cls``."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return str(f.metadata.get("help", ""))
-    raise KeyError(name)
-
-
 @dataclasses.dataclass
 class Config:
     """Base of every config. Subclasses are dataclasses; override :meth:`validate` for checks
@@ -108,9 +100,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-safe: paths as strings, tuples as lists)."""
         return _plain(dataclasses.asdict(self))
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -286,10 +275,10 @@ def load_config(cls: type[C], path: str | Path | None, args: argparse.Namespace 
 #: Every config kind a YAML file may declare with ``kind:``; resolved lazily so that the robot
 #: never imports the trainer's configs (or torch).
 CONFIG_KINDS: dict[str, str] = {
-    "robot": "edge_runtime.robot_config:RobotConfig",
-    "edge": "edge_runtime.config:EdgeConfig",
-    "offline": "trainer.config:OfflineConfig",
-    "online": "trainer.online_config:OnlineConfig",
+    "robot": "reachsafe.edge_runtime.robot_config:RobotConfig",
+    "edge": "reachsafe.edge_runtime.config:EdgeConfig",
+    "offline": "reachsafe.trainer.algos.offline.config:OfflineConfig",
+    "online": "reachsafe.trainer.algos.online.config:OnlineConfig",
 }
 
 

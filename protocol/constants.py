@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.errors import FieldError
+from reachsafe.protocol.errors import FieldError
 
 PROTOCOL_VERSION = 1
 

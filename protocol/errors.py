@@ -2,7 +2,7 @@
 
 Wire errors (`ProtocolError` and subclasses) come from decoding or validating one message; a
 receiver counts them, may answer with an `error` message built by
-`protocol.messages.ErrorMessage.from_exception`, and keeps the connection. Each carries a short
+`reachsafe.protocol.messages.ErrorMessage.from_exception`, and keeps the connection. Each carries a short
 machine-readable `code` (used as the `error` message's code and in metric keys such as
 `proto/errors/decode`) and, when known, `msg_type`, the type of the offending message.
 

@@ -27,7 +27,7 @@ import zmq.auth
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from protocol.errors import KeyFileError
+from reachsafe.protocol.errors import KeyFileError
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from protocol.constants import validate_step_columns
-from protocol.errors import FieldError, ProtocolError
+from reachsafe.protocol.constants import validate_step_columns
+from reachsafe.protocol.errors import FieldError, ProtocolError
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}
 
@@ -182,7 +182,7 @@ class Hello(Message):
 
 @_message("steps")
 class Steps(Message):
-    """Robot -> trainer: one batch of N steps of one stream (columns: protocol.constants.STEP_COLUMNS)."""
+    """Robot -> trainer: one batch of N steps of one stream (columns: reachsafe.protocol.constants.STEP_COLUMNS)."""
 
     robot_id: str
     stream_id: str
@@ -209,7 +209,7 @@ class Ack(Message):
 
 @_message("bundle")
 class BundleMessage(Message):
-    """Trainer -> robot: a signed policy bundle (see protocol.bundle.Bundle.to_message)."""
+    """Trainer -> robot: a signed policy bundle (see reachsafe.protocol.bundle.Bundle.to_message)."""
 
     version: int = _meta(min=1)
     parent: int | None = _meta(min=1)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from protocol.constants import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_BYTES
-from protocol.errors import KeyFileError, TransportSecurityError
-from protocol.keys import load_curve_keypair, load_curve_public_keys
+from reachsafe.protocol.constants import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_BYTES
+from reachsafe.protocol.errors import KeyFileError, TransportSecurityError
+from reachsafe.protocol.keys import load_curve_keypair, load_curve_public_keys
 
 log = logging.getLogger(__name__)
 

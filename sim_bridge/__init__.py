@@ -1,6 +1,6 @@
 """PyBullet stand-in for the robot: safe-navigation tasks, datasets and a hardware server."""
 
-from sim_bridge.registration import register_envs
+from reachsafe.sim_bridge.registration import register_envs
 
 register_envs()
 

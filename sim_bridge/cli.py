@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sim_bridge.policies import POLICIES
-from sim_bridge.tasks import SPLITS, TASKS
+from reachsafe.sim_bridge.policies import POLICIES
+from reachsafe.sim_bridge.tasks import SPLITS, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def _task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from sim_bridge.collect import CollectConfig, collect, summarize
-    from sim_bridge.plots import scatter_png
+    from reachsafe.sim_bridge.collect import CollectConfig, collect, summarize
+    from reachsafe.sim_bridge.plots import scatter_png
 
     cfg = CollectConfig(
         task=args.task,
@@ -65,7 +65,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sim_bridge.server import ServerConfig, serve
+    from reachsafe.sim_bridge.server import ServerConfig, serve
 
     cfg = ServerConfig(
         bind=args.bind,
@@ -80,7 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _view(args: argparse.Namespace) -> int:
-    from sim_bridge.view import ViewConfig, view
+    from reachsafe.sim_bridge.view import ViewConfig, view
 
     cfg = ViewConfig(
         task=args.task,

@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from sim_bridge.policies import MIX_WEIGHTS, make_policy
-from sim_bridge.registration import register_envs
+from reachsafe.sim_bridge.policies import MIX_WEIGHTS, make_policy
+from reachsafe.sim_bridge.registration import register_envs
 
 log = logging.getLogger(__name__)
 

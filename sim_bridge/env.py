@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sim_bridge.layout import (
+from reachsafe.sim_bridge.layout import (
     BUTTON_RADIUS,
     GOAL_RADIUS,
     PILLAR_RADIUS,
@@ -25,9 +25,9 @@ from sim_bridge.layout import (
     next_goal,
     sample_layout,
 )
-from sim_bridge.scene import CAMERA_FOV_DEG, Scene
-from sim_bridge.sensors import STATE_DIM, state_vector
-from sim_bridge.tasks import jitter_palette, task_spec
+from reachsafe.sim_bridge.scene import CAMERA_FOV_DEG, Scene
+from reachsafe.sim_bridge.sensors import STATE_DIM, state_vector
+from reachsafe.sim_bridge.tasks import jitter_palette, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def goal_in_view(xy: np.ndarray, yaw: float, goal_xy: np.ndarray) -> bool:
 
 class SafeNavEnv(gym.Env):
     """One SafeNav task on one split; ``palette`` (a split name) repaints the split's world with that
-    split's colours (default: its own), see :meth:`sim_bridge.tasks.TaskSpec.params`.
+    split's colours (default: its own), see :meth:`reachsafe.sim_bridge.tasks.TaskSpec.params`.
 
-    ``palette_jitter`` > 0 randomises the colours every episode (:func:`sim_bridge.tasks.jitter_palette`
+    ``palette_jitter`` > 0 randomises the colours every episode (:func:`reachsafe.sim_bridge.tasks.jitter_palette`
     at that strength), from a generator of its own seeded by ``reset(seed=…)``: the layouts, and so a
     scripted expert's actions, are the ones the same seed gives without it.
     """

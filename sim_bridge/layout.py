@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim_bridge.tasks import LayoutParams
+from reachsafe.sim_bridge.tasks import LayoutParams
 
 ROBOT_RADIUS = 0.15
 PILLAR_RADIUS = 0.15

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from sim_bridge.env import NavState
-from sim_bridge.layout import ROBOT_RADIUS
+from reachsafe.sim_bridge.env import NavState
+from reachsafe.sim_bridge.layout import ROBOT_RADIUS
 
 CELL = 0.1
 HAZARD_PENALTY = 40.0  # extra cost per metre inside an inflated hazard at caution 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim_bridge.collect import EpisodeStats
+from reachsafe.sim_bridge.collect import EpisodeStats
 
 
 def scatter_png(stats: list[EpisodeStats], out: Path, title: str) -> Path:

@@ -1,6 +1,6 @@
 """Scripted behaviour policies with privileged state, for datasets that span the reward-cost plane.
 
-- ``careful``: follows a cost-to-go field (``sim_bridge.planner``) that keeps clear of hazards and solids.
+- ``careful``: follows a cost-to-go field (``reachsafe.sim_bridge.planner``) that keeps clear of hazards and solids.
 - ``reckless``: the same controller with hazards ignored, so it cuts straight through them.
 - ``noisy``: a random caution level (mostly low) and Gaussian action noise, per episode.
 - ``random``: smooth random actions (an Ornstein-Uhlenbeck process).
@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from sim_bridge.env import NavState, in_fov
-from sim_bridge.planner import CostToGo
+from reachsafe.sim_bridge.env import NavState, in_fov
+from reachsafe.sim_bridge.planner import CostToGo
 
 POLICIES: tuple[str, ...] = ("careful", "reckless", "noisy", "random", "mixed")
 MIX_WEIGHTS: dict[str, float] = {"careful": 0.35, "reckless": 0.25, "noisy": 0.25, "random": 0.15}

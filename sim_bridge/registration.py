@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from sim_bridge.tasks import TASKS
+from reachsafe.sim_bridge.tasks import TASKS
 
-ENTRY_POINT = "sim_bridge.env:SafeNavEnv"
+ENTRY_POINT = "reachsafe.sim_bridge.env:SafeNavEnv"
 
 # task id -> entry point; every task is the same env class parameterised by its TaskSpec.
 TASK_ENTRY_POINTS: dict[str, str] = {task_id: ENTRY_POINT for task_id in TASKS}

@@ -38,8 +38,8 @@ def _stdout_to_stderr():
 with _stdout_to_stderr():
     import pybullet
 
-from sim_bridge.layout import BUTTON_RADIUS, PILLAR_RADIUS, ROBOT_RADIUS, Layout  # noqa: E402
-from sim_bridge.tasks import Colour, LayoutParams, Palette  # noqa: E402
+from reachsafe.sim_bridge.layout import BUTTON_RADIUS, PILLAR_RADIUS, ROBOT_RADIUS, Layout  # noqa: E402
+from reachsafe.sim_bridge.tasks import Colour, LayoutParams, Palette  # noqa: E402
 
 CAMERA_FOV_DEG = 90.0
 CAMERA_HEIGHT = 0.18

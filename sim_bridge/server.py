@@ -10,21 +10,19 @@ Requests are answered between steps from the same thread, so no locks are needed
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import FrameType
 
 import gymnasium as gym
 import numpy as np
 import zmq
 
-from protocol.codec import decode, encode
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.errors import ProtocolError
+from reachsafe.protocol.messages import (
     ErrorMessage,
     HwDrive,
     HwFrame,
@@ -37,8 +35,9 @@ from protocol.messages import (
     HwStop,
     Message,
 )
-from protocol.sockets import server_socket
-from sim_bridge.registration import register_envs
+from reachsafe.protocol.sockets import server_socket
+from reachsafe.signals import stop_on_signals
+from reachsafe.sim_bridge.registration import register_envs
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +268,9 @@ def serve(cfg: ServerConfig) -> int:
     """Entry point of ``reachsafe sim serve``: run until SIGTERM/SIGINT, then exit 0."""
     server = SimServer(cfg)
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping the sim server", signum)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     try:
-        server.run()
+        with stop_on_signals(server.stop, "stopping the sim server"):
+            server.run()
     finally:
         server.close()
     return 0

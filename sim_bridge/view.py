@@ -2,7 +2,7 @@
 
 The top-down panel draws the path so far, marks every step that cost (red ring), each goal
 reached (green ring) and the current goal (dark green cross, also after it faded from view); a caption gives step, return and cost. The policy is a bundle's agent graph
-run through ``edge_runtime.inference.AgentSession`` (what the robot would run, greedy), or a
+run through ``reachsafe.edge_runtime.inference.AgentSession`` (what the robot would run, greedy), or a
 scripted policy. GIF needs only Pillow; MP4 needs an ``ffmpeg`` binary on PATH.
 """
 
@@ -19,9 +19,9 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sim_bridge.env import NavState, SafeNavEnv
-from sim_bridge.policies import make_policy
-from sim_bridge.registration import register_envs
+from reachsafe.sim_bridge.env import NavState, SafeNavEnv
+from reachsafe.sim_bridge.policies import make_policy
+from reachsafe.sim_bridge.registration import register_envs
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ class ViewConfig:
 
 def bundle_policy(bundle_dir: Path, keys: Path) -> Policy:
     """The bundle's online action, greedy, through the runtime's own inference wrapper."""
-    from edge_runtime.inference import AgentSession
-    from protocol.bundle import load_bundle
-    from protocol.keys import load_trusted_keys
+    from reachsafe.edge_runtime.inference import AgentSession
+    from reachsafe.protocol.bundle import load_bundle
+    from reachsafe.protocol.keys import load_trusted_keys
 
     session = AgentSession.from_bundle(load_bundle(bundle_dir, load_trusted_keys(keys)))
     return lambda image, state: np.asarray(session.act(image).a_on, dtype=np.float32)

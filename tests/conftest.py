@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from protocol.sockets import free_tcp_port  # noqa: F401  (re-exported for the tests)
+from reachsafe.protocol.sockets import free_tcp_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ class Processes:
         return proc
 
     def reachsafe(self, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start(sys.executable, "-m", "edge_runtime.cli", *args, name=name, env=env)
+        return self.start(sys.executable, "-m", "reachsafe.cli", *args, name=name, env=env)
 
     def log(self, proc: subprocess.Popen) -> str:
         for p, log in self.procs:
@@ -95,10 +95,10 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny offline run (16×16 frames, 10 updates, bundle v1) for daemon tests; trained once per session."""
-    from trainer.config import OfflineConfig
-    from trainer.dataset import load_dataset
-    from trainer.synthetic import make_point_dataset, write_hdf5
-    from trainer.train_offline import train_offline
+    from reachsafe.trainer.algos.offline.config import OfflineConfig
+    from reachsafe.trainer.data.dataset import load_dataset
+    from reachsafe.trainer.runs.offline import train_offline
+    from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
 
     root = tmp_path_factory.mktemp("offline")
     write_hdf5(make_point_dataset(episodes=8, length=20, image_size=16), root / "ds.h5")
@@ -119,9 +119,9 @@ def fresh_run(offline_run: Path, tmp_path: Path) -> Path:
 
 
 def start_daemon(processes: Processes, run: Path, port: int, *extra: str) -> subprocess.Popen:
-    """`reachsafe trainer serve` on 127.0.0.1:port with small learner settings."""
+    """`reachsafe daemon serve` on 127.0.0.1:port with small learner settings."""
     return processes.reachsafe(
-        "trainer", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
+        "daemon", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
         "--warmup-steps", "8", *extra, name=f"daemon-{port}-{len(processes.procs)}",
     )  # fmt: skip
 
@@ -129,7 +129,7 @@ def start_daemon(processes: Processes, run: Path, port: int, *extra: str) -> sub
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
     """A fresh `reachsafe keys generate` directory (signing + CurveZMQ pairs)."""
-    from protocol.keys import generate_keys
+    from reachsafe.protocol.keys import generate_keys
 
     generate_keys(tmp_path / "keys")
     return tmp_path / "keys"

@@ -20,8 +20,8 @@ from bench.offline_results import (
     run,
     trained_updates,
 )
-from sim_bridge.collect import CollectConfig, collect
-from sim_bridge.env import SIGHT_RANGE, goal_in_view, in_fov
+from reachsafe.sim_bridge.collect import CollectConfig, collect
+from reachsafe.sim_bridge.env import SIGHT_RANGE, goal_in_view, in_fov
 
 
 def _s(ret: float, cost: float) -> dict[str, float]:

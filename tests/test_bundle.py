@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import codec
-from protocol.bundle import (
+from reachsafe.protocol import codec
+from reachsafe.protocol.bundle import (
     Bundle,
     BundleError,
     HashMismatchError,
@@ -23,7 +23,7 @@ from protocol.bundle import (
     load_bundle,
     write_bundle,
 )
-from protocol.keys import fingerprint
+from reachsafe.protocol.keys import fingerprint
 
 FILES = {"agent.onnx": b"\x08\x07fake-onnx-bytes" * 100, "notes.txt": b"hello"}
 
@@ -63,7 +63,7 @@ def test_write_then_load(bundle_dir, key, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["v3"]  # no temp dir left behind
     b = load_bundle(bundle_dir, [Ed25519PrivateKey.generate().public_key(), key.public_key()], (64, 64, 3), 2)
     assert (b.version, b.parent, b.obs_shape, b.action_dim) == (3, 2, (64, 64, 3), 2)
-    assert b.files == FILES and b.graph_bytes == FILES["agent.onnx"]
+    assert b.files == FILES and b.files[b.manifest["graph"]["file"]] == FILES["agent.onnx"]
     assert b.manifest["signer"] == fingerprint(key.public_key())
     assert b.manifest["format"] == "reachsafe-bundle/1" and b.manifest["protocol_version"] == 1
     assert b.manifest["created"].endswith("Z")
@@ -147,7 +147,7 @@ def test_spec_mismatch(bundle_dir, key):
 
 def test_unlisted_files_are_ignored(bundle_dir, key, caplog):
     (bundle_dir / "sneaky.onnx").write_bytes(b"not listed")
-    with caplog.at_level(logging.WARNING, logger="protocol.bundle"):
+    with caplog.at_level(logging.WARNING, logger="reachsafe.protocol.bundle"):
         b = load_bundle(bundle_dir, [key.public_key()])
     assert "sneaky.onnx" not in b.files and "sneaky.onnx" in caplog.text
 

@@ -14,10 +14,9 @@ BEGIN, END = "<!-- CLI-REFERENCE:BEGIN -->", "<!-- CLI-REFERENCE:END -->"
 
 
 def _part_parser(part: str) -> argparse.ArgumentParser:
-    from edge_runtime.cli import build_parser
+    from reachsafe.cli import part_parser
 
-    parser = build_parser([part])
-    return parser._subparsers._group_actions[0].choices[part]
+    return part_parser([part])[1]
 
 
 def _verbs(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
@@ -40,10 +39,13 @@ def _options(parser: argparse.ArgumentParser) -> str:
 
 
 def cli_reference() -> str:
-    from edge_runtime.cli import PARTS
+    from reachsafe.cli import PARTS
 
     rows = ["| command | what it does | options |", "|---|---|---|"]
-    for part, (_, _, part_help, _) in PARTS.items():
+    for part, spec in PARTS.items():
+        if spec.renamed_to:
+            continue
+        part_help = spec.help
         parser = _part_parser(part)
         verbs = _verbs(parser)
         if not verbs:
@@ -68,16 +70,36 @@ def test_readme_cli_reference_matches_the_parsers() -> None:
 
 def test_help_is_instant_and_loads_no_part() -> None:
     code = (
-        "import sys; from edge_runtime.cli import build_parser; build_parser([]); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch','trainer','sim_bridge','pybullet'}))"
+        "import sys; from reachsafe.cli import build_parser; build_parser([]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch','pybullet'} "
+        "or m.startswith(('reachsafe.trainer', 'reachsafe.sim_bridge'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_python_dash_m_reachsafe_is_the_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "reachsafe", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "<part>" in out.stdout and "daemon" in out.stdout, out.stderr
+
+
+def test_the_old_trainer_spelling_still_works_and_says_it_is_deprecated(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "reachsafe", "trainer", "status", "--run", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "'reachsafe trainer' is deprecated" in out.stderr and "reachsafe daemon" in out.stderr, out.stderr
+    assert out.returncode == 1 and "reachsafe daemon serve" in out.stdout  # no status yet: what to start
+
+
 def test_unknown_part_is_a_usage_error() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "warp"],
+        [sys.executable, "-m", "reachsafe.cli", "warp"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -92,7 +114,7 @@ def test_part_with_missing_dependency_says_which_extra(tmp_path: Path) -> None:
     blocker.write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     env_path = f"{tmp_path}:{REPO}"
     out = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "train", "offline", "--help"],
+        [sys.executable, "-m", "reachsafe.cli", "train", "offline", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -13,12 +13,13 @@ import numpy as np
 import zmq
 from conftest import REPO, free_tcp_port, fresh_run, poll_until, start_daemon
 
-from protocol.codec import decode, encode
-from protocol.constants import ARRAY_EXT_TYPE
-from protocol.messages import Ack, BundleMessage, ErrorMessage, Hello, Message, Steps
-from protocol.sockets import client_socket
-from trainer.replay_synthetic import synthetic_columns
-from trainer.store import StepStore
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.constants import ARRAY_EXT_TYPE
+from reachsafe.protocol.messages import Ack, BundleMessage, ErrorMessage, Hello, Message, Steps
+from reachsafe.protocol.sockets import client_socket
+from reachsafe.trainer.daemon.store import StepStore
+from tests.fixtures.step_batches import synthetic_columns
+from tests.fixtures.stored_steps import stored_batches
 
 OBS = (16, 16, 3)
 BATCH = 8
@@ -86,7 +87,7 @@ def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp
         )
         assert status["steps_stored"] == 8 * BATCH  # the resend was not stored twice
         assert status["robots"]["r1"]["steps"] == 8 * BATCH
-        out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "trainer", "status", "--run", str(run)],
+        out = subprocess.run([sys.executable, "-m", "reachsafe", "daemon", "status", "--run", str(run)],
                              capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
         assert out.returncode == 0 and "r1" in out.stdout and "lambda" in out.stdout, out.stdout + out.stderr
     finally:
@@ -212,7 +213,7 @@ def test_kill9_mid_stream_loses_and_duplicates_nothing(processes, offline_run: P
     assert killed
     assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0
     store = StepStore(run / "online" / "steps")
-    index = store.step_index()
+    index = stored_batches(store)
     store.close()
     steps = sorted(first + i for _, _, first, n in index for i in range(n))
     assert steps == list(range(n_batches * BATCH)), "every step exactly once"

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from trainer.dataset import (
+from reachsafe.trainer.data.dataset import (
     DatasetError,
     DatasetNotFoundError,
     DtypeError,

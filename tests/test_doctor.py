@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO, free_tcp_port, poll_until
 from test_edge_support import make_test_bundle
 
-from edge_runtime.doctor import CHECKS, format_table, run_doctor
-from edge_runtime.robot_config import RobotConfig
-from protocol.keys import generate_keys, load_signing_key
+from reachsafe.edge_runtime.doctor import CHECKS, format_table, run_doctor
+from reachsafe.edge_runtime.robot_config import RobotConfig
+from reachsafe.protocol.keys import generate_keys, load_signing_key
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_failures_say_what_to_do(tmp_path, keys) -> None:
     assert "chmod 600" in results["keys"].fix
     assert "signed by this robot's trusted signing key" in results["bundle"].fix
     assert "reachsafe sim serve" in results["camera"].detail + results["camera"].fix
-    assert "reachsafe trainer serve" in results["trainer"].fix
+    assert "reachsafe daemon serve" in results["trainer"].fix
 
 
 def test_plain_link_to_a_remote_trainer_is_a_failure(tmp_path) -> None:
@@ -96,7 +96,7 @@ def test_doctor_command_prints_a_table_and_exit_code(tmp_path, keys) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "edge_runtime.cli",
+        "reachsafe.cli",
         "edge",
         "doctor",
         "--keys",

@@ -7,13 +7,13 @@ import pytest
 from conftest import poll_until
 from test_edge_support import make_test_bundle
 
-from edge_runtime.bundles import BundleManager, BundleStore
-from edge_runtime.config import RollbackConfig
-from edge_runtime.inference import SessionOptions
-from edge_runtime.metrics import Metrics
-from edge_runtime.steps import Step
-from protocol.bundle import load_bundle
-from protocol.keys import generate_keys, load_signing_key, load_trusted_keys
+from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
+from reachsafe.edge_runtime.config import RollbackConfig
+from reachsafe.edge_runtime.inference import SessionOptions
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.steps import Step
+from reachsafe.protocol.bundle import load_bundle
+from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
 
 
 def _step(version: int, shielded: bool, cost: float = 0.0) -> Step:

@@ -12,9 +12,9 @@ import pytest
 from conftest import free_tcp_port, fresh_run, poll_until, start_daemon
 from test_edge_support import FakeCamera, FakeDrive, FakeSignals
 
-from edge_runtime.config import EdgeConfig
-from edge_runtime.runtime import EdgeRuntime
-from hardware.factory import Robot
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.runtime import EdgeRuntime
+from reachsafe.hardware.factory import Robot
 
 OBS = (16, 16, 3)
 
@@ -23,7 +23,8 @@ OBS = (16, 16, 3)
 def test_daemon_kill_9_mid_stream_every_step_exactly_once(
     processes, offline_run: Path, tmp_path: Path
 ) -> None:  # noqa: ANN001
-    from trainer.store import StepStore
+    from reachsafe.trainer.daemon.store import StepStore
+    from tests.fixtures.stored_steps import stored_batches
 
     run = fresh_run(offline_run, tmp_path)
     keys = tmp_path / "robot_keys"  # the run's bundle key only: the daemon speaks plain loopback here
@@ -64,7 +65,7 @@ def test_daemon_kill_9_mid_stream_every_step_exactly_once(
     assert result["all_acked"], result
     assert processes.stop(daemon, signal.SIGTERM, timeout=60) == 0
     store = StepStore(run / "online" / "steps")
-    index = store.step_index()
+    index = stored_batches(store)
     store.close()
     steps = sorted(
         first + i for robot, stream, first, n in index if stream == result["stream_id"] for i in range(n)

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from test_edge_support import make_agent_onnx
 
-from edge_runtime.inference import AgentSession, SessionOptions, engine_cache_key
+from reachsafe.edge_runtime.inference import AgentSession, SessionOptions, engine_cache_key
 
 pytestmark = pytest.mark.gpu
 INSTALLED = set(ort.get_available_providers())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_edge_support import make_agent_onnx
 
-from edge_runtime.inference import (
+from reachsafe.edge_runtime.inference import (
     AgentOutput,
     AgentSession,
     ContractError,
@@ -17,9 +17,9 @@ from edge_runtime.inference import (
     choose_providers,
     engine_cache_key,
 )
-from edge_runtime.select import select, selection_probabilities
-from edge_runtime.shield import shield
-from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
+from reachsafe.edge_runtime.select import select, selection_probabilities
+from reachsafe.edge_runtime.shield import shield
+from reachsafe.protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 
 CPU = SessionOptions(providers=("cpu",), warmup_runs=1)
 

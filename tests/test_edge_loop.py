@@ -8,13 +8,13 @@ import time
 import numpy as np
 from test_edge_support import FakeCamera, FakeDrive, FakeSignals, make_agent_onnx
 
-from edge_runtime.config import EdgeConfig
-from edge_runtime.inference import AgentSession, SessionOptions
-from edge_runtime.loop import ActivePolicy, ControlLoop, Watchdog
-from edge_runtime.metrics import Metrics
-from edge_runtime.steps import Step, to_columns
-from hardware.factory import Robot
-from protocol.constants import POLICY_FALLBACK, validate_step_columns
+from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.inference import AgentSession, SessionOptions
+from reachsafe.edge_runtime.loop import ActivePolicy, ControlLoop, Watchdog
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.steps import Step, to_columns
+from reachsafe.hardware.factory import Robot
+from reachsafe.protocol.constants import POLICY_FALLBACK, validate_step_columns
 
 CPU = SessionOptions(providers=("cpu",), warmup_runs=1)
 
@@ -160,7 +160,7 @@ def test_emergency_stop_brakes_until_it_clears() -> None:
 
 
 def test_lost_task_signals_brake_until_they_return(caplog) -> None:
-    from hardware.errors import DeviceTimeoutError
+    from reachsafe.hardware.errors import DeviceTimeoutError
 
     loop, robot, sink = make_loop(cfg=EdgeConfig(rate_hz=200.0, max_frame_age=1.0, signals_streak=3))
     real_read = robot.signals._read

@@ -12,12 +12,12 @@ import pytest
 from conftest import free_tcp_port, poll_until
 from test_edge_support import FakeCamera, FakeDrive, FakeSignals, StubTrainer, make_test_bundle
 
-from edge_runtime.config import EdgeConfig, RollbackConfig
-from edge_runtime.runtime import EdgeRuntime
-from hardware.factory import Robot
-from protocol.bundle import load_bundle
-from protocol.keys import generate_keys, load_signing_key, load_trusted_keys
-from protocol.messages import BundleMessage
+from reachsafe.edge_runtime.config import EdgeConfig, RollbackConfig
+from reachsafe.edge_runtime.runtime import EdgeRuntime
+from reachsafe.hardware.factory import Robot
+from reachsafe.protocol.bundle import load_bundle
+from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
+from reachsafe.protocol.messages import BundleMessage
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ def test_trainer_outage_loses_and_duplicates_nothing(tmp_path, keys) -> None:
 
 
 def test_install_rollback_and_status_commands_steer_a_running_runtime(tmp_path, keys, capsys) -> None:
-    from edge_runtime.cli import main as reachsafe
+    from reachsafe.cli import main as reachsafe
 
     keys_dir, signing = keys
     v1 = make_test_bundle(tmp_path / "b" / "v1", signing, 1)

@@ -6,10 +6,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.spool import Spool
-from edge_runtime.steps import Step, to_columns
-from protocol.codec import encode
-from protocol.messages import Steps
+from reachsafe.edge_runtime.spool import Spool
+from reachsafe.edge_runtime.steps import Step, to_columns
+from reachsafe.protocol.codec import encode
+from reachsafe.protocol.messages import Steps
 
 
 def _batch(spool: Spool, n: int = 4) -> tuple[bytes, int, int, int]:

@@ -12,9 +12,9 @@ import onnx
 import zmq
 from onnx import TensorProto, helper, numpy_helper
 
-from hardware.base import Camera, Drive, Frame, Signals, TaskSignals
-from protocol.codec import decode, encode
-from protocol.messages import Ack, BundleStatus, Heartbeat, Hello, Steps
+from reachsafe.hardware.base import Camera, Drive, Frame, Signals, TaskSignals
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.messages import Ack, BundleStatus, Heartbeat, Hello, Steps
 
 OPSET = 18
 
@@ -327,7 +327,7 @@ def make_test_bundle(
     directory, signing_key, version: int, parent: int | None = None, threshold: float = 0.0, **graph_kw
 ):
     """Sign and write a bundle with a `make_agent_onnx` graph; returns its path."""
-    from protocol.bundle import write_bundle
+    from reachsafe.protocol.bundle import write_bundle
 
     obs_shape = graph_kw.get("obs_shape", (16, 16, 3))
     manifest = {

@@ -7,15 +7,15 @@ import sys
 import h5py
 from conftest import REPO
 
-from protocol.bundle import load_bundle
-from protocol.keys import load_trusted_keys
-from trainer.evaluate import EpisodeResult, EvalSummary
-from trainer.synthetic import make_point_dataset, write_hdf5
+from reachsafe.protocol.bundle import load_bundle
+from reachsafe.protocol.keys import load_trusted_keys
+from reachsafe.trainer.runs.evaluate import EpisodeResult, EvalSummary
+from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
 
 
 def reachsafe(*args, timeout=240):
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", *map(str, args)],
+        [sys.executable, "-m", "reachsafe.cli", *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -87,7 +87,7 @@ def test_bad_dataset_is_a_one_line_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "edge_runtime.cli",
+            "reachsafe.cli",
             "train",
             "offline",
             "--dataset",

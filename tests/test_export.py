@@ -9,13 +9,20 @@ import onnx
 import pytest
 import torch
 
-from edge_runtime.inference import AgentSession
-from protocol.bundle import load_bundle
-from protocol.errors import HashMismatchError, SignatureError
-from protocol.keys import generate_keys, load_public_key, load_trusted_keys
-from trainer import checkpoint_io
-from trainer.export import build_bundle, example_inputs, export_onnx, parity_error, torch_outputs
-from trainer.networks import (
+from reachsafe.edge_runtime.inference import AgentSession
+from reachsafe.protocol.bundle import load_bundle
+from reachsafe.protocol.errors import HashMismatchError, SignatureError
+from reachsafe.protocol.keys import generate_keys, load_public_key, load_trusted_keys
+from reachsafe.trainer.export.int8 import QuantReport, decide
+from reachsafe.trainer.export.onnx import (
+    build_bundle,
+    example_inputs,
+    export_onnx,
+    parity_error,
+    torch_outputs,
+)
+from reachsafe.trainer.models import checkpoint_io
+from reachsafe.trainer.models.networks import (
     GRAPH_OUTPUTS,
     Agent,
     AgentSpec,
@@ -23,7 +30,6 @@ from trainer.networks import (
     load_checkpoint,
     save_checkpoint,
 )
-from trainer.quantize import QuantReport, decide
 
 
 @pytest.fixture(scope="module")

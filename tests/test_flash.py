@@ -16,9 +16,9 @@ import yaml
 from conftest import free_tcp_port, poll_until
 from test_edge_support import make_test_bundle
 
-from edge_runtime.cli import main
-from edge_runtime.robot_config import RobotConfig, load_robot_config
-from protocol.keys import generate_keys, load_signing_key
+from reachsafe.cli import main
+from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
+from reachsafe.protocol.keys import generate_keys, load_signing_key
 
 
 def robot_yaml(tmp_path, **sections) -> Path:
@@ -73,7 +73,9 @@ def test_flash_dir_writes_a_complete_folder(tmp_path, keys) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         metadata = zf.read(next(n for n in names if n.endswith("METADATA"))).decode()
-    assert "hardware/serial_drive.py" in names and "edge_runtime/deploy.py" in names
+    assert "reachsafe/hardware/serial_drive.py" in names and "reachsafe/edge_runtime/deploy.py" in names
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"reachsafe"}, f"the wheel puts {top_level} at the top of site-packages"
     robot_deps = [
         line for line in metadata.splitlines() if line.startswith("Requires-Dist") and "robot" in line
     ]

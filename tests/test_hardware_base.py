@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from hardware import (
+from reachsafe.hardware import (
     Camera,
     Drive,
     Frame,
@@ -22,7 +22,7 @@ from hardware import (
     hardware_config,
     parse_sim_uri,
 )
-from protocol.config import ConfigError
+from reachsafe.protocol.config import ConfigError
 
 
 class Log:
@@ -184,7 +184,7 @@ def test_make_robot_accepts_sim_uri_yaml_and_config(tmp_path) -> None:
 def test_import_hardware_loads_no_sdk() -> None:
     code = (
         "import sys, hardware; "
-        "bad = [m for m in ('torch', 'cv2', 'serial', 'picamera2', 'zmq', 'hardware.sim') if m in sys.modules]; "
+        "bad = [m for m in ('torch', 'cv2', 'serial', 'picamera2', 'zmq', 'reachsafe.hardware.sim') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -6,13 +6,13 @@ import pytest
 import yaml
 from conftest import REPO
 
-from edge_runtime.robot_config import RobotConfig, load_robot_config
-from hardware import make_robot
-from hardware.manual_signals import ManualSignals
-from hardware.picamera2_camera import Picamera2Camera
-from hardware.referee_signals import RefereeSignals
-from hardware.serial_drive import SerialDrive
-from protocol.config import ConfigError, load_config_file
+from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
+from reachsafe.hardware import make_robot
+from reachsafe.hardware.manual_signals import ManualSignals
+from reachsafe.hardware.picamera2_camera import Picamera2Camera
+from reachsafe.hardware.referee_signals import RefereeSignals
+from reachsafe.hardware.serial_drive import SerialDrive
+from reachsafe.protocol.config import ConfigError, load_config_file
 
 EXAMPLES = REPO / "hardware" / "examples"
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import poll_until
 
-from hardware import DeviceUnavailableError, StaleFrameError
-from hardware.opencv_camera import OpenCVCamera
+from reachsafe.hardware import DeviceUnavailableError, StaleFrameError
+from reachsafe.hardware.opencv_camera import OpenCVCamera
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is an optional extra: pip install 'reachsafe[opencv]'")
 

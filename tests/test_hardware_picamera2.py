@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import REPO, poll_until
 
-from hardware import DeviceTimeoutError, DeviceUnavailableError, StaleFrameError
-from hardware.picamera2_camera import Picamera2Camera
+from reachsafe.hardware import DeviceTimeoutError, DeviceUnavailableError, StaleFrameError
+from reachsafe.hardware.picamera2_camera import Picamera2Camera
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, poll_until
 from fakes.diffdrive import FakeController
 
-from hardware import DeviceTimeoutError, DeviceUnavailableError
-from hardware.serial_drive import SerialDrive, encode_line, parse_line, wheel_speeds
+from reachsafe.hardware import DeviceTimeoutError, DeviceUnavailableError
+from reachsafe.hardware.serial_drive import SerialDrive, encode_line, parse_line, wheel_speeds
 
 
 @pytest.fixture

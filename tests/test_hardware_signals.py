@@ -7,9 +7,9 @@ import os
 import pytest
 from conftest import poll_until
 
-from hardware import DeviceTimeoutError, DeviceUnavailableError, Signals
-from hardware.manual_signals import ManualSignals
-from hardware.referee_signals import RefereePublisher, RefereeSignals
+from reachsafe.hardware import DeviceTimeoutError, DeviceUnavailableError, Signals
+from reachsafe.hardware.manual_signals import ManualSignals
+from reachsafe.hardware.referee_signals import RefereePublisher, RefereeSignals
 
 
 def connected(pub: RefereePublisher, sig: RefereeSignals) -> None:
@@ -78,8 +78,8 @@ def test_referee_counts_bad_and_lost_messages_and_times_out() -> None:
 def test_referee_over_curve(tmp_path) -> None:
     import zmq
 
-    from protocol.keys import generate_keys
-    from protocol.sockets import ServerCurve
+    from reachsafe.protocol.keys import generate_keys
+    from reachsafe.protocol.sockets import ServerCurve
 
     keys = generate_keys(tmp_path / "keys")
     ctx = zmq.Context.instance()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol import cli
-from protocol.errors import KeyFileError
-from protocol.keys import (
+from reachsafe.protocol import cli
+from reachsafe.protocol.errors import KeyFileError
+from reachsafe.protocol.keys import (
     KEY_FILES,
     fingerprint,
     generate_keys,
@@ -107,8 +107,8 @@ def test_loose_signing_key_permissions_warn(tmp_path, caplog):
 
 
 def test_reachsafe_keys_generate_in_a_subprocess(tmp_path):
-    """The real entry point: `python -m edge_runtime.cli keys generate --out DIR` (what `reachsafe` runs)."""
-    cmd = [sys.executable, "-m", "edge_runtime.cli", "keys", "generate", "--out", str(tmp_path / "k")]
+    """The real entry point: `python -m reachsafe.cli keys generate --out DIR` (what `reachsafe` runs)."""
+    cmd = [sys.executable, "-m", "reachsafe.cli", "keys", "generate", "--out", str(tmp_path / "k")]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == sorted(KEY_FILES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.lagrange import LagrangeConfig, PIDLagrangian
+from reachsafe.trainer.algos.online.lagrange import LagrangeConfig, PIDLagrangian
 
 
 def pid(**kw: object) -> PIDLagrangian:

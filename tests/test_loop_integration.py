@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.demo import DemoSettings, run_demo
+from reachsafe.demo import DemoSettings, run_demo
 
 
 def test_whole_loop_closes_on_localhost(tmp_path: Path) -> None:

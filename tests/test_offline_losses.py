@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import (
+from reachsafe.trainer.algos.losses import (
     effective_sample_share,
     expectile_loss,
     feasibility_weights,
@@ -16,7 +16,7 @@ from trainer.losses import (
     td_target,
     weighted_bc_loss,
 )
-from trainer.networks import TanhGaussianActor
+from reachsafe.trainer.models.networks import TanhGaussianActor
 
 
 def t(*values):

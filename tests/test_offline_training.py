@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import OfflineConfig
-from trainer.networks import load_checkpoint
-from trainer.offline import OfflineLearner, agent_spec_for, colour_jitter, random_shift
-from trainer.run_dir import RunDirError
-from trainer.synthetic import HAZARD_X, make_point_dataset
-from trainer.train_offline import train_offline
+from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
+from reachsafe.trainer.data.augment import colour_jitter, random_shift
+from reachsafe.trainer.models.networks import load_checkpoint
+from reachsafe.trainer.runs.offline import train_offline
+from reachsafe.trainer.runs.run_dir import RunDirError
+from tests.fixtures.point_dataset import HAZARD_X, make_point_dataset
 
 SMALL = dict(batch_size=64, hidden_dim=64, latent_dim=32, gamma=0.9, target_ema=0.05, log_every=10)
 
@@ -155,7 +156,7 @@ def test_imagined_cost_probability_undoes_the_positive_weighting():
     """BCE with pos_weight w has optimal logit ln(w·p/(1−p)); a logit of exactly ln w is p = 0.5."""
     import math
 
-    from trainer.world_model import WorldModel
+    from reachsafe.trainer.models.world_model import WorldModel
 
     wm = WorldModel(latent_dim=4, action_dim=2, hidden_dim=8)
     last = [m for m in wm.cost.modules() if isinstance(m, torch.nn.Linear)][-1]

@@ -11,16 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.select import selection_probabilities
-from trainer.dataset import Batch, load_dataset
-from trainer.losses import expectile_loss, hj_target, reachability_signal
-from trainer.networks import Agent, AgentSpec, load_checkpoint, save_checkpoint
-from trainer.online import MixedSampler, OnlineLearner, ReachabilityTarget, shield_for_ship
-from trainer.online_config import OnlineConfig, VPAConfig
-from trainer.online_reeval import ReevalError, reevaluate
-from trainer.online_run import train_online
-from trainer.replay import StepReplay
-from trainer.synthetic import make_point_dataset, write_hdf5
+from reachsafe.edge_runtime.select import selection_probabilities
+from reachsafe.trainer.algos.losses import expectile_loss, hj_target, reachability_signal
+from reachsafe.trainer.algos.online.config import OnlineConfig, VPAConfig
+from reachsafe.trainer.algos.online.learner import OnlineLearner, ReachabilityTarget
+from reachsafe.trainer.data.dataset import Batch, load_dataset
+from reachsafe.trainer.data.mixing import MixedSampler
+from reachsafe.trainer.data.replay import StepReplay
+from reachsafe.trainer.models.networks import Agent, AgentSpec, load_checkpoint, save_checkpoint
+from reachsafe.trainer.runs.online import train_online
+from reachsafe.trainer.runs.reeval import ReevalError, reevaluate
+from reachsafe.trainer.runs.start import shield_for_ship
+from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
 
 
 def small_agent(seed: int = 0) -> Agent:
@@ -292,7 +294,7 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
 def test_online_config_reads_exponent_floats_from_the_cli_and_yaml(tmp_path: Path) -> None:
     import argparse
 
-    from protocol.config import ConfigError, add_config_arguments, load_config
+    from reachsafe.protocol.config import ConfigError, add_config_arguments, load_config
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, OnlineConfig)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.replay import StepReplay
-from trainer.replay_episodes import EpisodeTracker
+from reachsafe.trainer.data.episodes import EpisodeTracker
+from reachsafe.trainer.data.replay import StepReplay
 
 
 def cols(first: int, n: int, terminated: set[int] = frozenset(), truncated: set[int] = frozenset()) -> dict:

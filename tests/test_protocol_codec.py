@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocol import codec
-from protocol import messages as m
-from protocol.constants import (
+from reachsafe.protocol import codec
+from reachsafe.protocol import messages as m
+from reachsafe.protocol.constants import (
     ARRAY_EXT_TYPE,
     MAX_CONTAINER_LEN,
     MAX_STR_BYTES,
@@ -25,7 +25,7 @@ from protocol.constants import (
     WIRE_DTYPES,
     validate_step_columns,
 )
-from protocol.errors import (
+from reachsafe.protocol.errors import (
     DecodeError,
     FieldError,
     OversizeError,

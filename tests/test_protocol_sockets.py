@@ -10,11 +10,17 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from protocol import codec
-from protocol import messages as m
-from protocol.errors import DecodeError, ProtocolError, TransportSecurityError
-from protocol.keys import generate_keys
-from protocol.sockets import ClientCurve, ServerCurve, client_socket, is_loopback_endpoint, server_socket
+from reachsafe.protocol import codec
+from reachsafe.protocol import messages as m
+from reachsafe.protocol.errors import DecodeError, ProtocolError, TransportSecurityError
+from reachsafe.protocol.keys import generate_keys
+from reachsafe.protocol.sockets import (
+    ClientCurve,
+    ServerCurve,
+    client_socket,
+    is_loopback_endpoint,
+    server_socket,
+)
 
 DEADLINE_S = 5.0
 
@@ -110,7 +116,7 @@ def test_curve_allow_list(ctx, keys, tmp_path, caplog):
     stranger = tmp_path / "stranger"
     generate_keys(stranger)
 
-    caplog.set_level(logging.WARNING, logger="protocol.sockets")
+    caplog.set_level(logging.WARNING, logger="reachsafe.protocol.sockets")
     with ServerCurve(ctx, keys / "trainer.key_secret", allowed_dir) as curve:
         router = server_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:*", curve=curve)
         endpoint = router.last_endpoint.decode()
@@ -174,7 +180,7 @@ def test_plain_mode_refuses_remote_unless_forced(ctx, caplog):
         server_socket(ctx, zmq.ROUTER, "tcp://0.0.0.0:*")
     with pytest.raises(TransportSecurityError):
         client_socket(ctx, zmq.DEALER, "tcp://192.0.2.1:5555")
-    caplog.set_level(logging.WARNING, logger="protocol.sockets")
+    caplog.set_level(logging.WARNING, logger="reachsafe.protocol.sockets")
     forced = client_socket(ctx, zmq.DEALER, "tcp://192.0.2.1:5555", allow_plain_remote=True)
     forced.close(linger=0)
     assert "INSECURE" in caplog.text

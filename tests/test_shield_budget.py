@@ -1,4 +1,4 @@
-"""The shield's intervention budget adapted to the measured episode cost (trainer.shield_budget)."""
+"""The shield's intervention budget adapted to the measured episode cost (reachsafe.trainer.algos.shield.budget)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from protocol.config import ConfigError
-from trainer.lagrange import LagrangeConfig
-from trainer.networks import Agent, AgentSpec
-from trainer.online import OnlineLearner
-from trainer.online_config import OnlineConfig
-from trainer.shield_budget import ShieldBudget
+from reachsafe.protocol.config import ConfigError
+from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.online.lagrange import LagrangeConfig
+from reachsafe.trainer.algos.online.learner import OnlineLearner
+from reachsafe.trainer.algos.shield.budget import ShieldBudget
+from reachsafe.trainer.models.networks import Agent, AgentSpec
 
 
 def test_the_budget_shrinks_under_the_cost_limit_and_grows_over_it() -> None:

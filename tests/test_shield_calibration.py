@@ -10,20 +10,14 @@ import pytest
 import torch
 from conftest import fresh_run
 
-from protocol.bundle import Bundle
-from protocol.keys import load_signing_key
-from trainer import shield_calibration
-from trainer.config import OfflineConfig
-from trainer.daemon_bundles import BundleShelf
-from trainer.dataset import load_datasets
-from trainer.networks import Agent, load_checkpoint
-from trainer.offline import OfflineLearner, agent_spec_for
-from trainer.online import load_offline_dataset, shield_for_ship
-from trainer.online_config import OnlineConfig
-from trainer.replay import StepReplay
-from trainer.run_dir import RunDir, resolve_signing_key
-from trainer.shield_budget import ShieldBudget
-from trainer.shield_calibration import (
+from reachsafe.protocol.bundle import Bundle
+from reachsafe.protocol.keys import load_signing_key
+from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
+from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.shield import calibration as shield_calibration
+from reachsafe.trainer.algos.shield.budget import ShieldBudget
+from reachsafe.trainer.algos.shield.calibration import (
     CalibrationError,
     CalibrationSettings,
     apply_intervention_budget,
@@ -31,8 +25,14 @@ from trainer.shield_calibration import (
     calibrate_threshold,
     safe_step_mask,
 )
-from trainer.synthetic import make_point_dataset, write_hdf5
-from trainer.train_offline import train_offline
+from reachsafe.trainer.daemon.bundles import BundleShelf
+from reachsafe.trainer.data.dataset import load_datasets
+from reachsafe.trainer.data.replay import StepReplay
+from reachsafe.trainer.models.networks import Agent, load_checkpoint
+from reachsafe.trainer.runs.offline import train_offline
+from reachsafe.trainer.runs.run_dir import RunDir, resolve_signing_key
+from reachsafe.trainer.runs.start import load_offline_dataset, shield_for_ship
+from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
 
 SAFE_Q = np.linspace(-2.0, -0.1, 20)  # 20 safe steps, sorted: the 18th smallest is -0.3
 COST_Q = np.array([-1.5, -0.25, 0.5, 1.0])
@@ -111,7 +111,7 @@ def test_run_records_the_absolute_dataset_paths_and_the_calibrated_shield(small_
 
 def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="trainer.online"):
+    with caplog.at_level(logging.WARNING, logger="reachsafe.trainer.algos.online.learner"):
         assert load_offline_dataset(None, {"dataset": {"source": "gone/d.h5"}}) is None
     assert str(tmp_path / "gone" / "d.h5") in caplog.text and "WITHOUT replay mixing" in caplog.text
 
@@ -123,7 +123,7 @@ def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog, mon
     evaluated = []
     q_h_at = shield_calibration.q_h_at
     monkeypatch.setattr(shield_calibration, "q_h_at", lambda *a: evaluated.append(1) or q_h_at(*a))
-    with caplog.at_level(logging.WARNING, logger="trainer.shield_calibration"):
+    with caplog.at_level(logging.WARNING, logger="reachsafe.trainer.algos.shield.calibration"):
         cal = calibrate_shield(
             OfflineLearner(agent_spec_for(ds, cfg), cfg).agent, ds, CalibrationSettings.of(cfg)
         )

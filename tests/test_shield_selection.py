@@ -9,22 +9,28 @@ import pytest
 import torch
 from test_edge_support import FakeCamera, FakeDrive, FakeSignals, make_test_bundle
 
-from edge_runtime.bundles import BundleManager, BundleStore
-from edge_runtime.config import EdgeConfig, RollbackConfig
-from edge_runtime.inference import SessionOptions
-from edge_runtime.loop import ControlLoop
-from edge_runtime.metrics import Metrics
-from edge_runtime.select import SelectionParams
-from hardware.factory import Robot
-from protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T, MANIFEST_FILE, load_bundle, write_bundle
-from protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
-from protocol.errors import ManifestError
-from protocol.keys import generate_keys, load_signing_key, load_trusted_keys
-from trainer.config import OfflineConfig
-from trainer.export import build_bundle
-from trainer.networks import Agent, AgentSpec, save_checkpoint
-from trainer.online_config import ExpansionConfig
-from trainer.run_dir import RunDir
+from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
+from reachsafe.edge_runtime.config import EdgeConfig, RollbackConfig
+from reachsafe.edge_runtime.inference import SessionOptions
+from reachsafe.edge_runtime.loop import ControlLoop
+from reachsafe.edge_runtime.metrics import Metrics
+from reachsafe.edge_runtime.select import SelectionParams
+from reachsafe.hardware.factory import Robot
+from reachsafe.protocol.bundle import (
+    DEFAULT_KAPPA_C,
+    DEFAULT_KAPPA_T,
+    MANIFEST_FILE,
+    load_bundle,
+    write_bundle,
+)
+from reachsafe.protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
+from reachsafe.protocol.errors import ManifestError
+from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
+from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.online.config import ExpansionConfig
+from reachsafe.trainer.export.onnx import build_bundle
+from reachsafe.trainer.models.networks import Agent, AgentSpec, save_checkpoint
+from reachsafe.trainer.runs.run_dir import RunDir
 
 FILLED = ("format", "protocol_version", "created", "files", "signer")
 

@@ -11,12 +11,12 @@ import h5py
 import numpy as np
 from conftest import REPO
 
-from sim_bridge.collect import DSRL_KEYS, CollectConfig, collect, summarize
+from reachsafe.sim_bridge.collect import DSRL_KEYS, CollectConfig, collect, summarize
 
 
 def test_collect_cli_writes_a_valid_dsrl_file_with_workers(tmp_path: Path) -> None:
     out = tmp_path / "d.h5"
-    cmd = [sys.executable, "-m", "edge_runtime.cli", "sim", "collect", "--task", "reachsafe/SafeGoal1-v0"]
+    cmd = [sys.executable, "-m", "reachsafe.cli", "sim", "collect", "--task", "reachsafe/SafeGoal1-v0"]
     cmd += ["--policy", "mixed", "--episodes", "4", "--episode-steps", "25", "--workers", "2", "--seed", "3"]
     res = subprocess.run(cmd + ["--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import sim_bridge  # noqa: F401  (registers the tasks)
-from sim_bridge.env import SafeNavEnv
-from sim_bridge.layout import PILLAR_RADIUS, ROBOT_RADIUS
-from sim_bridge.policies import POLICIES, make_policy
-from sim_bridge.sensors import STATE_DIM
-from sim_bridge.tasks import SPLITS, TASKS, jitter_palette
+import reachsafe.sim_bridge  # noqa: F401  (registers the tasks)
+from reachsafe.sim_bridge.env import SafeNavEnv
+from reachsafe.sim_bridge.layout import PILLAR_RADIUS, ROBOT_RADIUS
+from reachsafe.sim_bridge.policies import POLICIES, make_policy
+from reachsafe.sim_bridge.sensors import STATE_DIM
+from reachsafe.sim_bridge.tasks import SPLITS, TASKS, jitter_palette
 
 GOAL1 = "reachsafe/SafeGoal1-v0"
 

@@ -14,7 +14,7 @@ from conftest import REPO, free_tcp_port, poll_until
 
 def _run(*args: str, timeout: float) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", *args],
+        [sys.executable, "-m", "reachsafe.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

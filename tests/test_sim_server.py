@@ -11,11 +11,11 @@ import pytest
 import zmq
 from conftest import free_tcp_port, poll_until
 
-from hardware import DeviceTimeoutError, HardwareError, StaleFrameError, make_robot
-from hardware.sim import SimCamera, SimDrive
-from protocol.codec import decode, encode
-from protocol.messages import ErrorMessage, HwDrive
-from sim_bridge.server import ServerConfig, SimServer, running
+from reachsafe.hardware import DeviceTimeoutError, HardwareError, StaleFrameError, make_robot
+from reachsafe.hardware.sim import SimCamera, SimDrive
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.messages import ErrorMessage, HwDrive
+from reachsafe.sim_bridge.server import ServerConfig, SimServer, running
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sim_bridge.view import PANEL, ViewConfig, view
+from reachsafe.sim_bridge.view import PANEL, ViewConfig, view
 
 
 def test_view_writes_a_gif_with_camera_topdown_and_cost_marks(tmp_path: Path) -> None:

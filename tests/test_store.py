@@ -14,12 +14,13 @@ import pytest
 import zmq
 from conftest import poll_until
 
-from protocol.codec import decode, encode
-from protocol.messages import Ack, ErrorMessage, Steps
-from protocol.sockets import client_socket, server_socket
-from trainer.daemon_ingest import IngestServer
-from trainer.replay_synthetic import synthetic_columns
-from trainer.store import AppendedGroup, PendingBatch, StepStore, StoreError
+from reachsafe.protocol.codec import decode, encode
+from reachsafe.protocol.messages import Ack, ErrorMessage, Steps
+from reachsafe.protocol.sockets import client_socket, server_socket
+from reachsafe.trainer.daemon.ingest import IngestServer
+from reachsafe.trainer.daemon.store import AppendedGroup, PendingBatch, StepStore, StoreError
+from tests.fixtures.step_batches import synthetic_columns
+from tests.fixtures.stored_steps import stored_batches
 
 OBS = (4, 4, 3)
 
@@ -70,7 +71,7 @@ def test_unindexed_tail_from_a_crash_is_dropped_and_payloads_read_back(tmp_path:
     got = list(store.iter_batches())
     assert [g.payload for g in got] == [b.payload for b in originals]
     assert decode(got[1].payload).first_step == 4
-    assert store.step_index() == [("r", "s", 0, 4), ("r", "s", 4, 4), ("r", "s", 8, 4)]
+    assert stored_batches(store) == [("r", "s", 0, 4), ("r", "s", 4, 4), ("r", "s", 8, 4)]
     assert [b.row for b in store.iter_batches(after_row=store.row_before_last(4))] == [got[-1].row]
     store.close()
 
@@ -98,7 +99,7 @@ def test_group_larger_than_one_insert_statement_is_indexed_atomically(tmp_path: 
 def test_acked_seq_answers_while_a_group_is_being_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.store as store_module
+    import reachsafe.trainer.daemon.store as store_module
 
     store = StepStore(tmp_path / "st")
     store.put_many([batch(0)])

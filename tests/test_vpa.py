@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.dataset import OfflineDataset
-from trainer.networks import Agent, AgentSpec
-from trainer.online import OnlineLearner
-from trainer.online_config import OnlineConfig, VPAConfig
-from trainer.vpa import ValuePreAligner
+from reachsafe.trainer.algos.online.config import OnlineConfig, VPAConfig
+from reachsafe.trainer.algos.online.learner import OnlineLearner
+from reachsafe.trainer.algos.online.vpa import ValuePreAligner
+from reachsafe.trainer.data.dataset import OfflineDataset
+from reachsafe.trainer.models.networks import Agent, AgentSpec
 
 GAMMA, LENGTH, GOAL = 0.8, 30, np.array([0.0, 0.8], np.float32)
 
@@ -61,7 +61,7 @@ def test_vpa_aligns_q_r_with_monte_carlo_returns_of_pi_off() -> None:
     with torch.no_grad():  # a fairly deterministic π_off, so its values are well defined by few samples
         agent.actor_off.net[-1].bias[2:].fill_(-6.0)
         agent.actor_off.net[-1].weight[2:].mul_(0.01)
-    agent.sync_online_from_offline()
+    agent.actor_on.load_state_dict(agent.actor_off.state_dict())  # π_on starts as π_off
     train, _ = rollouts(agent, 60, seed=1)
     held_out, mc = rollouts(agent, 20, seed=2)
     cfg = OnlineConfig(gamma=GAMMA, alpha_init=1e-4, autotune_alpha=False, lr_critic=1e-3, learn_qh=False,

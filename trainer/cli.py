@@ -1,7 +1,9 @@
-"""Trainer verbs of the ``reachsafe`` CLI: ``train offline|online``, ``trainer serve|status``, ``export``, ``eval``.
+"""Trainer verbs of the ``reachsafe`` CLI: ``train offline|online|reeval``, ``daemon serve|status``,
+``export``, ``eval``.
 
-Shared file: the offline engineer owns ``add_train_commands`` (verb ``offline``), ``add_export_command``
-and ``add_eval_command``; the online engineer owns the ``online`` verb and ``add_trainer_commands``.
+Each verb is a thin adapter: it parses options, calls one typed function of ``trainer.runs``,
+``trainer.daemon`` or ``trainer.export``, and prints the result. User errors (a bad config, dataset,
+bundle or run directory) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -10,20 +12,21 @@ import argparse
 import logging
 from pathlib import Path
 
-from trainer.dataset import add_dataset_argument
+from reachsafe.trainer.data.dataset import add_dataset_argument
 
 logger = logging.getLogger(__name__)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: reported as one line (exit code 2), not a traceback."""
-    from protocol.config import ConfigError
-    from protocol.errors import BundleError, KeyFileError
-    from trainer.dataset import DatasetError
-    from trainer.evaluate import EvalError
-    from trainer.export import ExportError
-    from trainer.networks import CheckpointError
-    from trainer.run_dir import RunDirError
+    from reachsafe.protocol.config import ConfigError
+    from reachsafe.protocol.errors import BundleError, KeyFileError
+    from reachsafe.trainer.data.dataset import DatasetError
+    from reachsafe.trainer.export.onnx import ExportError
+    from reachsafe.trainer.models.networks import CheckpointError
+    from reachsafe.trainer.runs.evaluate import EvalError
+    from reachsafe.trainer.runs.reeval import ReevalError
+    from reachsafe.trainer.runs.run_dir import RunDirError
 
     return (
         ConfigError,
@@ -34,6 +37,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ExportError,
         RunDirError,
         CheckpointError,
+        ReevalError,
     )
 
 
@@ -50,16 +54,17 @@ def _reporting_user_errors(func):
     return run
 
 
-# ----- train offline (offline engineer) -----------------------------------------------------
+# ----- train offline -----------------------------------------------------
 def add_train_commands(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
     _add_offline_verb(verbs)
     _add_online_verb(verbs)
+    _add_reeval_verb(verbs)
 
 
 def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
-    from protocol.config import add_config_arguments
-    from trainer.config import OfflineConfig
+    from reachsafe.protocol.config import add_config_arguments
+    from reachsafe.trainer.algos.offline.config import OfflineConfig
 
     p = verbs.add_parser(
         "offline",
@@ -90,11 +95,11 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
 
 
 def _run_train_offline(args: argparse.Namespace) -> int:
-    from protocol.config import load_config
-    from trainer.config import OfflineConfig
-    from trainer.dataset import load_datasets
-    from trainer.run_dir import RunDir
-    from trainer.train_offline import train_offline
+    from reachsafe.protocol.config import load_config
+    from reachsafe.trainer.algos.offline.config import OfflineConfig
+    from reachsafe.trainer.data.dataset import load_datasets
+    from reachsafe.trainer.runs.offline import train_offline
+    from reachsafe.trainer.runs.run_dir import RunDir
 
     config_path = args.config
     if config_path is None and args.resume and RunDir(args.out).config.is_file():
@@ -113,10 +118,10 @@ def _run_train_offline(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----- train online (online engineer) --------------------------------------------------------
+# ----- train online --------------------------------------------------------
 def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
-    from protocol.config import add_config_arguments
-    from trainer.online_config import OnlineConfig
+    from reachsafe.protocol.config import add_config_arguments
+    from reachsafe.trainer.algos.online.config import OnlineConfig
 
     p = verbs.add_parser(
         "online",
@@ -157,9 +162,9 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
 
 
 def _run_train_online(args: argparse.Namespace) -> int:
-    from protocol.config import load_config
-    from trainer.online_config import OnlineConfig
-    from trainer.online_run import train_online
+    from reachsafe.protocol.config import load_config
+    from reachsafe.trainer.algos.online.config import OnlineConfig
+    from reachsafe.trainer.runs.online import train_online
 
     cfg = load_config(OnlineConfig, args.config, args)
     if args.no_vpa:
@@ -180,9 +185,9 @@ def _run_train_online(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----- trainer serve / status (online engineer) -------------------------------------------
-def add_trainer_commands(parser: argparse.ArgumentParser) -> None:
-    from trainer.daemon import add_serve_arguments
+# ----- daemon serve / status ------------------------------------------------------------------
+def add_daemon_commands(parser: argparse.ArgumentParser) -> None:
+    from reachsafe.trainer.daemon.serve import add_serve_arguments
 
     verbs = parser.add_subparsers(dest="verb", metavar="<verb>")
     p = verbs.add_parser(
@@ -197,22 +202,75 @@ def add_trainer_commands(parser: argparse.ArgumentParser) -> None:
     s = verbs.add_parser("status", help="show a daemon's RUN/status.json (robots, rates, λ, bundle)")
     s.add_argument("--run", required=True, type=Path, help="run directory the daemon serves")
     s.add_argument("--json", action="store_true", help="print the raw status JSON")
-    s.set_defaults(func=_reporting_user_errors(_run_status))
+    s.set_defaults(func=_run_status)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from trainer.daemon import serve
+    from reachsafe.protocol.config import load_config
+    from reachsafe.trainer.algos.online.config import OnlineConfig
+    from reachsafe.trainer.daemon.serve import serve
 
-    return serve(args)
+    cfg = load_config(OnlineConfig, args.config, args)
+    return serve(cfg, args.run, args.bind, keys=args.keys, dataset_paths=args.dataset, resume=args.resume)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from trainer.status import status_command
+    import json
 
-    return status_command(args)
+    from reachsafe.trainer.daemon.status import StatusError, format_status, read_status
+
+    try:
+        status = read_status(args.run)
+    except StatusError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(json.dumps(status, indent=1, sort_keys=True) if args.json else format_status(status))
+    return 0
 
 
-# ----- export (offline engineer) --------------------------------------------------------------
+# ----- train reeval ---------------------------------------------------------------------------
+def _add_reeval_verb(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "reeval",
+        help="re-evaluate the final agents of train online runs on episode seeds they never saw",
+        description="Load each run's final agent (OUT/checkpoint.pt) and let it act as it did in its own "
+        "evaluations (greedy, the λ it ended with, the shield at its last threshold) on episode seeds "
+        "SEED_BASE + 1000·seed + i; print a markdown table per run and per LABEL.",
+    )
+    p.add_argument("groups", nargs="+", help="LABEL=DIR[,DIR...] (train online --out directories)")
+    p.add_argument("--episodes", type=int, default=30, help="greedy episodes per run [default: 30]")
+    p.add_argument(
+        "--seed-base",
+        type=int,
+        default=50_000,
+        help="episode i of the run with seed s uses SEED_BASE + 1000·s + i [default: 50000]",
+    )
+    p.add_argument("--no-shield", action="store_true", help="act without the shield")
+    p.add_argument("--obs-key", help="image key of dict observations, as given to train online")
+    p.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
+    p.add_argument("--jsonl", type=Path, help="also append one JSON line per run here")
+    p.set_defaults(func=_reporting_user_errors(_run_reeval))
+
+
+def _run_reeval(args: argparse.Namespace) -> int:
+    import json
+
+    from reachsafe.trainer.runs.reeval import parse_groups, reevaluate, table
+
+    results: dict[str, list[dict]] = {}
+    for label, dirs in parse_groups(args.groups).items():
+        for d in dirs:
+            row = reevaluate(d, args.episodes, args.seed_base, not args.no_shield, args.obs_key)
+            logger.info("%s %s: return %.2f cost %.2f", label, d, row["return_mean"], row["cost_mean"])
+            results.setdefault(label, []).append(row)
+            if args.jsonl:
+                with args.jsonl.open("a") as f:
+                    f.write(json.dumps({"label": label, **row}) + "\n")
+    print(table(results, args.cost_limit))
+    return 0
+
+
+# ----- export --------------------------------------------------------------
 def add_export_command(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Export a run's latest checkpoint to a signed bundle (agent.onnx). With --int8 the graph is "
@@ -232,10 +290,10 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from trainer.export import ExportError, build_bundle
-    from trainer.networks import load_checkpoint
-    from trainer.online import load_offline_dataset
-    from trainer.run_dir import RunDir, resolve_signing_key
+    from reachsafe.trainer.export.onnx import ExportError, build_bundle
+    from reachsafe.trainer.models.networks import load_checkpoint
+    from reachsafe.trainer.runs.run_dir import RunDir, resolve_signing_key
+    from reachsafe.trainer.runs.start import load_offline_dataset
 
     run = RunDir(args.run)
     _, ckpt = load_checkpoint(run.require_checkpoint())
@@ -260,7 +318,7 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----- eval (offline engineer) ----------------------------------------------------------------
+# ----- eval ----------------------------------------------------------------
 def add_eval_command(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run a bundle on a simulated task through the edge runtime's inference, selection and shield, "
@@ -306,11 +364,11 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.evaluate import evaluate_bundle, load_verified_bundle
+    from reachsafe.trainer.runs.evaluate import evaluate_bundle, load_verified_bundle
 
     ref = tuple(args.reward_ref) if args.reward_ref else None
     if ref is None and args.dataset is not None:
-        from trainer.dataset import load_datasets
+        from reachsafe.trainer.data.dataset import load_datasets
 
         returns, _ = load_datasets(args.dataset).episode_returns()
         ref = (float(returns.min()), float(returns.max()))

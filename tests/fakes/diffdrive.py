@@ -3,7 +3,7 @@
 Behaves as docs/firmware/diffdrive.ino must: acks every valid line with the applied wheel
 speeds and flags, rejects bad checksums with `$E`, stops the motors when no `$D` arrived for the
 hello's timeout (a keepalive `$K` does not count), and stops on `$H` / `$S`. Its checksum and
-parsing are written independently of `hardware.serial_drive`, so a bug there is not mirrored.
+parsing are written independently of `reachsafe.hardware.serial_drive`, so a bug there is not mirrored.
 
 The port the driver opens is a symlink (like /dev/serial/by-id/...) to the current pty;
 `unplug()` closes the pty (the driver sees EIO) and `replug()` makes a new one behind the same name.

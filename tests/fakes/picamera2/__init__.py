@@ -1,7 +1,7 @@
 """A stand-in for the `picamera2` package, for tests on machines without a Pi camera.
 
 Same class and method names, signatures and return shapes as the real library for what
-`hardware.picamera2_camera` uses: `Picamera2(camera_num)`, `create_video_configuration(main=,
+`reachsafe.hardware.picamera2_camera` uses: `Picamera2(camera_num)`, `create_video_configuration(main=,
 buffer_count=, queue=, controls=, display=, encode=)` returning a dict, `configure`, `start`,
 `capture_request(wait=None)` (a `CompletedRequest`, or a `Job` with `get_result(timeout)` when
 `wait=False`), `CompletedRequest.make_array(name)` / `get_metadata()` / `release()`, `stop`,

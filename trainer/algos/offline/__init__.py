@@ -1,0 +1,1 @@
+"""Offline pretraining (FOSP-lite): ``config`` (OfflineConfig) and ``learner`` (OfflineLearner)."""

@@ -1,0 +1,297 @@
+"""SAC-Lag for π_on with safe policy expansion (FOSP) and an adaptive PID λ (Marvel), docs/method.md §7, §9 and §10.
+
+One :class:`OnlineLearner` serves both the daemon (data from robots) and `reachsafe train online`
+(data from in-process gymnasium envs). Per update, on a batch that mixes offline and online data:
+
+- critics: twin Q_r toward r + γ(1−d)(min Q̄_r(z', a') − α log π(a'|z')), twin Q_c toward
+  c + γ(1−d) max Q̄_c(z', a'), a' ~ π_on(z'); the shared encoder learns through these losses (at
+  ``lr_encoder``; 0 keeps the offline features π_on was trained on);
+- reachability: Q_h ← (1−γ)h + γ·max(h, V_h(z')) (h at terminals), V_h by a low expectile of Q_h;
+- actor: (α log π − Q_r + λ Q_c) / (1 + λ) on the detached latent, plus ``anchor_weight`` times
+  ‖tanh μ_on − tanh μ_off‖² (π_on's mean action held near π_off's); α toward entropy −dim(A).
+
+The transitions carry the *executed* action (after policy selection and the shield), so the
+critics learn the values of what the robot did, whichever policy proposed it. With
+``learn_interventions`` (off by default: it measured worse on SafeGoal1), a step the shield replaced
+also teaches Q_r and Q_c the value of the *proposal* in the shielded system: proposing it led to the
+executed step, less ``intervention_penalty`` in reward (the post-posed shield's punishment, Alshiekh
+et al. 2018); otherwise a replaced proposal is never executed, so its risk is never seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reachsafe.trainer.algos.losses import expectile_loss, hj_target, reachability_signal
+from reachsafe.trainer.algos.offline.config import offline_config_from_checkpoint
+from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.online.lagrange import PIDLagrangian
+from reachsafe.trainer.algos.shield.budget import ShieldBudget
+from reachsafe.trainer.data.dataset import Batch
+from reachsafe.trainer.models.networks import Agent, polyak
+
+logger = logging.getLogger(__name__)
+
+#: (agent, o', target latent of o') -> (a', log π(a'|o')) for the bootstrap of the critic targets.
+NextActionFn = Callable[[Agent, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    return {
+        "obs": torch.as_tensor(np.ascontiguousarray(batch.obs)),
+        "action": torch.as_tensor(batch.actions, dtype=torch.float32),
+        "reward": torch.as_tensor(batch.rewards, dtype=torch.float32),
+        "cost": torch.as_tensor(batch.costs, dtype=torch.float32),
+        "next_obs": torch.as_tensor(np.ascontiguousarray(batch.next_obs)),
+        "done": torch.as_tensor(batch.terminals, dtype=torch.float32),
+    }
+
+
+def on_policy_next(
+    agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a' ~ π_on(z'): SAC-Lag's bootstrap."""
+    return agent.actor_on.sample(z_next)
+
+
+def offline_policy_next(
+    agent: Agent, next_obs: torch.Tensor, z_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a' ~ π_off(o') through π_off's own encoder: Value Pre-Alignment's bootstrap."""
+    return agent.actor_off.sample(agent.encoder_off(next_obs))
+
+
+@dataclass(frozen=True)
+class ReachabilityTarget:
+    """The HJ target's c_scale and γ_h: online, Q_h keeps learning the offline run's own target."""
+
+    c_scale: float
+    gamma_h: float
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> ReachabilityTarget:
+        """An offline checkpoint's values; older runs without them take OfflineConfig's defaults."""
+        offline = offline_config_from_checkpoint(ckpt, lambda k: k in ("c_scale", "gamma_h"))
+        return cls(offline.c_scale, offline.gamma_h)
+
+
+class OnlineLearner:
+    """Networks, target networks, optimisers, α and the λ controller of online fine-tuning."""
+
+    def __init__(self, agent: Agent, cfg: OnlineConfig, reach: ReachabilityTarget | None = None) -> None:
+        """``reach`` None: OfflineConfig's defaults (a learner not started from an offline run)."""
+        self.agent = agent
+        self.cfg = cfg
+        self.reach = reach or ReachabilityTarget.from_checkpoint({})
+        for p in list(agent.encoder_off.parameters()) + list(agent.actor_off.parameters()):
+            p.requires_grad_(False)  # π_off is frozen
+        self.target = nn.ModuleDict({name: copy.deepcopy(m) for name, m in self._tracked()}).requires_grad_(
+            False
+        )
+        heads = [
+            *agent.q_r.parameters(),
+            *agent.q_c.parameters(),
+            *agent.q_h.parameters(),
+            *agent.v_h.parameters(),
+        ]
+        lr_encoder = cfg.lr_critic if cfg.lr_encoder is None else cfg.lr_encoder
+        groups = [{"params": heads}]
+        if lr_encoder > 0:
+            groups.append({"params": list(agent.encoder.parameters()), "lr": lr_encoder})
+        else:
+            agent.encoder.requires_grad_(False)
+        self.opt_critic = torch.optim.Adam(groups, lr=cfg.lr_critic)
+        self.opt_actor = torch.optim.Adam(agent.actor_on.parameters(), lr=cfg.lr_actor)
+        self.log_alpha = torch.tensor(float(np.log(cfg.alpha_init)), requires_grad=True)
+        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
+        self.target_entropy = -float(agent.spec.action_dim)
+        self.lagrange = PIDLagrangian(cfg.lagrange)
+        self.shield_budget = (
+            None
+            if cfg.shield_intervention_budget is None
+            else ShieldBudget(
+                cfg.shield_intervention_budget,
+                cfg.shield_budget_rate,
+                cfg.shield_budget_min,
+                cfg.shield_budget_max,
+            )
+        )
+        self.updates = 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    @property
+    def lam(self) -> float:
+        return self.lagrange.value
+
+    # ----- losses ------------------------------------------------------------------------
+    def critic_step(self, batch: Batch, next_action: NextActionFn = on_policy_next) -> dict[str, float]:
+        """One update of encoder, Q_r, Q_c (and Q_h, V_h if learn_qh) toward the bootstrap targets."""
+        cfg, ag = self.cfg, self.agent
+        t = to_tensors(batch)
+        alpha = self.alpha
+        with torch.no_grad():
+            z_next_t = self.target["encoder"](t["next_obs"])
+            a_next, logp_next = next_action(ag, t["next_obs"], z_next_t)
+            q_r_next = self.target["q_r"](z_next_t, a_next).min(dim=-1).values - alpha * logp_next
+            q_c_next = self.target["q_c"](z_next_t, a_next).max(dim=-1).values
+            not_done = 1.0 - t["done"]
+            y_r = t["reward"] + cfg.gamma * not_done * q_r_next
+            y_c = t["cost"] + cfg.gamma * not_done * q_c_next
+        z = ag.encoder(t["obs"])
+        z_rc, a_rc, y_r_rc, y_c_rc = z, t["action"], y_r, y_c
+        replaced = self._replaced(batch)
+        if replaced.size:  # the proposals the shield replaced: same outcome, less the penalty
+            z_rc = torch.cat([z, z[replaced]])
+            a_rc = torch.cat([a_rc, torch.as_tensor(batch.proposed[replaced], dtype=torch.float32)])
+            y_r_rc = torch.cat([y_r, y_r[replaced] - cfg.intervention_penalty])
+            y_c_rc = torch.cat([y_c, y_c[replaced]])
+        q_r = ag.q_r(z_rc, a_rc)
+        q_c = ag.q_c(z_rc, a_rc)
+        loss_r = F.mse_loss(q_r, y_r_rc.unsqueeze(-1).expand_as(q_r))
+        loss_c = F.mse_loss(q_c, y_c_rc.unsqueeze(-1).expand_as(q_c))
+        loss = loss_r + loss_c
+        metrics = {
+            "online/loss_q_r": loss_r.item(),
+            "online/loss_q_c": loss_c.item(),
+            "online/q_r": q_r[: len(y_r)].mean().item(),
+            "online/replaced_in_batch": float(replaced.size),
+        }
+        if cfg.learn_qh:  # Q_h learns the executed actions only: it models the real dynamics
+            loss_h, h_metrics = self._reach_loss(z, z_next_t, t)
+            loss = loss + loss_h
+            metrics.update(h_metrics)
+        self.opt_critic.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_critic.step()
+        self._polyak()
+        return metrics
+
+    def _replaced(self, batch: Batch) -> np.ndarray:
+        """Rows whose proposal the shield replaced (none unless ``learn_interventions``)."""
+        if not self.cfg.learn_interventions or batch.shielded is None or batch.proposed is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(batch.shielded)
+
+    def _reach_loss(
+        self, z: torch.Tensor, z_next_t: torch.Tensor, t: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, ag = self.cfg, self.agent
+        h = reachability_signal(t["cost"], self.reach.c_scale)
+        with torch.no_grad():
+            y_h = hj_target(h, self.target["v_h"](z_next_t), t["done"], self.reach.gamma_h)
+        q_h = ag.q_h(z, t["action"])
+        loss_q = F.mse_loss(q_h, y_h.unsqueeze(-1).expand_as(q_h))
+        # V_h toward a low expectile of the max-ensemble Q_h (≈ the best in-sample feasibility)
+        loss_v = expectile_loss(ag.v_h(z.detach()) - q_h.max(dim=-1).values.detach(), cfg.qh_expectile)
+        return loss_q + loss_v, {"online/loss_q_h": loss_q.item(), "online/loss_v_h": loss_v.item()}
+
+    def actor_step(self, batch: Batch) -> dict[str, float]:
+        """SAC-Lag actor loss (α log π − Q_r + λ Q_c)/(1 + λ) and the α update."""
+        ag, lam = self.agent, self.lam
+        with torch.no_grad():
+            z = ag.encoder(torch.as_tensor(np.ascontiguousarray(batch.obs)))
+        a, logp = ag.actor_on.sample(z)
+        q_r = ag.q_r(z, a).min(dim=-1).values
+        q_c = ag.q_c(z, a).max(dim=-1).values
+        loss = ((self.alpha * logp - q_r + lam * q_c) / (1.0 + lam)).mean()
+        metrics = {"online/loss_actor": loss.item()}
+        if self.cfg.anchor_weight > 0:
+            anchor = self._anchor(batch, z)
+            loss = loss + self.cfg.anchor_weight * anchor
+            metrics["online/anchor"] = anchor.item()
+        self.opt_actor.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_actor.step()
+        metrics.update({"online/entropy": -logp.mean().item(), "online/alpha": self.alpha})
+        if self.cfg.autotune_alpha:
+            loss_a = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.opt_alpha.zero_grad(set_to_none=True)
+            loss_a.backward()
+            self.opt_alpha.step()
+        return metrics
+
+    def _anchor(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance between π_on's and π_off's mean actions on the batch's observations."""
+        ag = self.agent
+        with torch.no_grad():
+            mu_off, _ = ag.actor_off.distribution_params(
+                ag.encoder_off(torch.as_tensor(np.ascontiguousarray(batch.obs)))
+            )
+        mu_on, _ = ag.actor_on.distribution_params(z)
+        return (torch.tanh(mu_on) - torch.tanh(mu_off)).pow(2).sum(dim=-1).mean()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One SAC-Lag gradient step on a (mixed) batch."""
+        metrics = self.critic_step(batch)
+        metrics.update(self.actor_step(batch))
+        self.updates += 1
+        return metrics
+
+    def _polyak(self) -> None:
+        for name, module in self._tracked():
+            polyak(self.target[name], module, self.cfg.tau)
+
+    def _tracked(self) -> tuple[tuple[str, nn.Module], ...]:
+        ag = self.agent
+        return (("encoder", ag.encoder), ("q_r", ag.q_r), ("q_c", ag.q_c), ("v_h", ag.v_h))
+
+    def sync_targets(self) -> None:
+        """Targets ← online networks (after pre-alignment or loading)."""
+        for name, module in self._tracked():
+            self.target[name].load_state_dict(module.state_dict())
+
+    def observe_episode(self, episode_cost: float) -> float:
+        """A robot's (or env's) episode finished: update λ and the shield's budget; returns λ."""
+        self.lagrange.observe_episode(episode_cost)
+        lam = self.lagrange.update_from_window()
+        if self.shield_budget is not None:
+            self.shield_budget.update(self.lagrange.recent, self.cfg.lagrange.cost_limit)
+        return lam
+
+    def metrics(self) -> dict[str, float]:
+        """λ controller state and the shield budget, for the scalars."""
+        m = self.lagrange.metrics()
+        if self.shield_budget is not None:
+            m["online/shield_budget"] = self.shield_budget.value
+        return m
+
+    # ----- policy set -------------------------------------------------------------------------
+    def kappa_c(self) -> float:
+        return self.cfg.expansion.kappa_c_at(self.lam)
+
+    # ----- persistence --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target.state_dict(),
+            "opt_critic": self.opt_critic.state_dict(),
+            "opt_actor": self.opt_actor.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "opt_alpha": self.opt_alpha.state_dict(),
+            "lagrange": self.lagrange.state_dict(),
+            "shield_budget": None if self.shield_budget is None else self.shield_budget.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.target.load_state_dict(state["target"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.opt_actor.load_state_dict(state["opt_actor"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.opt_alpha.load_state_dict(state["opt_alpha"])
+        self.lagrange.load_state_dict(state["lagrange"])
+        if self.shield_budget is not None and state.get("shield_budget") is not None:
+            self.shield_budget.load_state_dict(state["shield_budget"])  # older checkpoints: the initial one
+        self.updates = int(state["updates"])

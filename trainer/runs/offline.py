@@ -1,0 +1,172 @@
+"""The offline training run: dataset → :class:`OfflineLearner` → checkpoints → signed bundle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.data.dataset import OfflineDataset
+from reachsafe.trainer.export.onnx import BundleResult, build_bundle
+from reachsafe.trainer.models.networks import load_checkpoint, save_checkpoint
+from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
+from reachsafe.trainer.runs.run_dir import RunDir, RunDirError, resolve_signing_key
+from reachsafe.trainer.algos.shield.calibration import CalibrationSettings, ShieldCalibration, calibrate_shield
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KIND = "offline"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: RunDir
+    steps: int
+    metrics: dict[str, float]
+    bundle: BundleResult | None
+    seconds: float
+
+
+def write_config(cfg: OfflineConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"kind": CONFIG_KIND, **cfg.to_dict()}, sort_keys=False))
+
+
+def save_learner(
+    run: RunDir,
+    learner: OfflineLearner,
+    rng: np.random.Generator,
+    dataset: OfflineDataset,
+    shield: ShieldCalibration | None = None,
+) -> Path:
+    """Checkpoint the (finalized) agent with learner + optimiser + sampler state; also as latest.pt.
+
+    ``shield`` (the final checkpoint) is stored as the manifest section later exports and the
+    daemon ship.
+    """
+    learner.finalize()
+    extra = {
+        "kind": CONFIG_KIND,
+        "config": learner.cfg.to_dict(),
+        "learner": learner.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "dataset": {
+            "source": dataset.source,
+            "files": list(dataset.files),
+            "steps": len(dataset),
+            "metadata": dataset.metadata,
+        },
+    }
+    if shield is not None:
+        extra["shield"] = shield.to_manifest()
+    path = run.checkpoint_for(learner.step)
+    save_checkpoint(path, learner.agent, learner.step, extra)
+    save_checkpoint(run.latest, learner.agent, learner.step, extra)
+    return path
+
+
+def restore_learner(
+    run: RunDir, cfg: OfflineConfig, dataset: OfflineDataset
+) -> tuple[OfflineLearner, np.random.Generator]:
+    path = run.require_checkpoint()
+    _, ckpt = load_checkpoint(path)
+    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
+    learner.load_state_dict(ckpt["agent"], ckpt["learner"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt["numpy_rng"]
+    logger.info("resumed %s at step %d", path, learner.step)
+    return learner, rng
+
+
+def train_offline(
+    dataset: OfflineDataset,
+    out: str | Path,
+    cfg: OfflineConfig,
+    keys_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    export: bool | None = None,
+) -> TrainResult:
+    """Train for ``cfg.steps`` updates (total, counting resumed ones) and export RUN/bundle.
+
+    ``export`` defaults to True for image datasets; state-vector datasets cannot make a bundle.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    run = RunDir(Path(out))
+    if export is None:
+        export = dataset.obs_mode == "image"
+    signing_key = resolve_signing_key(Path(keys_dir) if keys_dir else None, run) if export else None
+    if resume:
+        learner, rng = restore_learner(run, cfg, dataset)
+    else:
+        if run.latest.exists():
+            raise RunDirError(
+                f"{run.root} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        learner, rng = OfflineLearner(agent_spec_for(dataset, cfg), cfg), np.random.default_rng(cfg.seed)
+    write_config(cfg, run.config)
+    dataset.valid_sequence_starts(learner.horizon)  # fail early if no episode is long enough
+
+    writer = SummaryWriter(str(run.tensorboard))
+    recent: dict[str, list[float]] = defaultdict(list)
+    last_means: dict[str, float] = {}
+    bar = tqdm(
+        total=cfg.steps,
+        initial=min(learner.step, cfg.steps),
+        disable=not progress,
+        desc="offline",
+        unit="upd",
+    )
+    try:
+        while learner.step < cfg.steps:
+            batch = dataset.sample_sequences(cfg.batch_size, learner.horizon, rng)
+            metrics = learner.update(batch)
+            for k, v in metrics.items():
+                recent[k].append(v)
+            if learner.step % cfg.log_every == 0 or learner.step == cfg.steps:
+                means = {k: float(np.mean(v)) for k, v in recent.items()}
+                for k, v in means.items():
+                    writer.add_scalar(k, v, learner.step)
+                bar.set_postfix(
+                    actor=f"{means['train/actor_loss']:.3g}", q_h=f"{means['train/q_h_mean']:.3g}"
+                )
+                last_means = means
+                recent.clear()
+            if cfg.checkpoint_every > 0 and learner.step % cfg.checkpoint_every == 0:
+                save_learner(run, learner, rng, dataset)
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    shield = calibrate_shield(learner.agent, dataset, CalibrationSettings.of(cfg))
+    save_learner(run, learner, rng, dataset, shield)
+    bundle = None
+    if export:
+        bundle = build_bundle(
+            learner.agent,
+            run.bundle,
+            version=1,
+            parent=None,
+            signing_key=signing_key,
+            shield=shield.to_manifest(),
+            selection={"kappa_t": cfg.selection_kappa_t, "kappa_c": cfg.selection_kappa_c},
+            training_step=learner.step,
+            metrics={k: v for k, v in last_means.items() if k.startswith("train/")},
+        )
+    elif dataset.obs_mode != "image":
+        logger.info("state-vector dataset: no bundle written (robots run camera policies)")
+    seconds = time.monotonic() - t0
+    logger.info("offline training: %d updates in %.1f s, run in %s", learner.step, seconds, run.root)
+    return TrainResult(run, learner.step, last_means, bundle, seconds)

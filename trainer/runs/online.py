@@ -1,0 +1,343 @@
+"""`reachsafe train online`: the daemon's learner against an in-process gymnasium env (no robot).
+
+For fast experiments and ablations: the same :class:`OnlineLearner` (VPA, SAC-Lag, λ controller),
+and the robot's own selection and shield code on the torch graph outputs
+(:class:`~reachsafe.trainer.runs.rollout.ActingPolicy`), so what is trained here behaves like what
+a robot runs. Any env that returns ``info["cost"]`` works; dict observations pick their image with
+``obs_key``. :class:`OnlineRun` is the loop, one named method per stage of a step.
+
+Outputs in OUT: episodes.jsonl (one line per training episode), evals.jsonl (one line per greedy
+evaluation: every ``eval_every`` steps from step 0, and at the end), summary.json, checkpoint.pt,
+tb/ (TensorBoard). SIGTERM / SIGINT stop after the current step with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reachsafe.edge_runtime.inference import AgentOutput
+from reachsafe.protocol.files import write_json_atomically
+from reachsafe.signals import stop_on_signals
+from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.online.vpa import ValuePreAligner
+from reachsafe.trainer.data.mixing import MixedSampler
+from reachsafe.trainer.data.replay import StepReplay
+from reachsafe.trainer.models.networks import Agent, save_checkpoint
+from reachsafe.trainer.runs.metrics import MetricsWriter
+from reachsafe.trainer.runs.rollout import ActingPolicy, EpisodeStats, OutputsFn, run_episode
+from reachsafe.trainer.runs.run_dir import RunDir
+from reachsafe.trainer.runs.start import shield_for_ship, start_online
+
+logger = logging.getLogger(__name__)
+
+
+class EnvSpecError(ValueError):
+    """The env's observations or actions do not match the run's agent."""
+
+
+@dataclass
+class OnlineRunResult:
+    out: Path
+    steps: int
+    episodes: int
+    returns: list[float] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+    cumulative_cost: float = 0.0
+    shield_threshold: float | None = None  # the last one acted with (None: no shield)
+    final_eval: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def make_env(env_id: str, split: str | None, seed: int) -> Any:
+    import gymnasium as gym
+
+    if env_id.startswith("reachsafe/"):
+        import reachsafe.sim_bridge  # noqa: F401  (registers the reachsafe envs)
+    kwargs = {"split": split} if split is not None else {}
+    env = gym.make(env_id, **kwargs)
+    env.reset(seed=seed)
+    return env
+
+
+def frame_of(obs: Any, obs_key: str | None) -> np.ndarray:
+    """The image observation (dict observations: ``obs[obs_key]``)."""
+    if isinstance(obs, dict):
+        if obs_key is None or obs_key not in obs:
+            raise EnvSpecError(
+                f"the env returns a dict observation {sorted(obs)}; pick the image with --obs-key"
+            )
+        obs = obs[obs_key]
+    return np.asarray(obs)
+
+
+def torch_outputs(agent: Agent) -> OutputsFn:
+    """The agent graph's outputs for one frame, computed by torch (what the ONNX export computes)."""
+
+    def outputs(frame: np.ndarray, noise: np.ndarray) -> AgentOutput:
+        with torch.no_grad():
+            outs = agent.graph_outputs(torch.as_tensor(frame[None]), torch.as_tensor(noise))
+        return AgentOutput(*(o[0].numpy() for o in outs))
+
+    return outputs
+
+
+def acting_policy(agent: Agent, cfg: OnlineConfig, shield_threshold: float | None) -> ActingPolicy:
+    """How a run's agent acts: its expansion setting, κ_T, and the shield at ``shield_threshold``."""
+    return ActingPolicy(
+        torch_outputs(agent),
+        agent.spec.action_dim,
+        cfg.expansion.kappa_t,
+        shield_threshold,
+        expansion=cfg.expansion.enabled,
+    )
+
+
+def evaluate(
+    policy: ActingPolicy, env: Any, obs_key: str | None, episodes: int, kappa_c: float, seed: int
+) -> dict[str, float]:
+    """Greedy episodes (selection in eval mode, zero noise, shield on as configured) from episode seeds
+    ``seed``, ``seed + 1``, …"""
+    rng = np.random.default_rng(seed)
+    stats = [
+        run_episode(policy, env, seed + i, kappa_c, rng, lambda obs: frame_of(obs, obs_key))
+        for i in range(episodes)
+    ]
+    rets, costs = [s.ret for s in stats], [s.cost for s in stats]
+    return {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)),
+            "cost_mean": float(np.mean(costs)), "cost_std": float(np.std(costs)), "episodes": episodes}  # fmt: skip
+
+
+class OnlineRun:
+    """One ``train online`` run. Each environment step is :meth:`act` (policy → shield → env, into the
+    replay), then :meth:`learn` (``utd_ratio`` updates once past warm-up, shield recalibration);
+    :meth:`end_episode` (λ, logs), :meth:`evaluate` and :meth:`checkpoint` run when their time comes."""
+
+    def __init__(
+        self,
+        run: Path,
+        env_id: str,
+        steps: int,
+        cfg: OnlineConfig,
+        out: Path,
+        *,
+        split: str | None,
+        obs_key: str | None,
+        use_shield: bool,
+        resume: bool,
+        dataset_paths: Sequence[Path] | None,
+        eval_episodes: int,
+    ) -> None:
+        self.cfg, self.out, self.env_id, self.split, self.obs_key = cfg, out, env_id, split, obs_key
+        self.eval_episodes = eval_episodes
+        self.rng = np.random.default_rng(cfg.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = out / "checkpoint.pt"
+        start = start_online(RunDir(run), self.ckpt_path, cfg, resume, dataset_paths)
+        self.learner, dataset, self.resumed = start.learner, start.dataset, start.resumed
+        self.agent = self.learner.agent
+        state = start.checkpoint.get("online_run", {}) if self.resumed else {}
+        if self.resumed:
+            self.rng.bit_generator.state = state["numpy_rng"]
+        spec = self.agent.spec
+        self.replay = StepReplay(min(cfg.replay_capacity, max(steps, 2)), spec.obs_shape, spec.action_dim)
+        self.sampler = MixedSampler(dataset, self.replay, cfg.offline_ratio)
+        self.metrics = MetricsWriter(out / "tb")
+        if cfg.vpa.enabled and dataset is not None and not self.resumed:
+            t0 = time.monotonic()
+            self.metrics.scalars(ValuePreAligner(self.learner, dataset, cfg.vpa).run(self.rng), 0)
+            logger.info("VPA took %.1f s", time.monotonic() - t0)
+        self.env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
+        self.policy = acting_policy(self.agent, cfg, None)
+        self.shield_now = (
+            shield_for_ship(cfg, start.offline_checkpoint, dataset, self.replay, self.learner.shield_budget)
+            if use_shield
+            else None
+        )
+        self.eval_env = make_env(env_id, split, cfg.seed) if eval_episodes > 0 else None
+        self.evals_log = (out / "evals.jsonl").open("a")
+        self.result = OnlineRunResult(
+            out, 0, int(state.get("episodes", 0)), cumulative_cost=float(state.get("cumulative_cost", 0.0))
+        )
+        self.episodes_log = (out / "episodes.jsonl").open("a")
+        self.start_step, self.started = int(state.get("steps", 0)), time.monotonic()
+        self.last_checkpoint, self.update_budget = self.started, 0.0
+        reset_obs = self.env.reset(seed=cfg.seed + self.result.episodes)[0]
+        self.frame = _check_frame(frame_of(reset_obs, obs_key), self.agent)
+        self.recalibrate_shield(self.start_step)
+        self.episode = EpisodeStats()
+        self.last_cost = 0.0
+
+    # ----- the stages of a step -----------------------------------------------------------------
+    def act(self, t: int) -> None:
+        """One environment step as the robot takes it, stored in the replay."""
+        step = self.policy.act(self.frame, self.rng, self.learner.kappa_c(), False, self.last_cost > 0)
+        obs2, reward, terminated, truncated, info = self.env.step(step.action)
+        self.last_cost = cost = self.episode.add(step, reward, info)
+        self.replay.add_batch("env", t, {
+            "obs": self.frame[None], "action": step.action[None], "proposed": step.proposed[None],
+            "shielded": np.array([step.shielded]), "reward": np.array([reward], np.float32),
+            "cost": np.array([cost], np.float32), "terminated": np.array([terminated]),
+            "truncated": np.array([truncated])})  # fmt: skip
+        self.result.cumulative_cost += cost
+        if terminated or truncated:
+            self.end_episode(t + 1)
+            obs2, self.last_cost = self.env.reset()[0], 0.0
+        self.frame = frame_of(obs2, self.obs_key)
+
+    def learn(self, t: int) -> None:
+        """``utd_ratio`` gradient updates per step from step ``warmup_steps`` on; the shield's threshold
+        follows Q_h every ``shield_recalibrate_every`` updates."""
+        cfg = self.cfg
+        if t + 1 < cfg.warmup_steps:
+            return
+        self.update_budget += cfg.utd_ratio
+        while self.update_budget >= 1.0:
+            self.update_budget -= 1.0
+            m = self.learner.update(self.sampler.sample(cfg.batch_size, self.rng))
+            if self.learner.updates % 100 == 0:
+                self.metrics.scalars({**m, **self.learner.metrics()}, t + 1)
+            every = cfg.shield_recalibrate_every
+            if every > 0 and self.learner.updates % every == 0:
+                self.recalibrate_shield(t + 1)
+
+    def end_episode(self, step: int) -> None:
+        """An episode ended at ``step``: λ and the shield budget see its cost; one log line."""
+        ep, result = self.episode, self.result
+        result.episodes += 1
+        result.returns.append(ep.ret)
+        result.costs.append(ep.cost)
+        lam = self.learner.observe_episode(ep.cost)
+        row = {
+            "step": step, "episode": result.episodes, "return": ep.ret, "cost": ep.cost, "length": ep.length,
+            "cumulative_cost": result.cumulative_cost, "lambda": lam, "offline_rate": ep.rate(ep.offline),
+            "shield_rate": ep.rate(ep.shielded), "updates": self.learner.updates,
+        }  # fmt: skip
+        self.episodes_log.write(json.dumps(row) + "\n")
+        self.episodes_log.flush()
+        self.metrics.scalars({"online/episode_return": ep.ret, "online/episode_cost": ep.cost,
+                              "online/cumulative_cost": result.cumulative_cost, "lagrange/lambda": lam,
+                              "online/offline_rate": row["offline_rate"], "online/shield_rate": row["shield_rate"]},
+                             step)  # fmt: skip
+        logger.info("episode %d (step %d): return %.2f cost %.1f λ %.3f offline %.2f shield %.2f",
+                    result.episodes, step, ep.ret, ep.cost, lam, row["offline_rate"], row["shield_rate"])  # fmt: skip
+        self.episode = EpisodeStats()
+
+    def recalibrate_shield(self, t: int) -> None:
+        """Act with the threshold a bundle shipped now would carry (Q_h keeps learning: its scale moves)."""
+        if self.shield_now is not None:
+            self.policy.threshold = float(self.shield_now(self.agent)["threshold"])
+            self.metrics.scalars({"online/shield_threshold": self.policy.threshold}, t)
+            logger.info("shield threshold %.4g at update %d", self.policy.threshold, self.learner.updates)
+
+    def evaluate(self, t: int) -> dict[str, float]:
+        """Greedy episodes on the same episode seeds every time; one line in OUT/evals.jsonl."""
+        assert self.eval_env is not None
+        learner = self.learner
+        row = evaluate(self.policy, self.eval_env, self.obs_key, self.eval_episodes, learner.kappa_c(),
+                       10_000 + self.cfg.seed * 1_000)  # fmt: skip
+        self.evals_log.write(json.dumps({"step": t, "updates": learner.updates, "lambda": learner.lam, **row}) + "\n")
+        self.evals_log.flush()
+        self.metrics.scalars({"online/eval_return": row["return_mean"], "online/eval_cost": row["cost_mean"]}, t)
+        logger.info("eval at step %d: return %.2f cost %.1f", t, row["return_mean"], row["cost_mean"])
+        return row
+
+    def checkpoint(self, t: int) -> None:
+        """OUT/checkpoint.pt: the agent, the learner and where the run stands (steps, episodes, RNG)."""
+        result = self.result
+        save_checkpoint(self.ckpt_path, self.agent, self.learner.updates, extra={
+            "online": self.learner.state_dict(), "online_run": {
+                "steps": t, "episodes": result.episodes, "cumulative_cost": result.cumulative_cost,
+                "numpy_rng": self.rng.bit_generator.state}})  # fmt: skip
+        self.last_checkpoint = time.monotonic()
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_every_s
+
+    def finish(self, t: int, stopped: bool) -> OnlineRunResult:
+        """Final checkpoint, the final evaluation (unless stopped by a signal), OUT/summary.json."""
+        result = self.result
+        result.steps = t
+        self.checkpoint(t)
+        self.episodes_log.close()
+        if self.eval_env is not None and not stopped:
+            self.recalibrate_shield(t)  # evaluate what would ship now
+            result.final_eval = self.evaluate(t)
+        result.shield_threshold = self.policy.threshold
+        self.evals_log.close()
+        result.seconds = time.monotonic() - self.started
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
+        self.metrics.close()
+        write_json_atomically(self.out / "summary.json", self.summary(), indent=1)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "env": self.env_id, "split": self.split, "steps": r.steps, "episodes": r.episodes,
+            "seconds": r.seconds, "cumulative_cost": r.cumulative_cost, "shield_threshold": r.shield_threshold,
+            "return_last10": float(np.mean(r.returns[-10:])) if r.returns else None,
+            "cost_last10": float(np.mean(r.costs[-10:])) if r.costs else None,
+            "final_eval": r.final_eval, "config": self.cfg.to_dict(),
+        }  # fmt: skip
+
+
+def train_online(
+    run: Path,
+    env_id: str,
+    steps: int,
+    cfg: OnlineConfig,
+    out: Path,
+    *,
+    split: str | None = None,
+    obs_key: str | None = None,
+    use_shield: bool = True,
+    resume: bool = False,
+    dataset_paths: Sequence[Path] | None = None,
+    eval_episodes: int = 5,
+    eval_every: int = 0,
+) -> OnlineRunResult:
+    """Fine-tune ``run``'s agent for ``steps`` environment steps (in all, counting resumed ones).
+
+    ``eval_every`` > 0: also evaluate ``eval_episodes`` greedy episodes every this many steps (from
+    step 0, before any update), on the same episode seeds each time. SIGTERM / SIGINT stop after the
+    current step with a checkpoint.
+    """
+    loop = OnlineRun(
+        run, env_id, steps, cfg, out, split=split, obs_key=obs_key, use_shield=use_shield, resume=resume,
+        dataset_paths=dataset_paths, eval_episodes=eval_episodes,
+    )  # fmt: skip
+    stop = []
+    t = loop.start_step
+    with stop_on_signals(lambda: stop.append(True), "stopping after this step (checkpoint first)"):
+        for t in range(loop.start_step, steps):
+            if stop:
+                break
+            if eval_every > 0 and loop.eval_env is not None and t % eval_every == 0:
+                loop.evaluate(t)
+            loop.act(t)
+            loop.learn(t)
+            if loop.checkpoint_due():
+                loop.checkpoint(t + 1)
+        else:
+            t = steps
+    return loop.finish(t, stopped=bool(stop))
+
+
+def _check_frame(frame: np.ndarray, agent: Agent) -> np.ndarray:
+    if tuple(frame.shape) != tuple(agent.spec.obs_shape):
+        raise EnvSpecError(
+            f"env observation shape {frame.shape} differs from the run's {agent.spec.obs_shape}; "
+            "use the env the offline data came from, or pick the right --obs-key"
+        )
+    return frame
