@@ -35,8 +35,8 @@ DATASET_SEED = 1000  # episode i of the dataset uses seed DATASET_SEED + i
 VARIANTS = {
     "bc": {"method": "bc"},
     "fosp": {"method": "fosp"},
-    "fosp_no_wm": {"method": "fosp", "world_model": False},
-    "fosp_no_imagine": {"method": "fosp", "imagine": False},
+    "fosp_no_wm": {"method": "fosp", "world_model": {"enabled": False}},
+    "fosp_no_imagine": {"method": "fosp", "imagine": {"enabled": False}},
 }
 
 
@@ -120,7 +120,9 @@ def _train_and_evaluate(
     from reachsafe.trainer.runs.offline import train_offline
 
     keys = work / "keys"
-    cfg = OfflineConfig(steps=args.steps, seed=seed, log_every=100, checkpoint_every=0, **VARIANTS[name])
+    cfg = OfflineConfig.from_dict(
+        {"steps": args.steps, "seed": seed, "log_every": 100, "checkpoint_every": 0, **VARIANTS[name]}
+    )
     run_dir = work / f"{name}_seed{seed}"
     timing = run_dir / "train_seconds.json"
     cache = run_dir / "bench_eval.json"

@@ -68,6 +68,8 @@ SIGNATURE_FILE = "manifest.sig"
 #: also the trainer's defaults for the values it writes there.
 DEFAULT_KAPPA_T = 5.0
 DEFAULT_KAPPA_C = 0.1
+#: Fixed candidate actions (forward, turn) the shield may fall back to, after a_on, a_off and brake.
+DEFAULT_PRIMITIVES = ((0.5, 0.0), (-0.5, 0.0), (0.0, 1.0), (0.0, -1.0))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -1,10 +1,12 @@
 """Typed, validated configuration dataclasses shared by every part.
 
-A config is a ``@dataclass`` that inherits :class:`Config`. Each field documents itself with
-``field(default=..., metadata={"help": "..."})`` (or the :func:`option` shorthand); that text
-becomes the ``--help`` of the matching command-line option. Configs load from YAML or dicts with
-strict checking (unknown keys and wrong types are a :class:`ConfigError` that names the key and
-the source), carry a ``version`` field, and nest (``section.field`` on the command line).
+A config is a ``@dataclass`` that inherits :class:`Config`. Each field is declared with
+:func:`option`: its default, a help text (what, unit) and its bounds; the help text and the bounds
+become the ``--help`` of the matching command-line option, and the bounds are checked on every
+construction. Configs load from YAML or dicts with strict checking (unknown keys, wrong types and
+values out of bounds are a :class:`ConfigError` that names the key and the source), carry a
+``version`` field, and nest (``section.field`` on the command line). A config whose layout changed
+lists the moved keys in :attr:`Config.RENAMED`: files and options of older versions still load.
 
 It lives in ``protocol`` because it is the one package every part (robot side included) may
 import, and it needs nothing but the standard library and PyYAML.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import math
 import types
 import typing
 from pathlib import Path
@@ -31,11 +33,66 @@ class ConfigError(ValueError):
     """A configuration is malformed; the message names the key, the source and the fix."""
 
 
-def option(default: Any = _MISSING, help: str = "", *, default_factory: Any = _MISSING) -> Any:
-    """A dataclass field with a help text (shorthand for ``field(metadata={"help": ...})``)."""
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Numeric bounds of a field: ``ge ≤ x``, ``gt < x``, ``x ≤ le``, ``x < lt`` (None: unbounded)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, x: float) -> bool:
+        return (
+            math.isfinite(x)
+            and (self.ge is None or x >= self.ge)
+            and (self.gt is None or x > self.gt)
+            and (self.le is None or x <= self.le)
+            and (self.lt is None or x < self.lt)
+        )
+
+    def __str__(self) -> str:
+        low = (
+            (self.ge, "[", "≥")
+            if self.ge is not None
+            else (self.gt, "(", ">")
+            if self.gt is not None
+            else None
+        )
+        high = (
+            (self.le, "]", "≤")
+            if self.le is not None
+            else (self.lt, ")", "<")
+            if self.lt is not None
+            else None
+        )
+        if low and high:
+            return f"in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
+        if low or high:
+            value, _, sign = low or high
+            return f"{sign} {value:g}"
+        return "finite"
+
+
+def option(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    default_factory: Any = _MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A config field: its default, a help text (what it is, its unit) and its numeric bounds.
+
+    Bounds apply to numbers only (a None value of an optional field is not checked).
+    """
+    bounds = Bounds(ge, gt, le, lt) if any(b is not None for b in (ge, gt, le, lt)) else None
+    metadata = {"help": help, "bounds": bounds}
     if default_factory is not _MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -44,6 +101,8 @@ class Config:
     that span fields, and bump ``VERSION`` when a field changes meaning."""
 
     VERSION: ClassVar[int] = 1
+    #: keys of older versions → their dotted place now (applied to data of a version below VERSION)
+    RENAMED: ClassVar[dict[str, str]] = {}
 
     version: int = option(1, "Config schema version; files written for a newer version are refused.")
 
@@ -53,7 +112,16 @@ class Config:
                 f"{type(self).__name__}: config version {self.version} is newer than this program "
                 f"understands ({self.VERSION}); upgrade reachsafe or rewrite the file for version {self.VERSION}"
             )
+        self._check_bounds()
         self.validate()
+
+    def _check_bounds(self) -> None:
+        for f in dataclasses.fields(self):
+            bounds, value = f.metadata.get("bounds"), getattr(self, f.name)
+            if bounds is None or value is None or isinstance(value, bool):
+                continue
+            if not isinstance(value, (int, float)) or not bounds.admits(float(value)):
+                raise ConfigError(f"{f.name} must be {bounds}, got {value!r}")
 
     def validate(self) -> None:
         """Cross-field checks; raise :class:`ConfigError`."""
@@ -62,9 +130,9 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any] | None, source: str = "<dict>") -> C:
         """Build from a mapping, checking every key and value type."""
-        data = dict(data or {})
-        if not isinstance(data, dict):
+        if data is not None and not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        data = cls.upgrade(dict(data or {}))
         hints = typing.get_type_hints(cls)
         known = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - set(known))
@@ -77,6 +145,34 @@ class Config:
             return cls(**kwargs)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` of an older version (``version`` below :attr:`VERSION`, or absent with old flat keys)
+        with each key of :attr:`RENAMED` moved to its place now; current data unchanged."""
+        version = data.get("version")
+        flat = any(k in data and not isinstance(data[k], dict) for k in cls.RENAMED)
+        if not cls.RENAMED or not (
+            version is None and flat or isinstance(version, int) and version < cls.VERSION
+        ):
+            return data
+        data = dict(data)
+        for old, new in cls.RENAMED.items():
+            if old not in data:
+                continue
+            value, node = data.pop(old), data
+            *sections, leaf = new.split(".")
+            for section in sections:
+                node[section] = node = dict(node.get(section) or {})
+            node[leaf] = value
+        data["version"] = cls.VERSION
+        return data
+
+    @classmethod
+    def from_recorded(cls: type[C], data: dict[str, Any] | None, source: str = "<recorded>") -> C:
+        """Leniently, a config that a run recorded (a checkpoint's): upgraded, and keys this version no
+        longer knows dropped (fields it lacks take their defaults)."""
+        return cls.from_dict(_known_keys(cls, cls.upgrade(dict(data or {}))), source=source)
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:
@@ -103,6 +199,20 @@ class Config:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def _known_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            continue
+        tp = hints[key]
+        if isinstance(tp, type) and issubclass(tp, Config) and isinstance(value, dict):
+            value = _known_keys(tp, tp.upgrade(value))
+        out[key] = value
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -230,7 +340,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], pre
             add_config_arguments(group, tp, prefix=f"{name}.")
             continue
         default = f.default if f.default is not _MISSING else "(see config)"
-        helptext = f"{f.metadata.get('help', '')} [default: {default}]"
+        bounds = f.metadata.get("bounds")
+        limits = f"; {bounds}" if bounds is not None else ""
+        helptext = f"{f.metadata.get('help', '')} [default: {default}{limits}]"
         choices = list(get_args(tp)) if get_origin(tp) is Literal else None
         group.add_argument(
             f"--{name.replace('_', '-')}",
@@ -240,6 +352,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], pre
             choices=[str(c) for c in choices] if choices else None,
             help=helptext.replace("%", "%%"),
         )
+    for old, new in cls.RENAMED.items():  # the options of older versions keep working
+        if not prefix:
+            group.add_argument(
+                f"--{old.replace('_', '-')}", dest=f"cfg__{new}", default=None, help=argparse.SUPPRESS
+            )
 
 
 def apply_overrides(cfg: C, args: argparse.Namespace) -> C:
@@ -268,37 +385,3 @@ def load_config(cls: type[C], path: str | Path | None, args: argparse.Namespace 
     """Defaults ← YAML file (if given) ← command-line overrides (if given)."""
     cfg = cls.from_yaml(path) if path else cls()
     return apply_overrides(cfg, args) if args is not None else cfg
-
-
-# ----- the explicit registry of config kinds ---------------------------------------------
-
-#: Every config kind a YAML file may declare with ``kind:``; resolved lazily so that the robot
-#: never imports the trainer's configs (or torch).
-CONFIG_KINDS: dict[str, str] = {
-    "robot": "reachsafe.edge_runtime.robot_config:RobotConfig",
-    "edge": "reachsafe.edge_runtime.config:EdgeConfig",
-    "offline": "reachsafe.trainer.algos.offline.config:OfflineConfig",
-    "online": "reachsafe.trainer.algos.online.config:OnlineConfig",
-}
-
-
-def config_class(kind: str) -> type[Config]:
-    """The config class registered under ``kind``."""
-    try:
-        module_name, cls_name = CONFIG_KINDS[kind].split(":")
-    except KeyError:
-        raise ConfigError(f"unknown config kind {kind!r}; known kinds: {sorted(CONFIG_KINDS)}") from None
-    return getattr(importlib.import_module(module_name), cls_name)
-
-
-def load_config_file(path: str | Path) -> Config:
-    """Load a YAML file whose top-level ``kind:`` names its config class."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot load config {path}: {exc}") from None
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if not kind:
-        raise ConfigError(f"{path}: no 'kind:' key; add one of {sorted(CONFIG_KINDS)}")
-    return config_class(kind).from_yaml(path)

@@ -107,17 +107,22 @@ def _top_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentP
     return parser, subs
 
 
+def _missing_extra(name: str, exc: ModuleNotFoundError) -> MissingExtraError:
+    """The error for a third-party package that ``reachsafe <name>`` needs and this machine lacks."""
+    if exc.name and exc.name.split(".")[0] == "reachsafe":
+        raise exc
+    return MissingExtraError(
+        f"reachsafe {name}: needs the Python package {exc.name!r}, which is not installed here. "
+        f"Install the part's extra: pip install 'reachsafe[{PARTS[name].extra}]'"
+    )
+
+
 def _load_part(name: str, parser: argparse.ArgumentParser) -> None:
     part = PARTS[name]
     try:
         getattr(importlib.import_module(part.module), part.adder)(parser)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == "reachsafe":
-            raise
-        raise MissingExtraError(
-            f"reachsafe {name}: needs the Python package {exc.name!r}, which is not installed here. "
-            f"Install the part's extra: pip install 'reachsafe[{part.extra}]'"
-        ) from None
+        raise _missing_extra(name, exc) from None
 
 
 def part_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
@@ -154,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(func(args) or 0)
+    except ModuleNotFoundError as exc:  # a verb's heavy dependency, imported when it runs
+        raise _missing_extra(args.part, exc) from None
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return 130

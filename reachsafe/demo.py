@@ -150,7 +150,7 @@ def run_demo(out: Path, s: DemoSettings) -> DemoResult:
                     trainer_ep,
                     "--keys",
                     str(keys),
-                    "--ship-every-s",
+                    "--daemon.ship-every-s",
                     str(s.ship_every_s),
                 ),
                 out,

@@ -95,7 +95,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny offline run (16×16 frames, 10 updates, bundle v1) for daemon tests; trained once per session."""
-    from reachsafe.trainer.algos.offline.config import OfflineConfig
+    from reachsafe.trainer.algos.offline.config import NetworkConfig, OfflineConfig, WorldModelConfig
     from reachsafe.trainer.data.dataset import load_dataset
     from reachsafe.trainer.runs.offline import train_offline
     from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
@@ -103,7 +103,10 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("offline")
     write_hdf5(make_point_dataset(episodes=8, length=20, image_size=16), root / "ds.h5")
     cfg = OfflineConfig(
-        steps=10, batch_size=16, latent_dim=16, hidden_dim=32, cnn_channels=8, world_model=False
+        steps=10,
+        batch_size=16,
+        network=NetworkConfig(latent_dim=16, hidden_dim=32, cnn_channels=8),
+        world_model=WorldModelConfig(enabled=False),
     )
     train_offline(
         load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False
@@ -122,7 +125,7 @@ def start_daemon(processes: Processes, run: Path, port: int, *extra: str) -> sub
     """`reachsafe daemon serve` on 127.0.0.1:port with small learner settings."""
     return processes.reachsafe(
         "daemon", "serve", "--run", str(run), "--bind", f"tcp://127.0.0.1:{port}", "--batch-size", "16",
-        "--warmup-steps", "8", *extra, name=f"daemon-{port}-{len(processes.procs)}",
+        "--replay.warmup-steps", "8", *extra, name=f"daemon-{port}-{len(processes.procs)}",
     )  # fmt: skip
 
 

@@ -60,7 +60,7 @@ class Robot:
 def test_daemon_acks_dedupes_and_exits_cleanly(processes, offline_run: Path, tmp_path: Path) -> None:  # noqa: ANN001
     run = fresh_run(offline_run, tmp_path)
     port = free_tcp_port()
-    daemon = start_daemon(processes, run, port, "--ship-every-updates", "5", "--vpa.steps", "3")
+    daemon = start_daemon(processes, run, port, "--daemon.ship-every-updates", "5", "--vpa.steps", "3")
     ctx = zmq.Context()
     robot = Robot(ctx, f"tcp://127.0.0.1:{port}")
     try:

@@ -30,7 +30,7 @@ def test_train_export_eval_cli(tmp_path):
     write_hdf5(make_point_dataset(episodes=6, length=12, image_size=64), data)
     run = tmp_path / "run"
     out = reachsafe(
-        "train", "offline", "--dataset", data, "--out", run, "--steps", 3, "--batch-size", 4, "--wm-horizon", 2,
+        "train", "offline", "--dataset", data, "--out", run, "--steps", 3, "--batch-size", 4, "--world-model.horizon", 2,
         "--seed", 1, "--no-progress", "--torch-threads", 1,
     )  # fmt: skip
     assert "bundle:" in out and (run / "keys" / "signing.pub").is_file()

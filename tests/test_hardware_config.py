@@ -6,13 +6,14 @@ import pytest
 import yaml
 from conftest import REPO
 
+from reachsafe.configs import load_config_file
 from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
 from reachsafe.hardware import make_robot
 from reachsafe.hardware.manual_signals import ManualSignals
 from reachsafe.hardware.picamera2_camera import Picamera2Camera
 from reachsafe.hardware.referee_signals import RefereeSignals
 from reachsafe.hardware.serial_drive import SerialDrive
-from reachsafe.protocol.config import ConfigError, load_config_file
+from reachsafe.protocol.config import ConfigError
 
 EXAMPLES = REPO / "hardware" / "examples"
 

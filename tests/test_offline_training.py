@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.offline.config import (
+    ImagineConfig,
+    NetworkConfig,
+    OfflineConfig,
+    WorldModelConfig,
+)
 from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
 from reachsafe.trainer.data.augment import colour_jitter, random_shift
 from reachsafe.trainer.models.networks import load_checkpoint
@@ -12,7 +17,14 @@ from reachsafe.trainer.runs.offline import train_offline
 from reachsafe.trainer.runs.run_dir import RunDirError
 from tests.fixtures.point_dataset import HAZARD_X, make_point_dataset
 
-SMALL = dict(batch_size=64, hidden_dim=64, latent_dim=32, gamma=0.9, target_ema=0.05, log_every=10)
+SMALL = dict(
+    batch_size=64,
+    network=NetworkConfig(hidden_dim=64, latent_dim=32),
+    gamma=0.9,
+    target_ema=0.05,
+    log_every=10,
+)
+NO_WM, WM = WorldModelConfig(enabled=False), WorldModelConfig(enabled=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,7 +44,7 @@ def dataset():
 @pytest.fixture(scope="module")
 def trained(dataset):
     """A learner before and after 600 updates (no world model: the quickest path)."""
-    cfg = OfflineConfig(steps=600, world_model=False, **SMALL)
+    cfg = OfflineConfig(steps=600, world_model=NO_WM, **SMALL)
     learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
     before = learner.evaluate(dataset)
     rng = np.random.default_rng(0)
@@ -69,7 +81,7 @@ def test_q_h_prefers_stepping_away_from_the_hazard(trained):
 
 
 def test_world_model_losses_fall(dataset):
-    cfg = OfflineConfig(steps=60, world_model=True, wm_horizon=3, **SMALL)
+    cfg = OfflineConfig(steps=60, world_model=WorldModelConfig(horizon=3), **SMALL)
     learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
     rng = np.random.default_rng(0)
     first = learner.update(dataset.sample_sequences(cfg.batch_size, 3, rng))
@@ -83,7 +95,7 @@ def test_imagination_trains_and_logs_its_losses(dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = OfflineConfig(
-        steps=20, world_model=True, wm_horizon=2, imagine_horizon=3, imagine_start=10, **SMALL
+        steps=20, world_model=WorldModelConfig(horizon=2), imagine=ImagineConfig(horizon=3, start=10), **SMALL
     )
     train_offline(dataset, tmp_path / "on", cfg, progress=False)
     events = EventAccumulator(str(tmp_path / "on/tb")).Reload()
@@ -95,13 +107,13 @@ def test_imagination_trains_and_logs_its_losses(dataset, tmp_path):
     # (1−γ)h + γ·max(h, ·) with h ∈ {−1, c_scale} is never below −1, whatever V_h bootstraps
     assert all(e.value >= -1.0 - 1e-6 for e in events.Scalars("wm/imagine_y_h"))
 
-    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg.replace(imagine=False))
+    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg.replace(imagine=ImagineConfig(enabled=False)))
     metrics = learner.update(dataset.sample_sequences(cfg.batch_size, 2, np.random.default_rng(0)))
     assert "wm/consistency" in metrics and not any(k.startswith("wm/imagine") for k in metrics)
 
 
 def test_imagined_losses_train_only_the_value_heads(dataset):
-    cfg = OfflineConfig(steps=1, world_model=True, **SMALL)
+    cfg = OfflineConfig(steps=1, world_model=WM, **SMALL)
     learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
     a = learner.agent
     obs = torch.from_numpy(dataset.observations[:64])
@@ -139,7 +151,7 @@ def test_colour_jitter_scales_channels_within_bounds_and_clamps():
 
 
 def test_resume_continues_exactly(dataset, tmp_path):
-    cfg = OfflineConfig(steps=12, world_model=True, wm_horizon=2, checkpoint_every=8, **SMALL)
+    cfg = OfflineConfig(steps=12, world_model=WorldModelConfig(horizon=2), checkpoint_every=8, **SMALL)
     straight = train_offline(dataset, tmp_path / "a", cfg, progress=False)
     with pytest.raises(RunDirError, match="--resume"):
         train_offline(dataset, tmp_path / "a", cfg, progress=False)

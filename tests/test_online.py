@@ -13,7 +13,7 @@ import torch
 
 from reachsafe.edge_runtime.select import selection_probabilities
 from reachsafe.trainer.algos.losses import expectile_loss, hj_target, reachability_signal
-from reachsafe.trainer.algos.online.config import OnlineConfig, VPAConfig
+from reachsafe.trainer.algos.online.config import OnlineConfig, ReplayConfig, VPAConfig
 from reachsafe.trainer.algos.online.learner import OnlineLearner, ReachabilityTarget
 from reachsafe.trainer.data.dataset import Batch, load_dataset
 from reachsafe.trainer.data.mixing import MixedSampler
@@ -231,7 +231,7 @@ def test_train_online_runs_checkpoints_and_resumes(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", small_agent(), 0,
                     extra={"dataset": {"source": str(tmp_path / "ds.h5")},
                            "config": {"shield_threshold_floor": -100.0}})  # the raw quantile  # fmt: skip
-    cfg = OnlineConfig(batch_size=16, warmup_steps=20, vpa=VPAConfig(steps=5))
+    cfg = OnlineConfig(batch_size=16, replay=ReplayConfig(warmup_steps=20), vpa=VPAConfig(steps=5))
     out = tmp_path / "online"
     first = train_online(tmp_path / "run", "reachsafe_test/PointCost-v0", 60, cfg, out, eval_episodes=0)
     assert (first.steps, first.episodes) == (60, 3)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from reachsafe.protocol.config import ConfigError
-from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.online.config import OnlineConfig, OnlineShieldConfig
 from reachsafe.trainer.algos.online.lagrange import LagrangeConfig
 from reachsafe.trainer.algos.online.learner import OnlineLearner
 from reachsafe.trainer.algos.shield.budget import ShieldBudget
@@ -36,20 +36,20 @@ def test_the_budget_respects_its_clamps_and_a_zero_rate_or_empty_window_keeps_it
 
 
 def test_the_config_rejects_an_inconsistent_budget_and_a_negative_rate() -> None:
-    with pytest.raises(ConfigError, match="shield_budget_min"):
-        OnlineConfig(shield_intervention_budget=0.005).validate()
-    with pytest.raises(ConfigError, match="shield_budget_rate"):
-        OnlineConfig(shield_budget_rate=-1.0).validate()
-    OnlineConfig(shield_intervention_budget=None, shield_budget_min=0.9).validate()  # no budget: unused
+    with pytest.raises(ConfigError, match="budget_min"):
+        OnlineShieldConfig(intervention_budget=0.005)
+    with pytest.raises(ConfigError, match="budget_rate"):
+        OnlineShieldConfig(budget_rate=-1.0)
+    OnlineShieldConfig(intervention_budget=None, budget_min=0.9)  # no budget: unused
 
 
 def _learner(**kw) -> OnlineLearner:
-    cfg = OnlineConfig(lagrange=LagrangeConfig(cost_limit=10.0), **kw)
+    cfg = OnlineConfig(lagrange=LagrangeConfig(cost_limit=10.0), shield=OnlineShieldConfig(**kw))
     return OnlineLearner(Agent(AgentSpec(obs_shape=(4,), action_dim=2)), cfg)
 
 
 def test_each_finished_episode_moves_lambda_and_the_budget_and_a_checkpoint_keeps_both() -> None:
-    learner = _learner(shield_budget_rate=0.2)
+    learner = _learner(budget_rate=0.2)
     for cost in (0.0, 0.0, 40.0):
         lam = learner.observe_episode(cost)
     assert lam == learner.lam and list(learner.lagrange.recent) == [0.0, 0.0, 40.0]
@@ -58,12 +58,12 @@ def test_each_finished_episode_moves_lambda_and_the_budget_and_a_checkpoint_keep
         expected *= math.exp(0.2 * (sum(window) / len(window) - 10.0) / 10.0)
     assert learner.shield_budget.value == pytest.approx(expected)
     assert learner.metrics()["online/shield_budget"] == pytest.approx(expected)
-    restored = _learner(shield_budget_rate=0.2)
+    restored = _learner(budget_rate=0.2)
     restored.load_state_dict(learner.state_dict())
     assert restored.shield_budget.value == pytest.approx(expected)
     older = learner.state_dict()
     del older["shield_budget"]  # a checkpoint from before the adaptive budget: the configured start
-    restored = _learner(shield_budget_rate=0.2)
+    restored = _learner(budget_rate=0.2)
     restored.load_state_dict(older)
     assert restored.shield_budget.value == 0.1
-    assert _learner(shield_intervention_budget=None).shield_budget is None
+    assert _learner(intervention_budget=None).shield_budget is None

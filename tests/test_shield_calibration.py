@@ -12,9 +12,14 @@ from conftest import fresh_run
 
 from reachsafe.protocol.bundle import Bundle
 from reachsafe.protocol.keys import load_signing_key
-from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.offline.config import (
+    NetworkConfig,
+    OfflineConfig,
+    ShieldCalibrationConfig,
+    WorldModelConfig,
+)
 from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
-from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.online.config import OnlineConfig, OnlineShieldConfig
 from reachsafe.trainer.algos.shield import calibration as shield_calibration
 from reachsafe.trainer.algos.shield.budget import ShieldBudget
 from reachsafe.trainer.algos.shield.calibration import (
@@ -86,7 +91,11 @@ def small_run(tmp_path_factory):
     write_hdf5(make_point_dataset(episodes=4, length=12, seed=0), root / "data" / "a.h5")
     write_hdf5(make_point_dataset(episodes=2, length=12, seed=1), root / "data" / "b.h5")
     cfg = OfflineConfig(
-        steps=3, batch_size=8, hidden_dim=16, latent_dim=8, world_model=False, shield_calibration_samples=50
+        steps=3,
+        batch_size=8,
+        network=NetworkConfig(hidden_dim=16, latent_dim=8),
+        world_model=WorldModelConfig(enabled=False),
+        shield=ShieldCalibrationConfig(calibration_samples=50),
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -106,7 +115,9 @@ def test_run_records_the_absolute_dataset_paths_and_the_calibrated_shield(small_
     assert shield["threshold"] >= 0.0 and shield["calibration"]["samples"] == 50
     agent, _ = load_checkpoint(RunDir(root / "run").require_checkpoint())
     assert shield_for_ship(OnlineConfig(), ckpt, None)(agent) == shield  # no dataset: the offline section
-    assert shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, None)(agent) == {"threshold": 2.5}
+    assert shield_for_ship(OnlineConfig(shield=OnlineShieldConfig(threshold=2.5)), ckpt, None)(agent) == {
+        "threshold": 2.5
+    }
 
 
 def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypatch, caplog):
@@ -119,7 +130,11 @@ def test_a_missing_recorded_dataset_warns_with_the_path_tried(tmp_path, monkeypa
 def test_a_run_whose_data_cannot_calibrate_ships_the_fixed_threshold(caplog, monkeypatch) -> None:
     ds = make_point_dataset(episodes=2, length=6, seed=0)
     ds.costs[:] = 1.0  # every step leads into cost: no safe steps to calibrate on
-    cfg = OfflineConfig(hidden_dim=16, latent_dim=8, world_model=False, shield_threshold=0.7)
+    cfg = OfflineConfig(
+        network=NetworkConfig(hidden_dim=16, latent_dim=8),
+        world_model=WorldModelConfig(enabled=False),
+        shield=ShieldCalibrationConfig(threshold=0.7),
+    )
     evaluated = []
     q_h_at = shield_calibration.q_h_at
     monkeypatch.setattr(shield_calibration, "q_h_at", lambda *a: evaluated.append(1) or q_h_at(*a))
@@ -162,13 +177,15 @@ def test_the_daemon_ships_a_configured_or_fixed_threshold_with_its_rates(small_r
     _, ckpt = small_run
     agent, _ = load_checkpoint(RunDir(small_run[0] / "run").require_checkpoint())
     dataset = load_offline_dataset(None, ckpt)
-    configured = shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, dataset)(agent)
+    configured = shield_for_ship(OnlineConfig(shield=OnlineShieldConfig(threshold=2.5)), ckpt, dataset)(agent)
     assert configured["threshold"] == 2.5 and configured["calibration"]["method"] == "fixed"
     assert configured["calibration"]["samples"] == 50 and configured["calibration"]["catch_rate"] is not None
-    fixed_run = {**ckpt, "config": {**ckpt["config"], "shield_calibration": "fixed", "shield_threshold": 0.3}}
+    fixed_run = {**ckpt, "config": {**ckpt["config"], "shield": {"calibration": "fixed", "threshold": 0.3}}}
     fixed = shield_for_ship(OnlineConfig(), fixed_run, dataset)(agent)
     assert fixed["threshold"] == 0.3 and fixed["calibration"]["method"] == "fixed"
-    assert shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, None)(agent) == {"threshold": 2.5}
+    assert shield_for_ship(OnlineConfig(shield=OnlineShieldConfig(threshold=2.5)), ckpt, None)(agent) == {
+        "threshold": 2.5
+    }
 
 
 def test_a_shipped_online_bundle_carries_the_recalibrated_threshold(offline_run, tmp_path) -> None:
@@ -217,17 +234,21 @@ def test_bundles_keep_the_shield_within_its_budget_on_the_recent_online_proposal
                                   "cost": dataset.costs[:n], "terminated": np.zeros(n, bool),
                                   "truncated": np.zeros(n, bool)})  # fmt: skip
     shift_q_h(agent, 5.0)
-    offline_only = shield_for_ship(OnlineConfig(shield_intervention_budget=None), ckpt, dataset, replay)(
-        agent
-    )
-    shipped = shield_for_ship(OnlineConfig(shield_intervention_budget=0.1), ckpt, dataset, replay)(agent)
+    offline_only = shield_for_ship(
+        OnlineConfig(shield=OnlineShieldConfig(intervention_budget=None)), ckpt, dataset, replay
+    )(agent)
+    shipped = shield_for_ship(
+        OnlineConfig(shield=OnlineShieldConfig(intervention_budget=0.1)), ckpt, dataset, replay
+    )(agent)
     cal = shipped["calibration"]
     assert cal["calibrated_threshold"] == offline_only["threshold"] and cal["budget_samples"] == n
     assert shipped["threshold"] >= offline_only["threshold"] and cal["proposal_intervention_rate"] <= 0.1
     q = shield_calibration.q_h_at(agent, replay.obs, replay.proposed, replay.recent(n))
     assert np.mean(q > offline_only["threshold"]) > 0.1  # the offline calibration alone was over budget
     assert shipped["threshold"] > offline_only["threshold"]
-    configured = shield_for_ship(OnlineConfig(shield_threshold=2.5), ckpt, dataset, replay)(agent)
+    configured = shield_for_ship(
+        OnlineConfig(shield=OnlineShieldConfig(threshold=2.5)), ckpt, dataset, replay
+    )(agent)
     assert configured["threshold"] == 2.5  # a configured threshold is shipped as is
     budget = ShieldBudget(0.1, rate=0.2, low=0.01, high=0.5)
     adapted = shield_for_ship(OnlineConfig(), ckpt, dataset, replay, budget)

@@ -26,7 +26,7 @@ from reachsafe.protocol.bundle import (
 from reachsafe.protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
 from reachsafe.protocol.errors import ManifestError
 from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
-from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.offline.config import OfflineConfig, SelectionConfig
 from reachsafe.trainer.algos.online.config import ExpansionConfig
 from reachsafe.trainer.export.onnx import build_bundle
 from reachsafe.trainer.models.networks import Agent, AgentSpec, save_checkpoint
@@ -72,7 +72,7 @@ def test_selection_round_trips_is_optional_and_is_validated(keys, tmp_path) -> N
 
 def test_the_trainer_defaults_are_what_robots_assume_for_bundles_without_selection() -> None:
     defaults = SelectionParams()
-    assert (OfflineConfig().selection_kappa_t, OfflineConfig().selection_kappa_c) == (
+    assert (OfflineConfig().selection.kappa_t, OfflineConfig().selection.kappa_c) == (
         defaults.kappa_t,
         defaults.kappa_c,
     )
@@ -85,7 +85,7 @@ def test_export_writes_selection_and_the_shield_section_from_the_run(keys, tmp_p
     agent = Agent(AgentSpec(obs_shape=(16, 16, 3), action_dim=2, latent_dim=8, hidden_dim=16, cnn_channels=4))
     run = RunDir(tmp_path / "run")
     shield = {"threshold": 0.4, "calibration": {"method": "quantile", "safe_intervention_rate": 0.05}}
-    cfg = OfflineConfig(selection_kappa_t=7.0, selection_kappa_c=0.3)
+    cfg = OfflineConfig(selection=SelectionConfig(kappa_t=7.0, kappa_c=0.3))
     save_checkpoint(run.latest, agent, 5, {"config": cfg.to_dict(), "shield": shield})
     m = load_bundle(build_bundle(run.root, tmp_path / "b", 2, 1, key).path, trusted).manifest
     assert m["selection"] == {"kappa_t": 7.0, "kappa_c": 0.3}

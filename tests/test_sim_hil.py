@@ -69,7 +69,7 @@ def test_two_runtimes_drive_a_two_robot_fleet_against_one_trainer(tmp_path: Path
             trainer_ep,
             "--keys",
             str(keys),
-            "--ship-every-s",
+            "--daemon.ship-every-s",
             "5",
         ),
         name="trainer",

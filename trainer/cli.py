@@ -106,7 +106,9 @@ def _run_train_offline(args: argparse.Namespace) -> int:
         config_path = RunDir(args.out).config
     cfg = load_config(OfflineConfig, config_path, args)
     if args.no_world_model:
-        cfg = cfg.replace(world_model=False, imagine=False)
+        cfg = cfg.replace(
+            world_model=cfg.world_model.replace(enabled=False), imagine=cfg.imagine.replace(enabled=False)
+        )
     dataset = load_datasets(args.dataset)
     result = train_offline(
         dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress
@@ -290,6 +292,7 @@ def add_export_command(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from reachsafe.trainer.algos.offline.config import offline_config_from_checkpoint
     from reachsafe.trainer.export.onnx import ExportError, build_bundle
     from reachsafe.trainer.models.networks import load_checkpoint
     from reachsafe.trainer.runs.run_dir import RunDir, resolve_signing_key
@@ -302,7 +305,7 @@ def _run_export(args: argparse.Namespace) -> int:
         dataset = load_offline_dataset(args.dataset, ckpt)
         if dataset is None:
             raise ExportError("--int8 needs calibration frames from the run's dataset: pass --dataset FILE")
-        calib = dataset.calibration_frames(int(ckpt.get("config", {}).get("calib_frames", 256)))
+        calib = dataset.calibration_frames(offline_config_from_checkpoint(ckpt).calib_frames)
     result = build_bundle(
         run.root,
         args.out,

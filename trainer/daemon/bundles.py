@@ -43,7 +43,7 @@ class BundleShelf:
         selection: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         """``shield``: called at each ship with the agent for the bundle's shield section (recalibrated on
-        its current Q_h, see :func:`reachsafe.trainer.algos.online.learner.shield_for_ship`); ``selection``: called at each
+        its current Q_h, see :func:`reachsafe.trainer.runs.start.shield_for_ship`); ``selection``: called at each
         ship for the bundle's ``{kappa_t, kappa_c}``."""
         self.root = run_root / "bundles"
         self.root.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ class DaemonLearner:
         self.learner = learner
         self.replay = replay
         self.cfg = cfg
-        self.sampler = MixedSampler(offline, replay, cfg.offline_ratio)
+        self.sampler = MixedSampler(offline, replay, cfg.replay.offline_ratio)
         self.ship_fn = ship
         self.broadcast = broadcast
         self.checkpoint_path = checkpoint_path
@@ -72,7 +72,7 @@ class DaemonLearner:
         self.online_steps = online_steps
         self.rng = np.random.default_rng(cfg.seed)
         self._inbox = inbox
-        self._budget_base = learner.updates - cfg.utd_ratio * online_steps
+        self._budget_base = learner.updates - cfg.replay.utd_ratio * online_steps
         self.bundle_version: int | None = bundle_version
         self.bundle_parent: int | None = None
         self.last_metrics: dict[str, float] = {}
@@ -88,10 +88,10 @@ class DaemonLearner:
             did = self._train_one()
             now = time.monotonic()
             changed = self.grad_steps > shipped_at  # never ship an unchanged policy
-            ship_t = self.cfg.ship_every_s > 0 and now - last_ship >= self.cfg.ship_every_s
+            ship_t = self.cfg.daemon.ship_every_s > 0 and now - last_ship >= self.cfg.daemon.ship_every_s
             ship_n = (
-                self.cfg.ship_every_updates > 0
-                and self.grad_steps - shipped_at >= self.cfg.ship_every_updates
+                self.cfg.daemon.ship_every_updates > 0
+                and self.grad_steps - shipped_at >= self.cfg.daemon.ship_every_updates
             )
             if changed and (ship_t or ship_n):
                 self.ship()
@@ -127,8 +127,8 @@ class DaemonLearner:
                 self.vpa = None
             self._record(m)
             return True
-        budget = self._budget_base + self.cfg.utd_ratio * self.online_steps - self.learner.updates
-        if budget < 1 or len(self.replay) < 1 or self.online_steps < self.cfg.warmup_steps:
+        budget = self._budget_base + self.cfg.replay.utd_ratio * self.online_steps - self.learner.updates
+        if budget < 1 or len(self.replay) < 1 or self.online_steps < self.cfg.replay.warmup_steps:
             return False
         m = self.learner.update(self.sampler.sample(self.cfg.batch_size, self.rng))
         self.grad_steps += 1

@@ -128,12 +128,12 @@ def serve(
     )
     spec = learner.agent.spec
     store = StepStore(paths.store)
-    replay = StepReplay(cfg.replay_capacity, spec.obs_shape, spec.action_dim)
+    replay = StepReplay(cfg.replay.capacity, spec.obs_shape, spec.action_dim)
     refill_replay(store, replay)
     signing_key = load_signing_key(resolve_signing_key(keys, run))
     shelf = BundleShelf(
         run.root, signing_key, shield_for_ship(cfg, offline_ckpt, dataset, replay, learner.shield_budget),
-        cfg.keep_bundles,
+        cfg.daemon.keep_bundles,
         selection=lambda: {"kappa_t": cfg.expansion.kappa_t, "kappa_c": learner.kappa_c()},
     )  # fmt: skip
     metrics = MetricsWriter(paths.tensorboard)

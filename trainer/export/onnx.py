@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from reachsafe.trainer.algos.offline.config import OfflineConfig
 from reachsafe.trainer.models.networks import GRAPH_INPUTS, GRAPH_OUTPUTS, Agent, AgentGraph
 
 logger = logging.getLogger(__name__)
@@ -222,16 +223,16 @@ def checkpoint_shield(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's calibrated shield section, else its config's fixed threshold (older runs), else 0."""
     if isinstance(ckpt.get("shield"), Mapping):
         return dict(ckpt["shield"])
-    config = ckpt.get("config", {})
-    return {"threshold": float(config.get("shield_threshold", DEFAULT_SHIELD_THRESHOLD))}
+    recorded = OfflineConfig.upgrade(dict(ckpt.get("config", {})))
+    return {"threshold": float(recorded.get("shield", {}).get("threshold", DEFAULT_SHIELD_THRESHOLD))}
 
 
 def checkpoint_selection(ckpt: Mapping[str, Any]) -> dict[str, float] | None:
     """``{kappa_t, kappa_c}`` from an offline checkpoint's config; None for runs older than these fields."""
-    config = ckpt.get("config", {})
-    if "selection_kappa_t" not in config or "selection_kappa_c" not in config:
+    selection = OfflineConfig.upgrade(dict(ckpt.get("config", {}))).get("selection", {})
+    if "kappa_t" not in selection or "kappa_c" not in selection:
         return None
-    return {"kappa_t": float(config["selection_kappa_t"]), "kappa_c": float(config["selection_kappa_c"])}
+    return {"kappa_t": float(selection["kappa_t"]), "kappa_c": float(selection["kappa_c"])}
 
 
 def _replace_dir(new: Path, target: Path) -> None:

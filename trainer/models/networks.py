@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reachsafe.protocol.bundle import DEFAULT_PRIMITIVES
 from reachsafe.protocol.files import write_atomically
 from reachsafe.trainer.algos.losses import SAFE_SIGNAL
 from reachsafe.trainer.models import checkpoint_io
@@ -24,7 +25,6 @@ GRAPH_INPUTS = ("obs", "noise")
 GRAPH_OUTPUTS = ("a_on", "a_off", "q_r", "q_c", "q_h", "candidates")
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 # forward speed, turn rate: slow forward, reverse, spin left, spin right
-DEFAULT_PRIMITIVES = ((0.5, 0.0), (-0.5, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 @dataclass

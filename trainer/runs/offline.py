@@ -161,7 +161,7 @@ def train_offline(
             parent=None,
             signing_key=signing_key,
             shield=shield.to_manifest(),
-            selection={"kappa_t": cfg.selection_kappa_t, "kappa_c": cfg.selection_kappa_c},
+            selection={"kappa_t": cfg.selection.kappa_t, "kappa_c": cfg.selection.kappa_c},
             training_step=learner.step,
             metrics={k: v for k, v in last_means.items() if k.startswith("train/")},
         )

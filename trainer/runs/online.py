@@ -148,8 +148,8 @@ class OnlineRun:
         if self.resumed:
             self.rng.bit_generator.state = state["numpy_rng"]
         spec = self.agent.spec
-        self.replay = StepReplay(min(cfg.replay_capacity, max(steps, 2)), spec.obs_shape, spec.action_dim)
-        self.sampler = MixedSampler(dataset, self.replay, cfg.offline_ratio)
+        self.replay = StepReplay(min(cfg.replay.capacity, max(steps, 2)), spec.obs_shape, spec.action_dim)
+        self.sampler = MixedSampler(dataset, self.replay, cfg.replay.offline_ratio)
         self.metrics = MetricsWriter(out / "tb")
         if cfg.vpa.enabled and dataset is not None and not self.resumed:
             t0 = time.monotonic()
@@ -197,15 +197,15 @@ class OnlineRun:
         """``utd_ratio`` gradient updates per step from step ``warmup_steps`` on; the shield's threshold
         follows Q_h every ``shield_recalibrate_every`` updates."""
         cfg = self.cfg
-        if t + 1 < cfg.warmup_steps:
+        if t + 1 < cfg.replay.warmup_steps:
             return
-        self.update_budget += cfg.utd_ratio
+        self.update_budget += cfg.replay.utd_ratio
         while self.update_budget >= 1.0:
             self.update_budget -= 1.0
             m = self.learner.update(self.sampler.sample(cfg.batch_size, self.rng))
             if self.learner.updates % 100 == 0:
                 self.metrics.scalars({**m, **self.learner.metrics()}, t + 1)
-            every = cfg.shield_recalibrate_every
+            every = cfg.shield.recalibrate_every
             if every > 0 and self.learner.updates % every == 0:
                 self.recalibrate_shield(t + 1)
 

@@ -41,10 +41,10 @@ def agent_spec_for(dataset: OfflineDataset, cfg: OfflineConfig) -> AgentSpec:
     return AgentSpec(
         obs_shape=dataset.obs_shape,
         action_dim=dataset.action_dim,
-        latent_dim=cfg.latent_dim,
-        hidden_dim=cfg.hidden_dim,
-        cnn_channels=cfg.cnn_channels,
-        n_qh=cfg.n_qh,
+        latent_dim=cfg.network.latent_dim,
+        hidden_dim=cfg.network.hidden_dim,
+        cnn_channels=cfg.network.cnn_channels,
+        n_qh=cfg.network.n_qh,
         primitives=tuple(tuple(p) for p in cfg.primitives),
     )
 
@@ -62,7 +62,7 @@ class OfflineLearner:
         self.agent = Agent(spec)
         a = self.agent
         self.world_model = (
-            WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim) if cfg.world_model else None
+            WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim) if cfg.world_model.enabled else None
         )
         self.target_encoder = copy.deepcopy(a.encoder).requires_grad_(False)
         self.target_q_r = copy.deepcopy(a.q_r).requires_grad_(False)
@@ -75,27 +75,27 @@ class OfflineLearner:
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.wm_weights = WorldModelLossWeights(
-            consistency=cfg.wm_consistency_coef,
-            reward=cfg.wm_reward_coef,
-            cost=cfg.wm_cost_coef,
-            continuation=cfg.wm_continue_coef,
-            rho=cfg.wm_rho,
-            cost_pos_weight=cfg.cost_pos_weight,
+            consistency=cfg.world_model.consistency_coef,
+            reward=cfg.world_model.reward_coef,
+            cost=cfg.world_model.cost_coef,
+            continuation=cfg.world_model.continue_coef,
+            rho=cfg.world_model.rho,
+            cost_pos_weight=cfg.world_model.cost_pos_weight,
         )
         self.step = 0
 
     @property
     def horizon(self) -> int:
-        return self.cfg.wm_horizon if self.world_model is not None else 1
+        return self.cfg.world_model.horizon if self.world_model is not None else 1
 
     # ----- one update -------------------------------------------------------------------
     def _frames(self, obs: np.ndarray) -> torch.Tensor:
         """[B, T, ...] observations → augmented [B·T, ...] encoder input."""
         x = torch.from_numpy(np.ascontiguousarray(obs.reshape(-1, *obs.shape[2:])))
-        if self.spec.is_image and self.cfg.augment_pad > 0:
-            x = random_shift(x, self.cfg.augment_pad, self.generator)
-        if self.spec.is_image and self.cfg.augment_colour > 0:
-            x = colour_jitter(x.to(torch.float32), self.cfg.augment_colour, self.generator)
+        if self.spec.is_image and self.cfg.augment.pad > 0:
+            x = random_shift(x, self.cfg.augment.pad, self.generator)
+        if self.spec.is_image and self.cfg.augment.colour > 0:
+            x = colour_jitter(x.to(torch.float32), self.cfg.augment.colour, self.generator)
         return x
 
     def update(self, batch: SequenceBatch) -> dict[str, float]:
@@ -134,10 +134,10 @@ class OfflineLearner:
         }
         loss = sum(losses.values())
         metrics: dict[str, float] = {}
-        if self.world_model is not None and cfg.imagine and self.step >= cfg.imagine_start:
+        if self.world_model is not None and cfg.imagine.enabled and self.step >= cfg.imagine.start:
             imagine_losses, imagine_metrics = self._imagination_losses(self.world_model, zd, v_r, v_c, v_h)
             loss = (
-                loss + cfg.imagine_weight_v * imagine_losses["v"] + cfg.imagine_weight_h * imagine_losses["h"]
+                loss + cfg.imagine.weight_v * imagine_losses["v"] + cfg.imagine.weight_h * imagine_losses["h"]
             )
             metrics.update(imagine_metrics)
         if self.world_model is not None:
@@ -210,7 +210,7 @@ class OfflineLearner:
             return a.actor_on(z, noise)
 
         with torch.no_grad():
-            rollout = world_model.imagine(zd, policy, cfg.imagine_horizon, self.wm_weights.cost_pos_weight)
+            rollout = world_model.imagine(zd, policy, cfg.imagine.horizon, self.wm_weights.cost_pos_weight)
             end = rollout.final_latent
             y_r, y_c, y_h = imagined_targets(
                 rollout.rewards,

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reachsafe.protocol.config import Config, ConfigError, option
+from reachsafe.protocol.config import Config, option
 
 logger = logging.getLogger(__name__)
 
@@ -26,27 +26,21 @@ class LagrangeConfig(Config):
     mode: LagrangianMode = option(
         "adaptive", "adaptive = PID + Marvel gain adaptation; pid = plain PID; fixed = constant λ."
     )
-    cost_limit: float = option(25.0, "Episode cost limit d.")
-    kp: float = option(0.1, "Initial proportional gain K_p0.")
-    ki: float = option(0.01, "Initial integral gain K_i0.")
-    kd: float = option(0.01, "Initial derivative gain K_d0.")
-    p_ema_alpha: float = option(0.95, "EMA factor of the proportional term (OmniSafe pid_delta_p_ema_alpha).")
-    d_ema_alpha: float = option(0.95, "EMA factor of the cost used by the derivative term.")
-    d_delay: int = option(10, "The derivative compares the cost EMA with its value this many updates ago.")
-    lambda_max: float = option(100.0, "Upper clip of λ.")
-    lambda_fixed: float = option(0.0, "λ in mode 'fixed'.")
-    adapt_rate: float = option(0.05, "Marvel's gain adaptation rate η.")
-    window: int = option(10, "Episodes in the recent-cost window the controller sees.")
-
-    def validate(self) -> None:
-        if self.d_delay < 1:
-            raise ConfigError(f"d_delay must be ≥ 1, got {self.d_delay}")
-        if self.cost_limit < 0 or self.lambda_max < 0:
-            raise ConfigError("cost_limit and lambda_max must be ≥ 0")
-        if min(self.kp, self.ki, self.kd) < 0:
-            raise ConfigError("PID gains must be ≥ 0")
-        if self.window < 1:
-            raise ConfigError(f"window must be ≥ 1, got {self.window}")
+    cost_limit: float = option(25.0, "Episode cost limit d, in cost units per episode.", ge=0.0)
+    kp: float = option(0.1, "Initial proportional gain K_p0.", ge=0.0)
+    ki: float = option(0.01, "Initial integral gain K_i0.", ge=0.0)
+    kd: float = option(0.01, "Initial derivative gain K_d0.", ge=0.0)
+    p_ema_alpha: float = option(
+        0.95, "EMA factor of the proportional term (OmniSafe's pid_delta_p_ema_alpha).", ge=0.0, lt=1.0
+    )
+    d_ema_alpha: float = option(0.95, "EMA factor of the cost used by the derivative term.", ge=0.0, lt=1.0)
+    d_delay: int = option(
+        10, "The derivative compares the cost EMA with its value this many updates ago.", ge=1
+    )
+    lambda_max: float = option(100.0, "Upper clip of λ.", ge=0.0)
+    lambda_fixed: float = option(0.0, "λ in mode 'fixed'.", ge=0.0)
+    adapt_rate: float = option(0.05, "Marvel's gain adaptation rate η.", ge=0.0)
+    window: int = option(10, "Episodes in the recent-cost window the controller sees.", ge=1)
 
 
 class PIDLagrangian:

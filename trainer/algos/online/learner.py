@@ -12,7 +12,7 @@ One :class:`OnlineLearner` serves both the daemon (data from robots) and `reachs
 
 The transitions carry the *executed* action (after policy selection and the shield), so the
 critics learn the values of what the robot did, whichever policy proposed it. With
-``learn_interventions`` (off by default: it measured worse on SafeGoal1), a step the shield replaced
+``learn_interventions`` (off by default; docs/results/online-defaults.md), a step the shield replaced
 also teaches Q_r and Q_c the value of the *proposal* in the shielded system: proposing it led to the
 executed step, less ``intervention_penalty`` in reward (the post-posed shield's punishment, Alshiekh
 et al. 2018); otherwise a replaced proposal is never executed, so its risk is never seen.
@@ -80,7 +80,7 @@ class ReachabilityTarget:
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> ReachabilityTarget:
         """An offline checkpoint's values; older runs without them take OfflineConfig's defaults."""
-        offline = offline_config_from_checkpoint(ckpt, lambda k: k in ("c_scale", "gamma_h"))
+        offline = offline_config_from_checkpoint(ckpt)
         return cls(offline.c_scale, offline.gamma_h)
 
 
@@ -117,12 +117,12 @@ class OnlineLearner:
         self.lagrange = PIDLagrangian(cfg.lagrange)
         self.shield_budget = (
             None
-            if cfg.shield_intervention_budget is None
+            if cfg.shield.intervention_budget is None
             else ShieldBudget(
-                cfg.shield_intervention_budget,
-                cfg.shield_budget_rate,
-                cfg.shield_budget_min,
-                cfg.shield_budget_max,
+                cfg.shield.intervention_budget,
+                cfg.shield.budget_rate,
+                cfg.shield.budget_min,
+                cfg.shield.budget_max,
             )
         )
         self.updates = 0

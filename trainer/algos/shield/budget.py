@@ -3,11 +3,9 @@
 The budget caps the fraction of recent online proposals the shield may replace
 (:func:`reachsafe.trainer.algos.shield.calibration.apply_intervention_budget`). A fixed cap keeps the shield as
 strict at the end of fine-tuning as at the start, although by then the policy may be safe on its
-own: measured on SafeGoal1's unseen split, the fine-tuned policy without the shield kept the cost
-within the limit on every seed (5.7 per episode against d = 10) while the shield, at a fixed 10%
-budget, replaced 16–22% of its greedy steps and cost it 1.8 of its 4.6 return. So after every
-finished episode the budget moves like a multiplier on the recent mean episode cost J_c (the λ
-controller's window) against the limit d:
+own (docs/results/online-defaults.md). So after every finished episode the budget moves like a
+multiplier on the recent mean episode cost J_c (the λ controller's window) against the limit d
+(docs/method.md §11):
 
     budget ← clip(budget · exp(rate · (J_c − d) / max(d, 1)), budget_min, budget_max)
 

@@ -7,7 +7,7 @@ dataset step is labelled *safe* when it and the next K steps of its episode cost
 interventions on safe in-sample actions at or below a set fraction (an order statistic of Q_h on
 safe steps), never below a floor (0 by default). The report says what fraction of cost-leading
 steps the shield would still catch. One implementation serves the offline export and the daemon
-(which recalibrates on its current Q_h for every bundle it ships, see :mod:`reachsafe.trainer.algos.online.learner`).
+(which recalibrates on its current Q_h for every bundle it ships, see :func:`reachsafe.trainer.runs.start.shield_for_ship`).
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def apply_intervention_budget(
 
     Why: Q_h keeps learning online on frames the offline data never showed (the unseen split
     repaints the scene), and its values there drift above those on the offline data the threshold
-    is calibrated on; measured on SafeGoal1, the offline-calibrated shield then replaced up to 51–92%
-    of the steps of single training episodes, mostly with brake or turn-in-place. Safety labels cannot fix
+    is calibrated on, so the offline-calibrated shield can replace most of the robot's proposals
+    (docs/results/online-defaults.md measures how many). Safety labels cannot fix
     this online: a replaced proposal was never executed, so its outcome is unknown. The threshold is
     only ever raised (the offline calibration stays the floor); the section records both values.
     """
@@ -204,7 +204,7 @@ def apply_intervention_budget(
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How the threshold is chosen: the ``shield_*`` fields (and ``seed``) of :class:`OfflineConfig`."""
+    """How the threshold is chosen: ``OfflineConfig.shield`` (and ``seed``)."""
 
     method: CalibrationMethod
     max_safe_intervention: float
@@ -217,19 +217,19 @@ class CalibrationSettings:
     @classmethod
     def of(cls, cfg: OfflineConfig) -> CalibrationSettings:
         return cls(
-            method=cfg.shield_calibration,
-            max_safe_intervention=cfg.shield_max_safe_intervention,
-            floor=cfg.shield_threshold_floor,
-            fixed_threshold=cfg.shield_threshold,
-            cost_horizon=cfg.shield_cost_horizon,
-            samples=cfg.shield_calibration_samples,
+            method=cfg.shield.calibration,
+            max_safe_intervention=cfg.shield.max_safe_intervention,
+            floor=cfg.shield.threshold_floor,
+            fixed_threshold=cfg.shield.threshold,
+            cost_horizon=cfg.shield.cost_horizon,
+            samples=cfg.shield.calibration_samples,
             seed=cfg.seed,
         )
 
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> CalibrationSettings:
         """An offline checkpoint's settings; fields it lacks (older runs) take OfflineConfig's defaults."""
-        return cls.of(offline_config_from_checkpoint(ckpt, lambda k: k.startswith("shield_") or k == "seed"))
+        return cls.of(offline_config_from_checkpoint(ckpt))
 
 
 def calibrate_shield(
