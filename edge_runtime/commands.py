@@ -8,10 +8,13 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from reachsafe.edge_runtime.bundles import BundleRejected, BundleStore
 from reachsafe.edge_runtime.config import EdgeConfig
+from reachsafe.edge_runtime.doctor import CHECKS, DEFAULT_ROBOT_CONFIG, format_table, run_doctor
+from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
 from reachsafe.edge_runtime.runtime import STATUS_FILE, EdgeRuntime
 from reachsafe.edge_runtime.spool import SpoolError
 from reachsafe.hardware.errors import HardwareError
@@ -88,12 +91,65 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_doctor(verbs: argparse._SubParsersAction) -> None:
-    """`doctor` lives in edge_runtime/doctor.py (the hardware engineer's robot checks)."""
-    from reachsafe.edge_runtime.doctor import add_doctor_arguments, doctor_main
-
+    """`doctor`: the checks live in edge_runtime/doctor.py (`run_doctor(config, only)`)."""
     doctor = verbs.add_parser("doctor", help="check this robot: hardware, providers, keys, trainer link")
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=doctor_main)
+
+
+def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--robot-config", type=Path, help=f"the robot's YAML (default: {DEFAULT_ROBOT_CONFIG} if it exists)"
+    )
+    parser.add_argument(
+        "--hardware", help="override the devices: sim:tcp://HOST:PORT[/robot_id] or a robot YAML"
+    )
+    parser.add_argument("--trainer", help="override trainer.address")
+    parser.add_argument("--keys", type=Path, help="override keys_dir")
+    parser.add_argument("--bundle", type=Path, help="override bundle_dir")
+    parser.add_argument("--state-dir", type=Path, help="override edge.state_dir (installed bundles, spool)")
+    parser.add_argument("--only", help=f"comma-separated checks to run, from {','.join(CHECKS)}")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _config_from_args(args: argparse.Namespace) -> RobotConfig:
+    path = args.robot_config
+    if path is None and DEFAULT_ROBOT_CONFIG.is_file():
+        path = DEFAULT_ROBOT_CONFIG
+    cfg = load_robot_config(path) if path is not None else RobotConfig()
+    if args.hardware:
+        from reachsafe.hardware.factory import hardware_config
+
+        cfg = cfg.replace(hardware=hardware_config(args.hardware))
+    if args.trainer:
+        cfg = cfg.replace(trainer=cfg.trainer.replace(address=args.trainer))
+    if args.keys:
+        cfg = cfg.replace(keys_dir=args.keys)
+    if args.bundle:
+        cfg = cfg.replace(bundle_dir=args.bundle)
+    if args.state_dir:
+        cfg = cfg.replace(edge=cfg.edge.replace(state_dir=args.state_dir))
+    return cfg
+
+
+def doctor_main(args: argparse.Namespace) -> int:
+    try:
+        cfg = _config_from_args(args)
+    except (ConfigError, ValueError) as e:
+        print(f"reachsafe edge doctor: {e}")
+        return 2
+    only = [c.strip() for c in args.only.split(",")] if args.only else None
+    unknown = sorted(set(only or ()) - set(CHECKS))
+    if unknown:
+        print(f"reachsafe edge doctor: unknown check(s) {unknown}; choose from {list(CHECKS)}")
+        return 2
+    results = run_doctor(cfg, only)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        print(f"reachsafe doctor: robot {cfg.robot_id}, trainer {cfg.trainer.address}")
+        print(format_table(results))
+    return 1 if any(r.status == "fail" for r in results) else 0
 
 
 def _load_edge_config(args: argparse.Namespace) -> EdgeConfig:

@@ -2,28 +2,25 @@
 
 Each check returns a `CheckResult` (pass / warn / fail / skip) with what was seen and, when it
 is not a pass, what to do. The checks never move the robot: the drive check only performs the
-handshake and a brake command. `run_doctor(config)` returns the results; `doctor_main(args)`
-prints them as a table and exits 1 if any check failed.
+handshake and a brake command. `run_doctor(config)` returns the results; the `doctor` verb
+(edge_runtime/commands.py) prints them as a table and exits 1 if any check failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import logging
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config, verify_bundle
-from reachsafe.protocol.config import ConfigError
+from reachsafe.edge_runtime.robot_config import RobotConfig, verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -294,58 +291,3 @@ def format_table(results: Sequence[CheckResult]) -> str:
     warned = sum(r.status == "warn" for r in results)
     lines.append(f"{len(results) - failed - warned} passed, {warned} warning(s), {failed} failed")
     return "\n".join(lines)
-
-
-def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--robot-config", type=Path, help=f"the robot's YAML (default: {DEFAULT_ROBOT_CONFIG} if it exists)"
-    )
-    parser.add_argument(
-        "--hardware", help="override the devices: sim:tcp://HOST:PORT[/robot_id] or a robot YAML"
-    )
-    parser.add_argument("--trainer", help="override trainer.address")
-    parser.add_argument("--keys", type=Path, help="override keys_dir")
-    parser.add_argument("--bundle", type=Path, help="override bundle_dir")
-    parser.add_argument("--state-dir", type=Path, help="override edge.state_dir (installed bundles, spool)")
-    parser.add_argument("--only", help=f"comma-separated checks to run, from {','.join(CHECKS)}")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
-def _config_from_args(args: argparse.Namespace) -> RobotConfig:
-    path = args.robot_config
-    if path is None and DEFAULT_ROBOT_CONFIG.is_file():
-        path = DEFAULT_ROBOT_CONFIG
-    cfg = load_robot_config(path) if path is not None else RobotConfig()
-    if args.hardware:
-        from reachsafe.hardware.factory import hardware_config
-
-        cfg = cfg.replace(hardware=hardware_config(args.hardware))
-    if args.trainer:
-        cfg = cfg.replace(trainer=cfg.trainer.replace(address=args.trainer))
-    if args.keys:
-        cfg = cfg.replace(keys_dir=args.keys)
-    if args.bundle:
-        cfg = cfg.replace(bundle_dir=args.bundle)
-    if args.state_dir:
-        cfg = cfg.replace(edge=cfg.edge.replace(state_dir=args.state_dir))
-    return cfg
-
-
-def doctor_main(args: argparse.Namespace) -> int:
-    try:
-        cfg = _config_from_args(args)
-    except (ConfigError, ValueError) as e:
-        print(f"reachsafe edge doctor: {e}")
-        return 2
-    only = [c.strip() for c in args.only.split(",")] if args.only else None
-    unknown = sorted(set(only or ()) - set(CHECKS))
-    if unknown:
-        print(f"reachsafe edge doctor: unknown check(s) {unknown}; choose from {list(CHECKS)}")
-        return 2
-    results = run_doctor(cfg, only)
-    if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
-    else:
-        print(f"reachsafe doctor: robot {cfg.robot_id}, trainer {cfg.trainer.address}")
-        print(format_table(results))
-    return 1 if any(r.status == "fail" for r in results) else 0

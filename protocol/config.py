@@ -52,26 +52,19 @@ class Bounds:
         )
 
     def __str__(self) -> str:
-        low = (
-            (self.ge, "[", "≥")
-            if self.ge is not None
-            else (self.gt, "(", ">")
-            if self.gt is not None
-            else None
-        )
-        high = (
-            (self.le, "]", "≤")
-            if self.le is not None
-            else (self.lt, ")", "<")
-            if self.lt is not None
-            else None
-        )
+        low = _side((self.ge, "[", "≥"), (self.gt, "(", ">"))
+        high = _side((self.le, "]", "≤"), (self.lt, ")", "<"))
         if low and high:
             return f"in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
         if low or high:
             value, _, sign = low or high
             return f"{sign} {value:g}"
         return "finite"
+
+
+def _side(inclusive: tuple, strict: tuple) -> tuple | None:
+    """(value, bracket, sign) of the bound that is set on one side, inclusive first."""
+    return inclusive if inclusive[0] is not None else strict if strict[0] is not None else None
 
 
 def option(

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from conftest import free_tcp_port, fresh_run, poll_until, start_daemon
-from test_edge_support import FakeCamera, FakeDrive, FakeSignals
 
 from reachsafe.edge_runtime.config import EdgeConfig
 from reachsafe.edge_runtime.runtime import EdgeRuntime
 from reachsafe.hardware.factory import Robot
+from tests.fixtures.edge_support import FakeCamera, FakeDrive, FakeSignals
 
 OBS = (16, 16, 3)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import free_tcp_port, poll_until
-from test_edge_support import make_test_bundle
 
 from reachsafe.cli import main
 from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
 from reachsafe.protocol.keys import generate_keys, load_signing_key
+from tests.fixtures.edge_support import make_test_bundle
 
 
 def robot_yaml(tmp_path, **sections) -> Path:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import numpy as np
-from test_edge_support import FakeCamera, FakeDrive, FakeSignals, make_agent_onnx
 
 from reachsafe.edge_runtime.config import EdgeConfig
 from reachsafe.edge_runtime.inference import AgentSession, SessionOptions
@@ -15,6 +14,7 @@ from reachsafe.edge_runtime.metrics import Metrics
 from reachsafe.edge_runtime.steps import Step, to_columns
 from reachsafe.hardware.factory import Robot
 from reachsafe.protocol.constants import POLICY_FALLBACK, validate_step_columns
+from tests.fixtures.edge_support import FakeCamera, FakeDrive, FakeSignals, make_agent_onnx
 
 CPU = SessionOptions(providers=("cpu",), warmup_runs=1)
 

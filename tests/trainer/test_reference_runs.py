@@ -8,7 +8,7 @@ import numpy as np
 
 from tests.fixtures.reference_runs import reference_runs
 
-REFERENCE = Path(__file__).parent / "fixtures" / "reference_checkpoints.npz"
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference_checkpoints.npz"
 
 
 def test_short_offline_and_online_runs_give_the_reference_tensors(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import signal
 from pathlib import Path
 
 from conftest import free_tcp_port, poll_until
-from test_edge_support import StubTrainer, make_test_bundle
 
 from reachsafe.protocol.keys import generate_keys, load_signing_key
+from tests.fixtures.edge_support import StubTrainer, make_test_bundle
 
 
 def _edge_args(tmp_path: Path, bundle: Path, trainer: StubTrainer, sim_port: int, *extra: str) -> list[str]:

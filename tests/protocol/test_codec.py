@@ -383,7 +383,7 @@ def test_constructing_invalid_message_fails_early():
         codec.encode({"v": 1, "type": "ack"})
 
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def _hex_dumps(text: str) -> list[bytes]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_edge_support import make_agent_onnx
 
 from reachsafe.edge_runtime.inference import (
     AgentOutput,
@@ -20,6 +19,7 @@ from reachsafe.edge_runtime.inference import (
 from reachsafe.edge_runtime.select import select, selection_probabilities
 from reachsafe.edge_runtime.shield import shield
 from reachsafe.protocol.constants import POLICY_OFFLINE, POLICY_ONLINE
+from tests.fixtures.edge_support import make_agent_onnx
 
 CPU = SessionOptions(providers=("cpu",), warmup_runs=1)
 

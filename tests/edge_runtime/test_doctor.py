@@ -9,11 +9,11 @@ import sys
 
 import pytest
 from conftest import REPO, free_tcp_port, poll_until
-from test_edge_support import make_test_bundle
 
 from reachsafe.edge_runtime.doctor import CHECKS, format_table, run_doctor
 from reachsafe.edge_runtime.robot_config import RobotConfig
 from reachsafe.protocol.keys import generate_keys, load_signing_key
+from tests.fixtures.edge_support import make_test_bundle
 
 
 @pytest.fixture

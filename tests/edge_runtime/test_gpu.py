@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_edge_support import make_agent_onnx
 
 from reachsafe.edge_runtime.inference import AgentSession, SessionOptions, engine_cache_key
+from tests.fixtures.edge_support import make_agent_onnx
 
 pytestmark = pytest.mark.gpu
 INSTALLED = set(ort.get_available_providers())

@@ -1,5 +1,5 @@
 """The ``reachsafe`` dispatcher: every part loads, every verb has help, and the README's CLI
-reference is generated from the real parsers (``python tests/test_cli.py --write`` refreshes it)."""
+reference is generated from the real parsers (``python tests/reachsafe/test_cli.py --write`` refreshes it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- CLI-REFERENCE:BEGIN -->", "<!-- CLI-REFERENCE:END -->"
 
 
@@ -64,7 +64,7 @@ def _readme_block() -> str:
 
 def test_readme_cli_reference_matches_the_parsers() -> None:
     assert _readme_block() == cli_reference().strip(), (
-        "README.md's CLI reference is stale: run `.venv/bin/python tests/test_cli.py --write`"
+        "README.md's CLI reference is stale: run `.venv/bin/python tests/reachsafe/test_cli.py --write`"
     )
 
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_edge_support import FakeCamera, FakeDrive, FakeSignals, make_test_bundle
 
 from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
 from reachsafe.edge_runtime.config import EdgeConfig, RollbackConfig
@@ -31,6 +30,7 @@ from reachsafe.trainer.algos.online.config import ExpansionConfig
 from reachsafe.trainer.export.onnx import build_bundle
 from reachsafe.trainer.models.networks import Agent, AgentSpec, save_checkpoint
 from reachsafe.trainer.runs.run_dir import RunDir
+from tests.fixtures.edge_support import FakeCamera, FakeDrive, FakeSignals, make_test_bundle
 
 FILLED = ("format", "protocol_version", "created", "files", "signer")
 

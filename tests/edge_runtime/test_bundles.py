@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import poll_until
-from test_edge_support import make_test_bundle
 
 from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
 from reachsafe.edge_runtime.config import RollbackConfig
@@ -14,6 +13,7 @@ from reachsafe.edge_runtime.metrics import Metrics
 from reachsafe.edge_runtime.steps import Step
 from reachsafe.protocol.bundle import load_bundle
 from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
+from tests.fixtures.edge_support import make_test_bundle
 
 
 def _step(version: int, shielded: bool, cost: float = 0.0) -> Step:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from conftest import free_tcp_port, poll_until
-from test_edge_support import FakeCamera, FakeDrive, FakeSignals, StubTrainer, make_test_bundle
 
 from reachsafe.edge_runtime.config import EdgeConfig, RollbackConfig
 from reachsafe.edge_runtime.runtime import EdgeRuntime
@@ -18,6 +17,7 @@ from reachsafe.hardware.factory import Robot
 from reachsafe.protocol.bundle import load_bundle
 from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
 from reachsafe.protocol.messages import BundleMessage
+from tests.fixtures.edge_support import FakeCamera, FakeDrive, FakeSignals, StubTrainer, make_test_bundle
 
 
 @pytest.fixture

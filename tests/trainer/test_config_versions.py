@@ -13,7 +13,7 @@ from reachsafe.protocol.config import ConfigError, add_config_arguments, load_co
 from reachsafe.trainer.algos.offline.config import OfflineConfig, offline_config_from_checkpoint
 from reachsafe.trainer.algos.online.config import OnlineConfig
 
-V1 = Path(__file__).parent / "fixtures" / "configs_v1"  # written by the code before the nesting
+V1 = Path(__file__).parents[1] / "fixtures" / "configs_v1"  # written by the code before the nesting
 
 
 def _at(cfg: Any, dotted: str) -> Any:
