@@ -22,6 +22,7 @@ BENCHMARKS = {
     "sim": "bench.sim_bench",
     "edge": "bench.edge_bench",
     "transport": "bench.transport_bench",
+    "learner": "bench.learner_bench",
 }
 #: learning experiments, run only when named (``python -m bench.run_all offline``): over an hour on 2 cores
 LONG_BENCHMARKS = {

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from reachsafe.protocol.codec import decode, encode
-from reachsafe.protocol.messages import Ack, Steps
+from reachsafe.protocol.messages import Ack, Hello, Steps
 from reachsafe.protocol.sockets import client_socket, server_socket
 from tests.fixtures.step_batches import synthetic_columns
 
@@ -46,6 +46,14 @@ def encoded_batches(robot: str, n_batches: int, batch_steps: int) -> list[bytes]
                      columns=synthetic_columns(batch_steps, i * batch_steps)))
         for i in range(n_batches)
     ]  # fmt: skip
+
+
+def hello_frame(first_batch: bytes) -> bytes:
+    """The `hello` a robot sends before the steps of ``first_batch``'s stream (ingest refuses steps without one)."""
+    steps = decode(first_batch)
+    assert isinstance(steps, Steps)
+    return encode(Hello(robot_id=steps.robot_id, stream_id=steps.stream_id, runtime_version="bench",
+                        bundle_version=-1, obs_shape=OBS_SHAPE, action_dim=ACTION_DIM, resume_seq=0))  # fmt: skip
 
 
 def ceiling(frames: list[list[bytes]]) -> float:
@@ -96,6 +104,7 @@ def ingest(frames: list[list[bytes]], store_dir: Path, window: int, sync: bool =
 
     def robot(batch: list[bytes]) -> None:
         sock = client_socket(ctx, zmq.DEALER, endpoint)
+        sock.send(hello_frame(batch[0]))
         start.wait()
         sent, acked = 0, -1
         while acked < len(batch) - 1:

@@ -14,11 +14,11 @@ from pathlib import Path
 from reachsafe.edge_runtime.bundles import BundleRejected, BundleStore
 from reachsafe.edge_runtime.config import EdgeConfig
 from reachsafe.edge_runtime.doctor import CHECKS, DEFAULT_ROBOT_CONFIG, format_table, run_doctor
-from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
+from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config, one_robot_id
 from reachsafe.edge_runtime.runtime import STATUS_FILE, EdgeRuntime
 from reachsafe.edge_runtime.spool import SpoolError
 from reachsafe.hardware.errors import HardwareError
-from reachsafe.hardware.factory import make_robot
+from reachsafe.hardware.factory import SIM_URI_FORM, hardware_config, make_robot
 from reachsafe.protocol.bundle import load_bundle
 from reachsafe.protocol.config import ConfigError, add_config_arguments, load_config
 from reachsafe.protocol.errors import BundleError, KeyFileError
@@ -43,7 +43,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--trainer", required=True, help="trainer endpoint, e.g. tcp://127.0.0.1:5555")
     run.add_argument(
-        "--hardware", required=True, help="sim:tcp://HOST:PORT[/robot_id] or a robot config YAML"
+        "--hardware",
+        required=True,
+        help=f"{SIM_URI_FORM} or a robot config YAML; its robot id is the one the trainer sees",
     )
     run.add_argument("--rate", type=float, help="control rate in Hz (same as --rate-hz)")
     run.add_argument(
@@ -102,7 +104,7 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
         "--robot-config", type=Path, help=f"the robot's YAML (default: {DEFAULT_ROBOT_CONFIG} if it exists)"
     )
     parser.add_argument(
-        "--hardware", help="override the devices: sim:tcp://HOST:PORT[/robot_id] or a robot YAML"
+        "--hardware", help=f"override the devices (and the robot id): {SIM_URI_FORM} or a robot YAML"
     )
     parser.add_argument("--trainer", help="override trainer.address")
     parser.add_argument("--keys", type=Path, help="override keys_dir")
@@ -117,10 +119,9 @@ def _config_from_args(args: argparse.Namespace) -> RobotConfig:
     if path is None and DEFAULT_ROBOT_CONFIG.is_file():
         path = DEFAULT_ROBOT_CONFIG
     cfg = load_robot_config(path) if path is not None else RobotConfig()
-    if args.hardware:
-        from reachsafe.hardware.factory import hardware_config
-
-        cfg = cfg.replace(hardware=hardware_config(args.hardware))
+    if args.hardware:  # the devices, and with them the robot's name
+        hardware = hardware_config(args.hardware)
+        cfg = cfg.replace(hardware=hardware, edge=cfg.edge.replace(robot_id=hardware.robot_id))
     if args.trainer:
         cfg = cfg.replace(trainer=cfg.trainer.replace(address=args.trainer))
     if args.keys:
@@ -163,8 +164,9 @@ def _load_edge_config(args: argparse.Namespace) -> EdgeConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        cfg = _load_edge_config(args)
-    except ConfigError as exc:
+        hardware = hardware_config(args.hardware)
+        cfg = one_robot_id(_load_edge_config(args), hardware, given=args.cfg__robot_id)
+    except (ConfigError, ValueError) as exc:
         print(f"reachsafe edge run: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -172,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signals = stop_on_signals(stop.set, "stopping (brake, flush the spool, close)", second_interrupts=True)
     try:
         with signals:
-            runtime = EdgeRuntime(cfg, make_robot(args.hardware), args.trainer, args.keys, args.bundle)
+            runtime = EdgeRuntime(cfg, make_robot(hardware), args.trainer, args.keys, args.bundle)
             summary = runtime.run(stop, max_episodes=args.max_episodes, duration=args.duration)
     except (BundleError, BundleRejected, HardwareError, SpoolError, KeyFileError, ValueError) as exc:
         print(f"reachsafe edge run: cannot start: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from reachsafe.protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from reachsafe.protocol.config import Config, ConfigError, option
+from reachsafe.protocol.constants import MAX_ID_CHARS, is_valid_id
 
 
 @dataclass
@@ -114,6 +115,8 @@ class EdgeConfig(Config):
         return self.spool_dir if self.spool_dir is not None else self.state_dir / "spool"
 
     def validate(self) -> None:
+        if not is_valid_id(self.robot_id):
+            raise ConfigError(f"robot_id {self.robot_id!r} must be 1 to {MAX_ID_CHARS} printable characters")
         if self.rate_hz <= 0:
             raise ConfigError(f"rate_hz must be > 0, got {self.rate_hz}")
         if (

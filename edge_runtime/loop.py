@@ -7,6 +7,9 @@ A stale frame, an inference failure (NaN/inf included), a drive error, a held em
 missed deadlines brakes the robot (Simplex fallback) and is counted under `edge/brakes/<reason>`. A
 separate watchdog thread brakes the drive when no tick completes for `watchdog_periods` periods.
 Brake ticks are recorded too (policy = fallback), so rewards, costs and episode ends are never lost.
+A declared reset (a simulator between episodes: `Frame.resetting` / `Signals.resetting`) brakes
+too, but a reset tick whose signals carry nothing is not a step of any episode and is not recorded
+(counted under `edge/reset_ticks`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from reachsafe.protocol.constants import POLICY_FALLBACK
 log = logging.getLogger(__name__)
 
 LOG_INTERVAL = 1.0  # seconds between log lines for the same repeated fault
+#: Brakes that are part of normal operation: logged at INFO, not as a fault.
+ROUTINE_BRAKES = ("resetting", "shutdown")
 
 
 class Clock(Protocol):
@@ -169,30 +174,40 @@ class ControlLoop:
         finally:
             self.metrics.timing(f"edge/stage/{name}_ms", (self.clock.now() - t0) * 1e3)
 
-    def _warn_limited(self, key: str, msg: str, *args: object) -> None:
-        """A warning at most once per LOG_INTERVAL per key: a fault held for minutes must not flood the
+    def _log_limited(self, level: int, key: str, msg: str, *args: object) -> None:
+        """A log line at most once per LOG_INTERVAL per key: a fault held for minutes must not flood the
         log from the control thread (the counters keep every occurrence)."""
         now = self.clock.now()
         if now - self._last_logged.get(key, -math.inf) >= LOG_INTERVAL:
             self._last_logged[key] = now
-            log.warning(msg, *args)
+            log.log(level, msg, *args)
 
-    def brake(self, reason: str, detail: object = "") -> None:
-        """Stop the drive now and count why (never raises: braking is the last resort)."""
+    def brake(self, reason: str, detail: object = "", failure_level: int = logging.ERROR) -> Exception | None:
+        """Stop the drive now and count why. Never raises (braking is the last resort): a drive that
+        does not take the brake is counted, logged at `failure_level` and its error returned."""
         self.metrics.count(f"edge/brakes/{reason}")
         total = int(self.metrics.counter(f"edge/brakes/{reason}"))
-        self._warn_limited(
-            f"brake/{reason}", "brake (%s, %d so far)%s", reason, total, f": {detail}" if detail else ""
+        level = logging.INFO if reason in ROUTINE_BRAKES else logging.WARNING
+        self._log_limited(
+            level,
+            f"brake/{reason}",
+            "brake (%s, %d so far)%s",
+            reason,
+            total,
+            f": {detail}" if detail else "",
         )
         try:
             with self.drive_lock:
                 self.robot.drive.stop()
-        except Exception as exc:  # a failed brake must not kill the loop; it is logged loudly
+        except Exception as exc:  # a failed brake must not kill the loop
             self.metrics.count("edge/errors/brake_failed")
-            log.error("braking failed: %s", exc)
+            log.log(failure_level, "the drive did not take the brake (%s): %s", reason, exc)
+            return exc
+        return None
 
     def tick(self) -> Step | None:
-        """One control step; returns the recorded step (None if the signals could not be read)."""
+        """One control step; returns the recorded step (None if the signals could not be read, or
+        if this was a declared reset tick whose signals carry nothing)."""
         t_start = self.clock.now()
         policy = self.policies.at_tick_boundary()
         image, t_obs, fault = self._read_camera(t_start)
@@ -219,7 +234,9 @@ class ControlLoop:
             t_act = self.clock.now()
         sig = self._read_signals(braked=fault is not None)
         step = None
-        if sig is not None:
+        if sig is not None and self._reset_tick(fault, sig):
+            self.metrics.count("edge/reset_ticks")
+        elif sig is not None:
             step = Step(
                 obs=image,
                 action=decision.action,
@@ -253,8 +270,15 @@ class ControlLoop:
                 return self._last_image, now, _Fault("stale_frame", exc)
             except HardwareError as exc:
                 return self._last_image, now, _Fault("camera_error", exc)
+        if frame.resetting:
+            return self._last_image, now, _Fault("resetting", "the task is resetting the episode")
         self._last_image = frame.image
         return frame.image, frame.t, None
+
+    def _reset_tick(self, fault: _Fault | None, sig: Signals) -> bool:
+        """A tick inside a declared reset whose signals carry nothing: not a step of any episode."""
+        in_reset = sig.resetting or (fault is not None and fault.reason == "resetting")
+        return in_reset and sig.empty
 
     def _decide(self, policy: ActivePolicy, image: np.ndarray) -> tuple[_Decision, _Fault | None]:
         """Inference → policy expansion → shield."""
@@ -292,9 +316,10 @@ class ControlLoop:
             except HardwareError as exc:
                 self._signals_fail_streak += 1
                 self.metrics.count("edge/errors/signals")
-                self._warn_limited(
-                    "signals", "could not read task signals (%s, %d so far); they carry over to the next read",
-                    exc, int(self.metrics.counter("edge/errors/signals")),
+                self._log_limited(
+                    logging.WARNING, "signals",
+                    "could not read task signals (%s, %d so far); this tick is not recorded and the next "
+                    "read returns what this one missed", exc, int(self.metrics.counter("edge/errors/signals")),
                 )  # fmt: skip
                 return None
         if self._signals_fail_streak >= self.cfg.signals_streak:

@@ -17,7 +17,8 @@ bundle_dir: bundle
 ```
 
 Relative paths are resolved against the file's directory by `load_robot_config`. The robot id
-is `hardware.robot_id`; `edge.robot_id` follows it (setting it to something else is an error).
+is `hardware.robot_id`; `edge.robot_id` follows it (setting it to something else is an error,
+`one_robot_id`, which `reachsafe edge run --hardware sim:…/NAME` applies too).
 `make_robot(cfg)` builds the devices; `reachsafe flash` packages the file for the robot.
 """
 
@@ -67,13 +68,7 @@ class RobotConfig(Config):
         return self.hardware.robot_id
 
     def validate(self) -> None:
-        default_id = EdgeConfig().robot_id
-        if self.edge.robot_id not in (default_id, self.hardware.robot_id):
-            raise ConfigError(
-                f"edge.robot_id {self.edge.robot_id!r} differs from hardware.robot_id {self.hardware.robot_id!r}; "
-                "set the id once, under hardware:"
-            )
-        self.edge = self.edge.replace(robot_id=self.hardware.robot_id)
+        self.edge = one_robot_id(self.edge, self.hardware)
         if self.hardware.camera.fps < self.edge.rate_hz:
             raise ConfigError(
                 f"camera.fps ({self.hardware.camera.fps}) is below edge.rate_hz ({self.edge.rate_hz}): "
@@ -93,6 +88,21 @@ class RobotConfig(Config):
                 f"drive.controller_timeout_ms ({self.hardware.drive.controller_timeout_ms}) must be at least two "
                 f"control periods ({2 * needs_ms:.0f} ms at {self.edge.rate_hz} Hz), or the motors stutter"
             )
+
+
+def one_robot_id(edge: EdgeConfig, hardware: HardwareConfig, given: str | None = None) -> EdgeConfig:
+    """`edge` with the hardware's robot id, so the sim server (or referee) and the trainer know the
+    robot by one name. `given`: an id passed explicitly for the runtime (`--robot-id`); it, or an
+    `edge.robot_id` other than the default, naming another robot is a ConfigError."""
+    default_id = EdgeConfig().robot_id
+    named = given if given is not None else edge.robot_id if edge.robot_id != default_id else None
+    if named is not None and named != hardware.robot_id:
+        raise ConfigError(
+            f"the runtime's robot id {named!r} (--robot-id / edge.robot_id) differs from the hardware's "
+            f"{hardware.robot_id!r} (the NAME of sim:tcp://HOST:PORT/NAME, robot0 when the URI names none, "
+            "or hardware.robot_id); set the id once, in the hardware"
+        )
+    return edge.replace(robot_id=hardware.robot_id)
 
 
 def load_robot_config(path: str | Path) -> RobotConfig:

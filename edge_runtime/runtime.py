@@ -3,7 +3,9 @@
 `EdgeRuntime(cfg, robot, trainer_endpoint, keys_dir, bundle_dir).run(stop, ...)` returns the
 run summary. Shutdown order (also on SIGINT/SIGTERM, which only set `stop`): the loop finishes
 its tick → brake → spool what is queued and wait (bounded) for ACKs → close the socket, the
-bundle worker and the hardware.
+bundle worker and the hardware. A drive that does not take the brake at exit (a server gone or
+busy) is a warning in the log and in the summary's `shutdown_warnings`, not a failed run: every
+step is spooled by then, and the drive's own command timeout stops the motors.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from reachsafe import __version__
 from reachsafe.edge_runtime.bundles import BundleManager, BundleStore
@@ -69,66 +72,90 @@ class EdgeRuntime:
     def run(
         self, stop: threading.Event, max_episodes: int | None = None, duration: float | None = None
     ) -> dict[str, Any]:
-        cfg = self.cfg
         trusted = load_trusted_keys(self.keys_dir) if self.keys_dir is not None else []
         if not trusted:
             log.warning("no trusted bundle keys (--keys DIR with signing.pub): every bundle will be rejected")
         self.robot.connect()
+        shutdown_warnings: list[str] = []
         try:
-            obs_shape = tuple(int(d) for d in self.robot.camera.features["image_shape"])
-            action_dim = int(self.robot.drive.features["action_dim"])
-            store = BundleStore(self.state_dir / "bundles", trusted)
-            bundles = BundleManager(
-                store,
-                obs_shape,  # type: ignore[arg-type]
-                action_dim,
-                cfg.robot_id,
-                SessionOptions.from_config(cfg),
-                cfg.rollback,
-                self.metrics,
-            )
-            bundles.load_initial(self.bundle_dir)
-            spool = Spool(cfg.spool_path, cfg.spool_max_bytes, cfg.spool_segment_bytes, cfg.spool_fsync)
-            uplink = Uplink(
-                cfg,
-                spool,
-                self.trainer_endpoint,
-                RobotSpec(cfg.robot_id, __version__, obs_shape, action_dim),  # type: ignore[arg-type]
-                self.metrics,
-                bundle_version=lambda: bundles.active.version if bundles.active else -1,
-                on_bundle=bundles.submit,
-                curve=curve_from_keys(self.keys_dir),
-                device_metrics=self.robot.metrics,
-            )
-            bundles.report = uplink.send
-            loop = ControlLoop(self.robot, bundles, uplink, cfg, self.metrics, rng=np.random.default_rng())
-            reporter = Reporter(self, loop, bundles, uplink)
-            bundles.start()
-            uplink.start()
-            watchdog = Watchdog(loop, cfg.watchdog_periods).start()
-            reporter.start()
-            log.info(
-                "edge runtime %s: robot %s at %.0f Hz (%s mode), trainer %s, spool %s",
-                __version__,
-                cfg.robot_id,
-                cfg.rate_hz,
-                cfg.mode,
-                self.trainer_endpoint,
-                spool.dir,
-            )
-            try:
-                loop.run(stop, max_episodes=max_episodes, duration=duration)
-            finally:
-                watchdog.stop()
-                loop.brake("shutdown")
-                drained = uplink.close(cfg.drain_timeout)
-                bundles.stop()
-                reporter.stop()
-            summary = reporter.summary(drained)
-            write_json_atomically(self.state_dir / STATUS_FILE, reporter.status(running=False))
-            return summary
+            summary = self._run_connected(stop, trusted, max_episodes, duration, shutdown_warnings)
         finally:
+            self._release_robot(shutdown_warnings)
+        return summary | {"shutdown_warnings": shutdown_warnings}
+
+    def _release_robot(self, shutdown_warnings: list[str]) -> None:
+        """Brake and disconnect every device; a failure is a warning (the run is over)."""
+        try:
             self.robot.disconnect()
+        except Exception as exc:
+            shutdown_warnings.append(f"releasing the robot at exit: {exc}")
+            log.warning(
+                "releasing the robot at exit failed: %s; its drive's own command timeout stops it", exc
+            )
+
+    def _run_connected(
+        self,
+        stop: threading.Event,
+        trusted: list[Ed25519PublicKey],
+        max_episodes: int | None,
+        duration: float | None,
+        shutdown_warnings: list[str],
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        obs_shape = tuple(int(d) for d in self.robot.camera.features["image_shape"])
+        action_dim = int(self.robot.drive.features["action_dim"])
+        store = BundleStore(self.state_dir / "bundles", trusted)
+        bundles = BundleManager(
+            store,
+            obs_shape,  # type: ignore[arg-type]
+            action_dim,
+            cfg.robot_id,
+            SessionOptions.from_config(cfg),
+            cfg.rollback,
+            self.metrics,
+        )
+        bundles.load_initial(self.bundle_dir)
+        spool = Spool(cfg.spool_path, cfg.spool_max_bytes, cfg.spool_segment_bytes, cfg.spool_fsync)
+        uplink = Uplink(
+            cfg,
+            spool,
+            self.trainer_endpoint,
+            RobotSpec(cfg.robot_id, __version__, obs_shape, action_dim),  # type: ignore[arg-type]
+            self.metrics,
+            bundle_version=lambda: bundles.active.version if bundles.active else -1,
+            on_bundle=bundles.submit,
+            curve=curve_from_keys(self.keys_dir),
+            device_metrics=self.robot.metrics,
+        )
+        bundles.report = uplink.send
+        loop = ControlLoop(self.robot, bundles, uplink, cfg, self.metrics, rng=np.random.default_rng())
+        reporter = Reporter(self, loop, bundles, uplink)
+        bundles.start()
+        uplink.start()
+        watchdog = Watchdog(loop, cfg.watchdog_periods).start()
+        reporter.start()
+        log.info(
+            "edge runtime %s: robot %s at %.0f Hz (%s mode), trainer %s, spool %s",
+            __version__,
+            cfg.robot_id,
+            cfg.rate_hz,
+            cfg.mode,
+            self.trainer_endpoint,
+            spool.dir,
+        )
+        try:
+            loop.run(stop, max_episodes=max_episodes, duration=duration)
+        finally:
+            watchdog.stop()
+            failed = loop.brake("shutdown", failure_level=logging.WARNING)
+            if failed is not None:
+                shutdown_warnings.append(f"the drive did not take the brake at exit: {failed}")
+            drained = uplink.close(cfg.drain_timeout)
+            bundles.stop()
+            reporter.stop()
+        summary = reporter.summary(drained)
+        write_json_atomically(self.state_dir / STATUS_FILE, reporter.status(running=False))
+        return summary
 
 
 class Reporter:
@@ -226,6 +253,7 @@ class Reporter:
             "interventions": int(m.get("edge/interventions", 0)),
             "brakes": {k.rsplit("/", 1)[1]: int(v) for k, v in m.items() if k.startswith("edge/brakes/")},
             "deadline_misses": int(m.get("edge/deadline_misses", 0)),
+            "reset_ticks": int(m.get("edge/reset_ticks", 0)),
             "tick_ms_p50": m.get("edge/tick_ms_p50"),
             "tick_ms_p99": m.get("edge/tick_ms_p99"),
             "inference_ms_p99": m.get("edge/stage/inference_ms_p99"),

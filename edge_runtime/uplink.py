@@ -31,7 +31,7 @@ from reachsafe.edge_runtime.metrics import Metrics
 from reachsafe.edge_runtime.spool import Spool, SpoolEntry, SpoolError
 from reachsafe.edge_runtime.steps import Step, to_columns
 from reachsafe.protocol.codec import decode, encode
-from reachsafe.protocol.errors import ProtocolError
+from reachsafe.protocol.errors import NoHelloError, ProtocolError
 from reachsafe.protocol.messages import Ack, BundleMessage, ErrorMessage, Heartbeat, Hello, Message, Steps
 from reachsafe.protocol.sockets import ClientCurve, client_socket
 
@@ -172,8 +172,8 @@ class Uplink:
                             need_hello = True
                         elif event == zmq.EVENT_DISCONNECTED:
                             log.warning("trainer %s disconnected; spooling until it is back", self.endpoint)
-                    else:
-                        self._receive(sock)
+                    elif self._receive(sock):
+                        need_hello = True  # then the unacked batches are sent again
         except Exception as exc:  # the thread must never die silently; the loop keeps the robot safe
             self.error = exc
             self.metrics.count("edge/uplink/thread_failed")
@@ -275,12 +275,14 @@ class Uplink:
             log.info("%s: re-sending %d unacked batch(es)", why, len(self._inflight))
         self._inflight.clear()
 
-    def _receive(self, sock: zmq.Socket) -> None:
+    def _receive(self, sock: zmq.Socket) -> bool:
+        """Handle every message waiting; True if the trainer asked for a HELLO (it lost ours, e.g. restarted)."""
+        hello_asked = False
         while True:
             try:
                 data = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return hello_asked
             try:
                 msg = decode(data)
             except ProtocolError as exc:
@@ -294,6 +296,7 @@ class Uplink:
             elif isinstance(msg, ErrorMessage):
                 self.metrics.count("edge/uplink/trainer_errors")
                 log.warning("trainer rejected a %s message: %s (%s)", msg.ref_type, msg.message, msg.code)
+                hello_asked = hello_asked or msg.code == NoHelloError.code
             elif isinstance(msg, Heartbeat):
                 self.metrics.gauge("edge/uplink/trainer_heartbeat", time.monotonic())
             else:

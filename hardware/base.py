@@ -29,11 +29,14 @@ class Frame:
 
     `image` is uint8 H×W×3 in RGB order; `t` is the capture time on this process's
     `time.monotonic()` clock (not the time it was read); `frame_id` increases per captured frame.
+    `resetting`: the source declares that it is resetting the episode (a simulator between
+    episodes); the runtime brakes and records no step until it ends.
     """
 
     image: np.ndarray
     t: float
     frame_id: int
+    resetting: bool = False
 
     def __post_init__(self) -> None:
         img = self.image
@@ -52,7 +55,8 @@ class Signals:
     `reward` and `cost` are summed since the previous read; `terminated` / `truncated` are true
     if an episode ended since the previous read; `episode` is the current episode counter.
     `estop` is true while an operator or referee holds the emergency stop: the runtime must
-    brake and send no other command until it clears.
+    brake and send no other command until it clears. `resetting`: the task is between episodes
+    (a simulator's reset); a read that carries nothing during it is not a step.
     """
 
     reward: float
@@ -61,6 +65,12 @@ class Signals:
     truncated: bool
     episode: int
     estop: bool = False
+    resetting: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to record: no reward, no cost, no episode end."""
+        return self.reward == 0.0 and self.cost == 0.0 and not (self.terminated or self.truncated)
 
 
 class Device(ABC):
@@ -132,10 +142,11 @@ class Camera(Device):
     """An RGB camera. Features: `image_shape` (H, W, 3), optionally `rate_hz`."""
 
     def read_latest(self, max_age: float | None = None) -> Frame:
-        """The newest frame; raises StaleFrameError if it is older than `max_age` seconds."""
+        """The newest frame; raises StaleFrameError if it is older than `max_age` seconds, unless the
+        frame is declared `resetting` (old by nature, and not to be acted on anyway)."""
         self._require_connected()
         frame = self._read_latest()
-        if max_age is not None:
+        if max_age is not None and not frame.resetting:
             age = frame.age()
             if age > max_age:
                 raise StaleFrameError(age, max_age, frame.frame_id)
@@ -178,13 +189,18 @@ class Drive(Device):
 
 
 class TaskSignals(Device):
-    """Reward, cost and episode boundaries from the task (simulator, referee, operator)."""
+    """Reward, cost and episode boundaries from the task (simulator, referee, operator).
+
+    Contract for drivers: nothing is lost. A `read()` that raises (a timeout, a lost link) returns
+    nothing, and what it would have returned is part of the next successful read.
+    """
 
     def read(self) -> Signals:
-        """Signals accumulated since the previous read."""
+        """Signals accumulated since the previous successful read."""
         self._require_connected()
         return self._read()
 
     @abstractmethod
     def _read(self) -> Signals:
-        """Return the signals accumulated since the previous read and reset the accumulators."""
+        """Return the signals accumulated since the previous successful read and reset the
+        accumulators; raise (keeping them) if they cannot be read."""

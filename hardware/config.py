@@ -15,6 +15,10 @@ from typing import Literal
 import yaml
 
 from reachsafe.protocol.config import Config, ConfigError, option
+from reachsafe.protocol.constants import MAX_ID_CHARS, is_valid_id
+
+#: How long the sim client waits for an answer by default (s); docs/protocol.md's timing contract.
+DEFAULT_SIM_TIMEOUT_S = 0.5
 
 
 @dataclass
@@ -22,10 +26,28 @@ class SimLinkConfig(Config):
     endpoint: str = option(
         "tcp://127.0.0.1:5600", "Address of `reachsafe sim serve` for the `sim` backends (tcp://HOST:PORT)."
     )
+    timeout_s: float = option(
+        DEFAULT_SIM_TIMEOUT_S,
+        "Seconds to wait for the sim server's answer to one request before the device reports a timeout "
+        "(the control loop brakes; a missed signal read loses nothing, the next read returns it). Longer "
+        "than a control period stalls the tick that long.",
+        ge=0.01,
+        le=10.0,
+    )
+    curve_secret_key: str = option(
+        "",
+        "This robot's CURVE key pair file (robot.key_secret) for the sim link; empty = plain (loopback only).",
+    )
+    curve_server_key: str = option(
+        "",
+        "The sim server's CURVE public key file (trainer.key: `sim serve --keys` uses trainer.key_secret).",
+    )
 
     def validate(self) -> None:
         if not self.endpoint.startswith("tcp://"):
             raise ConfigError(f"sim.endpoint {self.endpoint!r} must look like tcp://HOST:PORT")
+        if bool(self.curve_secret_key) != bool(self.curve_server_key):
+            raise ConfigError("set both sim.curve_secret_key and sim.curve_server_key, or neither")
 
 
 @dataclass
@@ -142,8 +164,10 @@ class HardwareConfig(Config):
     signals: SignalsConfig = option(default_factory=SignalsConfig, help="Task signals (reward, cost, done).")
 
     def validate(self) -> None:
-        if not self.robot_id or "/" in self.robot_id:
-            raise ConfigError(f"robot_id {self.robot_id!r} must be non-empty and contain no '/'")
+        if not is_valid_id(self.robot_id) or "/" in self.robot_id:
+            raise ConfigError(
+                f"robot_id {self.robot_id!r} must be 1 to {MAX_ID_CHARS} printable characters without '/'"
+            )
 
     @classmethod
     def from_robot_yaml(cls, path: str | Path) -> HardwareConfig:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from reachsafe.hardware.base import Camera, Device, Drive, TaskSignals
 from reachsafe.hardware.config import (
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SIM_SCHEME = "sim:"
 DEFAULT_SIM_ROBOT_ID = "robot0"
+SIM_URI_FORM = "sim:tcp://HOST:PORT[/robot_id][?keys=DIR&timeout_s=S]"
 
 
 @dataclass
@@ -102,8 +103,8 @@ class Robot:
 def _quietly(fn: Callable[[], None], what: str) -> BaseException | None:
     try:
         fn()
-    except Exception as e:  # keep going: the other devices must still be released
-        log.error("error while %s: %s", what, e)
+    except Exception as e:  # keep going: the other devices must still be released (the caller gets the error)
+        log.warning("error while %s: %s", what, e)
         return e
     return None
 
@@ -112,26 +113,22 @@ def _cls(module: str, name: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _sim(name: str) -> Callable[[HardwareConfig], Any]:
-    return lambda hw: _cls("reachsafe.hardware.sim", name)(hw.sim.endpoint, hw.robot_id)
-
-
 def _driver(module: str, name: str) -> Callable[[HardwareConfig], Any]:
     return lambda hw: _cls(module, name).from_config(hw)
 
 
 # backend name -> builder(HardwareConfig) -> device. Builders import their driver module lazily.
 CAMERAS: dict[str, Callable[[HardwareConfig], Camera]] = {
-    "sim": _sim("SimCamera"),
+    "sim": _driver("reachsafe.hardware.sim", "SimCamera"),
     "picamera2": _driver("reachsafe.hardware.picamera2_camera", "Picamera2Camera"),
     "opencv": _driver("reachsafe.hardware.opencv_camera", "OpenCVCamera"),
 }
 DRIVES: dict[str, Callable[[HardwareConfig], Drive]] = {
-    "sim": _sim("SimDrive"),
+    "sim": _driver("reachsafe.hardware.sim", "SimDrive"),
     "serial": _driver("reachsafe.hardware.serial_drive", "SerialDrive"),
 }
 SIGNALS: dict[str, Callable[[HardwareConfig], TaskSignals]] = {
-    "sim": _sim("SimSignals"),
+    "sim": _driver("reachsafe.hardware.sim", "SimSignals"),
     "referee": _driver("reachsafe.hardware.referee_signals", "RefereeSignals"),
     "manual": _driver("reachsafe.hardware.manual_signals", "ManualSignals"),
 }
@@ -141,40 +138,59 @@ def _build(table: dict[str, Callable[[HardwareConfig], Any]], kind: str, hw: Har
     return table[getattr(hw, kind).backend](hw)  # the config's Literal type admits only table keys
 
 
-def parse_sim_uri(uri: str) -> tuple[str, str]:
-    """`sim:tcp://HOST:PORT[/robot_id]` -> (`tcp://HOST:PORT`, robot_id)."""
+def parse_sim_uri(uri: str) -> tuple[SimLinkConfig, str]:
+    """`sim:tcp://HOST:PORT[/robot_id][?keys=DIR&timeout_s=S]` -> (the sim link, robot_id).
+
+    `keys=DIR` turns CURVE on with the robot's trainer-link keys, DIR/robot.key_secret and
+    DIR/trainer.key (the server runs `reachsafe sim serve --keys` with the same folder); without it
+    the link is plain, which only a loopback address allows. The robot id defaults to robot0.
+    """
     if not uri.startswith(SIM_SCHEME):
-        raise ValueError(f"not a sim URI: {uri!r} (expected sim:tcp://HOST:PORT[/robot_id])")
+        raise ValueError(f"not a sim URI: {uri!r} (expected {SIM_URI_FORM})")
     parts = urlsplit(uri[len(SIM_SCHEME) :])
     if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
-        raise ValueError(f"bad sim URI {uri!r}: expected sim:tcp://HOST:PORT[/robot_id]")
+        raise ValueError(f"bad sim URI {uri!r}: expected {SIM_URI_FORM}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = sorted(set(query) - {"keys", "timeout_s"})
+    if unknown:
+        raise ValueError(f"bad sim URI {uri!r}: unknown parameter(s) {unknown}; expected {SIM_URI_FORM}")
+    link: dict[str, Any] = {"endpoint": f"tcp://{parts.netloc}"}
+    if query.get("keys"):
+        keys = Path(query["keys"])
+        link |= {
+            "curve_secret_key": str(keys / "robot.key_secret"),
+            "curve_server_key": str(keys / "trainer.key"),
+        }
+    if "timeout_s" in query:
+        try:
+            link["timeout_s"] = float(query["timeout_s"])
+        except ValueError:
+            raise ValueError(f"bad sim URI {uri!r}: timeout_s must be a number of seconds") from None
     robot_id = parts.path.strip("/") or DEFAULT_SIM_ROBOT_ID
-    return f"tcp://{parts.netloc}", robot_id
+    return SimLinkConfig(**link), robot_id
 
 
 def hardware_config(uri_or_config: Any) -> HardwareConfig:
     """Normalise what `make_robot` accepts into a `HardwareConfig`.
 
-    Accepted: `sim:tcp://HOST:PORT[/robot_id]`; a path to a robot YAML file (its `hardware:`
+    Accepted: a sim URI (`parse_sim_uri`); a path to a robot YAML file (its `hardware:`
     section); a `HardwareConfig`; or a robot config with a `hardware` attribute
     (`reachsafe.edge_runtime.robot_config.RobotConfig`).
     """
     if isinstance(uri_or_config, HardwareConfig):
         return uri_or_config
     if isinstance(uri_or_config, str) and uri_or_config.startswith(SIM_SCHEME):
-        endpoint, robot_id = parse_sim_uri(uri_or_config)
+        sim, robot_id = parse_sim_uri(uri_or_config)
         return HardwareConfig(
             robot_id=robot_id,
-            sim=SimLinkConfig(endpoint=endpoint),
+            sim=sim,
             camera=CameraConfig(backend="sim"),
             drive=DriveConfig(backend="sim"),
             signals=SignalsConfig(backend="sim"),
         )
     if isinstance(uri_or_config, (str, Path)):
         if Path(uri_or_config).suffix not in (".yaml", ".yml"):
-            raise ValueError(
-                f"{uri_or_config!r} is neither sim:tcp://HOST:PORT[/robot_id] nor a robot YAML file (*.yaml)"
-            )
+            raise ValueError(f"{uri_or_config!r} is neither {SIM_URI_FORM} nor a robot YAML file (*.yaml)")
         return HardwareConfig.from_robot_yaml(uri_or_config)
     hw = getattr(uri_or_config, "hardware", None)
     if isinstance(hw, HardwareConfig):

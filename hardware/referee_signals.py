@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -203,25 +205,50 @@ class RefereeSignals(TaskSignals):
 
 
 class RefereePublisher:
-    """The referee side: bind a PUB socket and publish per-robot signals."""
+    """The referee side: bind a PUB socket and publish per-robot signals.
 
-    def __init__(self, endpoint: str, *, curve: Any = None, allow_plain_remote: bool = False) -> None:
+    With `curve_secret_key` (the referee's key pair file) and `allowed_robot_keys` (robots' `*.key`
+    files or a directory of them) the feed is CURVE-encrypted and only those robots are served. The
+    allow-list runs as a ZAP handler on this publisher's own context, the only one that can enforce
+    it for this socket.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        curve_secret_key: str | os.PathLike | None = None,
+        allowed_robot_keys: str | os.PathLike | Iterable[str | os.PathLike] = (),
+        allow_plain_remote: bool = False,
+    ) -> None:
         import zmq
 
-        from reachsafe.protocol.sockets import server_socket
+        from reachsafe.protocol.sockets import ServerCurve, server_socket
 
         self._ctx = zmq.Context()
-        self._sock = server_socket(
-            self._ctx,
-            zmq.PUB,
-            endpoint,
-            curve=curve,
-            allow_plain_remote=allow_plain_remote,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-            linger_ms=0,
-        )
+        self._curve = None
+        try:
+            if curve_secret_key is not None:
+                self._curve = ServerCurve(self._ctx, curve_secret_key, allowed_robot_keys)
+            self._sock = server_socket(
+                self._ctx,
+                zmq.PUB,
+                endpoint,
+                curve=self._curve,
+                allow_plain_remote=allow_plain_remote,
+                max_message_bytes=MAX_MESSAGE_BYTES,
+                linger_ms=0,
+            )
+        except BaseException:
+            self._release()
+            raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._seq: dict[str, int] = {}
+
+    def _release(self) -> None:
+        if self._curve is not None:
+            self._curve.close()
+        self._ctx.term()
 
     def publish(
         self,
@@ -240,7 +267,7 @@ class RefereePublisher:
 
     def close(self) -> None:
         self._sock.close(linger=0)
-        self._ctx.term()
+        self._release()
 
     def __enter__(self) -> RefereePublisher:
         return self

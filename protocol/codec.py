@@ -7,9 +7,12 @@ ndarrays travel as msgpack ext type `ARRAY_EXT_TYPE` (1) whose payload is
     multiple of 8 | raw little-endian C-order data (prod(dims) * itemsize bytes)
 
 with dtype names from `WIRE_DTYPES` only. Decoding never executes anything from the data (no
-pickle), uses `raw=False` and `strict_map_key=True`, bounds every msgpack container, and raises
-a `ProtocolError` subclass for anything that is not a valid message: `DecodeError`,
-`VersionError`, `UnknownTypeError`, `FieldError`, `OversizeError`. Decoded arrays are read-only;
+pickle), uses `raw=False` and `strict_map_key=True`, and first walks the frame's tokens without
+building anything (iteratively, so nesting cannot exhaust the stack) to enforce the limits before
+msgpack allocates: nesting depth (`DepthError`), int64 range (`IntRangeError`), str / array / map
+lengths and the number of objects (`LengthError`). It raises a `ProtocolError` subclass for
+anything that is not a valid message: `DecodeError` (and those three), `VersionError`,
+`UnknownTypeError`, `FieldError`, `OversizeError`. Decoded arrays are read-only;
 those of 16 KiB or more are views of the received buffer (zero copy, unless misaligned for
 their dtype), smaller ones views of msgpack's copy of their ext payload.
 """
@@ -29,18 +32,24 @@ from reachsafe.protocol.constants import (
     DEFAULT_MAX_ARRAY_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_CONTAINER_LEN,
+    MAX_DEPTH,
     MAX_NDIM,
+    MAX_OBJECTS,
     MAX_STR_BYTES,
     PROTOCOL_VERSION,
     WIRE_DTYPES,
 )
 from reachsafe.protocol.errors import (
     DecodeError,
+    DepthError,
     FieldError,
+    IntRangeError,
+    LengthError,
     OversizeError,
     ProtocolError,
     UnknownTypeError,
     VersionError,
+    brief,
 )
 from reachsafe.protocol.messages import MESSAGE_TYPES, Message
 
@@ -194,7 +203,7 @@ def decode(
     if body.keys() != expected:
         raise FieldError(
             f"{type_name}: missing fields {sorted(expected - body.keys())}, unexpected fields "
-            f"{sorted(body.keys() - expected)}; every field is required on the wire",
+            f"{brief(sorted(body.keys() - expected))}; every field is required on the wire",
             msg_type=type_name,
         )
     return cls(**body)
@@ -205,19 +214,23 @@ def _field_set(cls: type[Message]) -> frozenset[str]:
     return frozenset(cls.field_names())
 
 
-# --- zero-copy unpacking of large arrays ----------------------------------------------------
-# msgpack hands every ext payload to the hook as a fresh bytes copy; for a batch of camera
-# frames that copy (and the page faults of its fresh allocation) cost more than the rest of
-# decoding. So a large message is first scanned (token lengths only, no values) for its array
-# extensions: those of at least _VIEW_MIN_BYTES are cut out and replaced by a 4-byte
-# placeholder ext (_VIEW_EXT + index), msgpack decodes the remaining few hundred bytes with the
-# same limits, and the placeholders become views of the received buffer. Anything the scan does
-# not vouch for (another ext type, a truncated or odd token, trailing bytes, more than
-# _SCAN_MAX_TOKENS tokens) is decoded the plain way, so that msgpack judges it.
+# --- the limit walk, and zero-copy unpacking of large arrays --------------------------------
+# Every frame is first walked token by token (lengths and a few header bits only, no values, no
+# recursion) to enforce the limits msgpack does not know: nesting depth, int64 range, str length
+# and the number of objects; a frame over one fails there, before msgpack allocates anything.
+# The walk also finds the large array extensions: msgpack hands every ext payload to the hook as
+# a fresh bytes copy, and for a batch of camera frames that copy (and the page faults of its
+# fresh allocation) cost more than the rest of decoding. So those of at least _VIEW_MIN_BYTES are
+# cut out and replaced by a 4-byte placeholder ext (_VIEW_EXT + index), msgpack decodes the
+# remaining few hundred bytes with the same limits, and the placeholders become views of the
+# received buffer. Where the bytes are not well-formed msgpack (a truncated or reserved token,
+# trailing bytes) the walk stops and the frame is decoded the plain way, so that msgpack judges
+# it: every token before that point has passed the limits, and msgpack builds nothing after it.
 _VIEW_MIN_BYTES = 16 << 10
-_VIEW_EXT = 127  # never on the wire: the scan sends any message with a non-array ext the plain way
-_SCAN_MAX_TOKENS = 1024
+_VIEW_EXT = 127  # never on the wire: its payload would have to be a large-array index
 _FIXED, _SIZED, _EXT, _FIXEXT, _FIXCONT, _CONT, _BAD = range(7)
+_UINT64 = 0xCF  # the only msgpack int format that can leave int64
+_STR_FORMATS = (0xD9, 0xDA, 0xDB)  # str8/16/32 (fixstr is at most 31 bytes)
 
 
 def _token_table() -> list[tuple[int, int, int]]:
@@ -249,40 +262,62 @@ def _token_table() -> list[tuple[int, int, int]]:
 _TOKENS = _token_table()
 
 
-def _large_exts(view: memoryview) -> list[tuple[int, int, int]] | None:
-    """(token start, data start, data end) of each array ext of >= _VIEW_MIN_BYTES in ``view``.
+def _walk(view: memoryview) -> list[tuple[int, int, int]] | None:
+    """Enforce the limits on ``view``'s tokens; (token start, data start, data end) of each large array ext.
 
-    None: decode the plain way (see the comment above).
+    Raises DepthError, IntRangeError or LengthError at the first token over a limit. None: the bytes
+    are not well-formed msgpack (see the comment above). A frame that also holds an ext of another
+    type gets no views (msgpack rejects it, and its payload must never pass for a placeholder).
     """
-    pos, end, left = 0, len(view), 1
+    pos, end = 0, len(view)
+    left, enclosing, objects = 1, [], 0  # items left in the current container; those of the open ones
     found: list[tuple[int, int, int]] = []
-    for _ in range(_SCAN_MAX_TOKENS):
-        if not left:
-            return found if pos == end else None
+    foreign = False
+    while True:
+        while not left:
+            if not enclosing:
+                return ([] if foreign else found) if pos == end else None
+            left = enclosing.pop()
         if pos >= end:
             return None
+        objects += 1
+        if objects > MAX_OBJECTS:
+            raise LengthError(f"message has more than {MAX_OBJECTS} msgpack objects; split it or send less")
         left -= 1
-        kind, a, b = _TOKENS[view[pos]]
+        first = view[pos]
+        kind, a, b = _TOKENS[first]
         if kind == _FIXED:
+            if first == _UINT64 and pos + 1 < end and view[pos + 1] & 0x80:
+                raise IntRangeError(
+                    f"int {int.from_bytes(view[pos + 1 : pos + 9], 'big')} is outside int64; "
+                    "every protocol int must fit a signed 64-bit integer"
+                )
             pos += a
         elif kind == _SIZED:
-            pos += 1 + a + int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
-        elif kind == _FIXCONT:
-            pos += 1
-            left += a * b
-        elif kind == _CONT:
-            left += b * int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
-            pos += 1 + a
+            n = int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
+            if first in _STR_FORMATS and n > MAX_STR_BYTES:
+                raise LengthError(f"str of {n} bytes is over the limit of {MAX_STR_BYTES}")
+            pos += 1 + a + n
+        elif kind == _FIXCONT or kind == _CONT:
+            n = a if kind == _FIXCONT else int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
+            if n > MAX_CONTAINER_LEN:
+                raise LengthError(f"array or map of {n} entries is over the limit of {MAX_CONTAINER_LEN}")
+            if len(enclosing) >= MAX_DEPTH:
+                raise DepthError(f"containers nested deeper than {MAX_DEPTH} levels; messages nest at most 2")
+            pos += 1 if kind == _FIXCONT else 1 + a
+            enclosing.append(left)
+            left = n * b
         elif kind == _EXT or kind == _FIXEXT:
             n, head = (int.from_bytes(view[pos + 1 : pos + 1 + a], "big"), 2 + a) if kind == _EXT else (a, 2)
-            if pos + head > end or view[pos + head - 1] != ARRAY_EXT_TYPE:
+            if pos + head > end:
                 return None
-            if n >= _VIEW_MIN_BYTES:
+            if view[pos + head - 1] != ARRAY_EXT_TYPE:
+                foreign = True  # msgpack rejects it, through the hook
+            elif n >= _VIEW_MIN_BYTES:
                 found.append((pos, pos + head, pos + head + n))
             pos += head + n
         else:
             return None
-    return None
 
 
 def _unpack_body(data: bytes | bytearray | memoryview, max_message_bytes: int, max_array_bytes: int) -> Any:
@@ -295,10 +330,8 @@ def _unpack_body(data: bytes | bytearray | memoryview, max_message_bytes: int, m
             )
         return unpack_array(payload, max_array_bytes)
 
-    large = None
-    if len(data) >= _VIEW_MIN_BYTES:
-        view = memoryview(data).cast("B").toreadonly()
-        large = _large_exts(view)
+    view = memoryview(data).cast("B").toreadonly()
+    large = _walk(view)
     if large:
         pieces, last = [], 0
         for i, (token, _, stop) in enumerate(large):

@@ -1,17 +1,19 @@
 """Protocol constants and the step record table (the single source of truth for step columns).
 
-Public API: `PROTOCOL_VERSION`, the `DEFAULT_*` limits, `ARRAY_EXT_TYPE`, `WIRE_DTYPES`,
-`STEP_COLUMNS` (name -> `StepColumn`) and `validate_step_columns`.
+Public API: `PROTOCOL_VERSION`, the `DEFAULT_*` and `MAX_*` limits, `INT64_MIN` / `INT64_MAX`,
+`ARRAY_EXT_TYPE`, `WIRE_DTYPES`, `STEP_COLUMNS` (name -> `StepColumn`), `validate_step_columns`
+(structure: names, dtypes, shapes) and `check_step_values` (values: finite, ranges, enums).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
-from reachsafe.protocol.errors import FieldError
+from reachsafe.protocol.errors import ContractError, FieldError
 
 PROTOCOL_VERSION = 1
 
@@ -24,6 +26,24 @@ DEFAULT_MAX_ARRAY_BYTES = 32 * MiB
 MAX_STR_BYTES = 1 * MiB
 #: Largest msgpack array / map length (shapes, column dicts, metrics, bundle file lists).
 MAX_CONTAINER_LEN = 4096
+#: Deepest container nesting; the message's own map is level 1 (messages use 2: a map of maps or lists).
+MAX_DEPTH = 16
+#: Most msgpack objects (every value, map key and container counts one) in one message.
+MAX_OBJECTS = 16384
+#: Every protocol int is an int64.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: Longest robot_id / stream_id / sender_id, in characters (they key the trainer's state and store index).
+MAX_ID_CHARS = 128
+
+
+def is_valid_id(value: object) -> bool:
+    """A robot, stream or sender id on the wire: 1 to MAX_ID_CHARS printable characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value.isprintable()
+
+
+#: A new `steps` batch may be at most this many seqs beyond its stream's acknowledged prefix (a robot
+#: keeps a few in flight; it also bounds what a trainer keeps per stream about batches beyond a gap).
+MAX_AHEAD_SEQS = 1024
 #: Largest number of array dimensions.
 MAX_NDIM = 8
 #: ZMQ_LINGER of every socket: pending messages are dropped this long after close().
@@ -51,28 +71,49 @@ class StepColumn:
     dtype: str
     kind: str
     meaning: str
+    #: Value rules (float columns must also be finite): inclusive bounds.
+    low: float | None = None
+    high: float | None = None
 
+
+#: Every action on the wire is normalised to this box (the bundle manifest's `action.low` / `high`).
+ACTION_LOW, ACTION_HIGH = -1.0, 1.0
+#: The `policy` column's values (an enum: a uint8 in 0..2).
+POLICY_ONLINE, POLICY_OFFLINE, POLICY_FALLBACK = 0, 1, 2
 
 STEP_COLUMNS: dict[str, StepColumn] = {
     c.name: c
     for c in (
         StepColumn("obs", "uint8", "obs", "frame the action was computed from, (N, H, W, 3)"),
-        StepColumn("action", "float32", "action", "action executed on the drive, (N, A)"),
-        StepColumn("proposed", "float32", "action", "action the selected policy proposed before the shield"),
+        StepColumn(
+            "action", "float32", "action", "action executed on the drive, (N, A)", ACTION_LOW, ACTION_HIGH
+        ),
+        StepColumn(
+            "proposed",
+            "float32",
+            "action",
+            "action the selected policy proposed before the shield",
+            ACTION_LOW,
+            ACTION_HIGH,
+        ),
         StepColumn("reward", "float32", "scalar", "reward read after the action"),
-        StepColumn("cost", "float32", "scalar", "cost (>= 0) read after the action"),
+        StepColumn("cost", "float32", "scalar", "cost (>= 0) read after the action", low=0.0),
         StepColumn("terminated", "bool", "scalar", "episode terminated after the action"),
         StepColumn("truncated", "bool", "scalar", "episode truncated (time limit) after the action"),
-        StepColumn("policy", "uint8", "scalar", "0 = online policy, 1 = offline policy, 2 = fallback/brake"),
+        StepColumn(
+            "policy",
+            "uint8",
+            "scalar",
+            "0 = online policy, 1 = offline policy, 2 = fallback/brake",
+            high=POLICY_FALLBACK,
+        ),
         StepColumn("shielded", "bool", "scalar", "the shield replaced the proposed action"),
-        StepColumn("bundle_version", "int64", "scalar", "bundle that produced the action (-1: none)"),
-        StepColumn("episode", "int64", "scalar", "robot-local episode counter"),
+        StepColumn("bundle_version", "int64", "scalar", "bundle that produced the action (-1: none)", low=-1),
+        StepColumn("episode", "int64", "scalar", "robot-local episode counter (>= 0)", low=0),
         StepColumn("t_obs", "float64", "scalar", "robot monotonic time of the frame, seconds"),
         StepColumn("t_act", "float64", "scalar", "robot monotonic time of the drive command, seconds"),
     )
 }
-
-POLICY_ONLINE, POLICY_OFFLINE, POLICY_FALLBACK = 0, 1, 2
 
 
 def validate_step_columns(
@@ -131,3 +172,38 @@ def validate_step_columns(
     if n < 1:
         raise FieldError("steps batch is empty; send at least one step per batch", msg_type="steps")
     return n
+
+
+def check_step_values(columns: Mapping[str, np.ndarray], first_step: int = 0) -> None:
+    """Check a structurally valid batch's values against `STEP_COLUMNS`' rules; ContractError if one breaks.
+
+    Float columns must be finite; `low` / `high` bound the rest (for `policy` that is its enum).
+    Whole columns at a time (numpy reductions, no loop over steps: ~25 us for a 32-step batch);
+    ``first_step`` only numbers the offending step in the message.
+    """
+    for name, finite, low, high in _VALUE_RULES:
+        col = columns[name]
+        if finite and not np.isfinite(col).all():
+            _reject(np.isfinite(col), name, "nonfinite", "must be finite (no NaN or inf)", col, first_step)
+        if low is not None and col.min() < low:
+            _reject(col >= low, name, "below_range", f"must be >= {low:g}", col, first_step)
+        if high is not None and col.max() > high:
+            _reject(col <= high, name, "above_range", f"must be <= {high:g}", col, first_step)
+
+
+_VALUE_RULES = [
+    (c.name, c.dtype.startswith("float"), c.low, c.high)
+    for c in STEP_COLUMNS.values()
+    if c.dtype.startswith("float") or c.low is not None or c.high is not None
+]
+
+
+def _reject(ok: np.ndarray, name: str, check: str, rule: str, col: np.ndarray, first_step: int) -> NoReturn:
+    row = int(np.flatnonzero(~ok.reshape(len(col), -1).all(axis=1))[0])
+    raise ContractError(
+        f"steps column {name!r} {rule}, but step {first_step + row} (row {row} of the batch) has "
+        f"{col[row].tolist()}; the batch is not stored and its stream cannot advance past it: fix the sender "
+        "(docs/protocol.md, Step record) and start a new stream",
+        column=name,
+        check=check,
+    )

@@ -1,10 +1,11 @@
 """Wire message types: one frozen dataclass per message `type` (see docs/protocol.md).
 
 Every message class has `TYPE: ClassVar[str]` (the wire `type` string) and validates its fields
-when constructed, so a message that exists is a valid message: ints are ints (not bools),
-floats accept ints and are stored as float, `tuple[int, ...]` fields accept lists, arrays must be
+when constructed, so a message that exists is a valid message: ints are int64 ints (not bools),
+floats accept ints and are stored as float, ids (`robot_id`, `stream_id`, `sender_id`) are 1 to
+`MAX_ID_CHARS` printable characters, `tuple[int, ...]` fields accept lists, arrays must be
 ndarrays of the expected dtype / rank where the field says so; numpy scalars are converted to
-Python ones. A bad field raises `FieldError`.
+Python ones. A bad field raises `FieldError` (an int outside int64: `IntRangeError`).
 Arrays inside decoded messages are read-only views of the received frame; copy before writing.
 
 `MESSAGE_TYPES` maps wire type -> class. Messages holding arrays do not support `==`.
@@ -23,29 +24,36 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from reachsafe.protocol.constants import validate_step_columns
-from reachsafe.protocol.errors import FieldError, ProtocolError
+from reachsafe.protocol.constants import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_ID_CHARS,
+    is_valid_id,
+    validate_step_columns,
+)
+from reachsafe.protocol.errors import FieldError, IntRangeError, ProtocolError, brief
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}
 
 _Validator = Callable[[str, str, Any, dict], Any]
 
 
+#: Longest `message` of an `error` reply, in characters (a reply stays small whatever it is about).
+MAX_ERROR_TEXT = 2000
+
+
 def _fail(msg_type: str, name: str, value: Any, want: str) -> typing.NoReturn:
     raise FieldError(
-        f"{msg_type}.{name}: got {type(value).__name__} {_short(value)}, expected {want}", msg_type=msg_type
+        f"{msg_type}.{name}: got {type(value).__name__} {brief(value)}, expected {want}", msg_type=msg_type
     )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_int(t: str, name: str, v: Any, meta: dict) -> int:
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
         _fail(t, name, v, "int")
     v = int(v)
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise IntRangeError(f"{t}.{name}: {v} is outside int64; every protocol int is an int64", msg_type=t)
     if "min" in meta and v < meta["min"]:
         _fail(t, name, v, f"int >= {meta['min']}")
     return v
@@ -62,6 +70,8 @@ def _check_str(t: str, name: str, v: Any, meta: dict) -> str:
         _fail(t, name, v, "str")
     if "choices" in meta and v not in meta["choices"]:
         _fail(t, name, v, f"one of {list(meta['choices'])}")
+    if meta.get("id") and not is_valid_id(v):
+        _fail(t, name, v, f"an id of 1 to {MAX_ID_CHARS} printable characters")
     return v
 
 
@@ -131,6 +141,11 @@ def _meta(**kw: Any) -> Any:
     return dataclasses.field(metadata=kw)
 
 
+def _id() -> Any:
+    """A robot / stream / sender id: it keys the trainer's state and its store index."""
+    return _meta(id=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Message:
     """Base of all wire messages; subclasses are registered with `@_message("type")`."""
@@ -171,8 +186,8 @@ def _message(type_name: str) -> Callable[[type], type]:
 class Hello(Message):
     """Robot -> trainer, first message on every (re)connection."""
 
-    robot_id: str
-    stream_id: str
+    robot_id: str = _id()
+    stream_id: str = _id()
     runtime_version: str
     bundle_version: int = _meta(min=-1)  # -1: no bundle loaded
     obs_shape: tuple[int, ...] = _meta(len=3)  # (H, W, 3)
@@ -184,8 +199,8 @@ class Hello(Message):
 class Steps(Message):
     """Robot -> trainer: one batch of N steps of one stream (columns: reachsafe.protocol.constants.STEP_COLUMNS)."""
 
-    robot_id: str
-    stream_id: str
+    robot_id: str = _id()
+    stream_id: str = _id()
     seq: int = _meta(min=0)
     first_step: int = _meta(min=0)
     columns: dict[str, np.ndarray] = _meta()
@@ -203,7 +218,7 @@ class Steps(Message):
 class Ack(Message):
     """Trainer -> robot: every batch of `stream_id` with seq <= `seq` is durably stored."""
 
-    stream_id: str
+    stream_id: str = _id()
     seq: int = _meta(min=0)
 
 
@@ -222,7 +237,7 @@ class BundleMessage(Message):
 class BundleStatus(Message):
     """Robot -> trainer: what the robot did with a bundle."""
 
-    robot_id: str
+    robot_id: str = _id()
     version: int = _meta(min=1)
     status: str = _meta(choices=("loaded", "rejected", "rolled_back"))
     reason: str = ""
@@ -232,7 +247,7 @@ class BundleStatus(Message):
 class Heartbeat(Message):
     """Either direction: liveness plus a few namespaced metrics (e.g. "edge/tick_ms")."""
 
-    sender_id: str
+    sender_id: str = _id()
     time: float  # sender's time.monotonic(), seconds
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -247,7 +262,11 @@ class ErrorMessage(Message):
 
     @classmethod
     def from_exception(cls, exc: ProtocolError) -> ErrorMessage:
-        return cls(code=exc.code, message=str(exc), ref_type=exc.msg_type)
+        """The reply to a rejected message; its text cut to `MAX_ERROR_TEXT` characters."""
+        text = str(exc)
+        if len(text) > MAX_ERROR_TEXT:
+            text = text[: MAX_ERROR_TEXT - 3] + "..."
+        return cls(code=exc.code, message=text, ref_type=exc.msg_type[:MAX_ID_CHARS])
 
 
 # --- hardware link (request -> reply) -------------------------------------------------------
@@ -273,12 +292,14 @@ class HwReadFrame(Message):
 
 @_message("hw_frame")
 class HwFrame(Message):
-    """Server clock: the client computes the frame's age as t_now - t_capture."""
+    """Server clock: the client computes the frame's age as t_now - t_capture. ``resetting``: the
+    server is resetting the episode (the robot brakes and records no step until it ends)."""
 
     image: np.ndarray = _meta(dtype="uint8", ndim=3)  # (H, W, 3)
     t_capture: float = _meta()
     t_now: float = _meta()
     frame_id: int = _meta(min=0)
+    resetting: bool = _meta()
 
 
 @_message("hw_drive")
@@ -299,16 +320,26 @@ class HwStop(Message):
 
 @_message("hw_read_signals")
 class HwReadSignals(Message):
+    """Read ``read_id`` (the client's count of answered reads: it repeats an id until it gets the
+    answer); ``confirmed``: id of the last answer the client received (-1: none yet), which the
+    server may then forget. See docs/protocol.md, the hardware link's signal reads."""
+
     robot: str
+    read_id: int = _meta(min=0)
+    confirmed: int = _meta(min=-1)
 
 
 @_message("hw_signals")
 class HwSignals(Message):
-    """Reward and cost summed since the previous read; terminated/truncated: an episode ended since."""
+    """The answer to read ``read_id``: reward and cost summed over every step no earlier answer
+    carried (an unconfirmed answer is repeated or merged, never dropped); terminated/truncated: an
+    episode ended in those steps; ``resetting``: the server is resetting the episode."""
 
+    read_id: int = _meta(min=0)
     reward: float
     cost: float
     terminated: bool
     truncated: bool
     episode: int = _meta(min=0)
     step: int = _meta(min=0)
+    resetting: bool = _meta()

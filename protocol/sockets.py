@@ -23,6 +23,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -100,9 +101,17 @@ class ServerCurve:
                 "there (renamed per robot), or no robot can connect"
             )
         self._denied: set[bytes] = set()
+        self._ctx = ctx
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
         self._auth.start()
         self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self)
+
+    @classmethod
+    def from_key_dir(cls, ctx: zmq.Context, keys: Path) -> ServerCurve:
+        """The layout `reachsafe keys generate` writes: the server's KEYS/trainer.key_secret, and the
+        robots it admits in KEYS/robots/*.key (one file per robot), else KEYS/robot.key."""
+        allowed = keys / "robots" if (keys / "robots").is_dir() else keys / "robot.key"
+        return cls(ctx, keys / "trainer.key_secret", allowed)
 
     def callback(self, domain: str, client_key: bytes) -> bool:
         """ZAP credentials provider: allow listed keys; warn once per unknown key."""
@@ -117,6 +126,11 @@ class ServerCurve:
         return False
 
     def apply(self, sock: zmq.Socket) -> None:
+        # ZAP runs per context: on a socket of another context the allow-list would not be enforced
+        if sock.context is not self._ctx:
+            raise ValueError(
+                "ServerCurve applied to a socket of another zmq.Context: its allow-list would not apply"
+            )
         sock.zap_domain = ZAP_DOMAIN.encode()
         sock.curve_server = True
         sock.curve_publickey = self.public_key

@@ -27,6 +27,13 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -65,6 +72,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from reachsafe.protocol.errors import KeyFileError, TransportSecurityError
     from reachsafe.sim_bridge.server import ServerConfig, serve
 
     cfg = ServerConfig(
@@ -75,8 +83,14 @@ def _serve(args: argparse.Namespace) -> int:
         speed=args.speed,
         seed=args.seed,
         episode_steps=args.episode_steps,
+        reset_s=args.reset_s,
+        keys=args.keys,
     )
-    return serve(cfg)
+    try:
+        return serve(cfg)
+    except (TransportSecurityError, KeyFileError) as exc:
+        print(f"reachsafe sim serve: {exc}")
+        return 2
 
 
 def _view(args: argparse.Namespace) -> int:
@@ -135,6 +149,20 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--robots", type=_positive(int), default=1, help="number of robots (ids robot0..robotN-1)")
     p.add_argument("--speed", type=_positive(float), default=1.0, help="simulated seconds per wall second")
     p.add_argument("--episode-steps", type=_positive(int), default=300, help="steps per episode")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        help="CURVE with the robots' trainer-link keys (`reachsafe keys generate` folder): this server uses "
+        "trainer.key_secret and admits robots/*.key, else robot.key; required off loopback",
+    )
+    p.add_argument(
+        "--reset-s",
+        type=_non_negative,
+        default=0.0,
+        metavar="S",
+        help="make every episode reset take S wall seconds, declared as `resetting` (models a slow "
+        "simulator) [default: 0]",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("view", help="render one episode as an animation (camera + top-down view)")

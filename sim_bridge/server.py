@@ -3,8 +3,12 @@
 Each robot is one env stepped in real time at its control rate (``--speed`` multiplies the rate),
 paced on ``time.monotonic``. Between steps the last commanded action is held (a robot that gets
 no command for ``hold_timeout_s`` wall seconds brakes, like a real drive's watchdog); reward and
-cost are summed between ``hw_read_signals`` requests; an episode that ends is reset by the server.
+cost are kept in a `SignalLedger` until the client confirms it received them; an episode that
+ends is reset by the server, and with ``reset_s`` > 0 the reset takes that long, declared as
+``resetting`` in the frame and signal answers (a slow simulator, modelled: the server keeps
+answering meanwhile, as docs/protocol.md's timing contract asks).
 Requests are answered between steps from the same thread, so no locks are needed.
+With ``keys`` the socket uses CURVE with the robot's trainer-link keys (docs/sim.md).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import zmq
 
 from reachsafe.protocol.codec import decode, encode
-from reachsafe.protocol.errors import ProtocolError
+from reachsafe.protocol.errors import ProtocolError, TransportSecurityError
 from reachsafe.protocol.messages import (
     ErrorMessage,
     HwDrive,
@@ -30,12 +35,12 @@ from reachsafe.protocol.messages import (
     HwOk,
     HwReadFrame,
     HwReadSignals,
-    HwSignals,
     HwSpec,
     HwStop,
     Message,
 )
-from reachsafe.protocol.sockets import server_socket
+from reachsafe.protocol.sockets import ServerCurve, is_loopback_endpoint, server_socket
+from reachsafe.robot_server import SignalLedger, Totals
 from reachsafe.signals import stop_on_signals
 from reachsafe.sim_bridge.registration import register_envs
 
@@ -63,6 +68,8 @@ class ServerConfig:
     seed: int = 0
     episode_steps: int = 300
     hold_timeout_s: float = 1.0
+    reset_s: float = 0.0  # wall seconds an episode reset takes, declared as `resetting`
+    keys: Path | None = None  # CURVE: KEYS/trainer.key_secret, robots' keys in KEYS/robots/ or KEYS/robot.key
 
 
 def robot_ids(n: int) -> list[str]:
@@ -71,7 +78,7 @@ def robot_ids(n: int) -> list[str]:
 
 @dataclass
 class SimRobot:
-    """One simulated robot: its env, the held action and the signals since the last read."""
+    """One simulated robot: its env, the held action and the signals not yet confirmed."""
 
     robot_id: str
     env: gym.Env
@@ -82,53 +89,73 @@ class SimRobot:
     frame_id: int = 0
     episode: int = 0
     step_in_episode: int = 0
-    reward: float = 0.0
-    cost: float = 0.0
-    terminated: bool = False
-    truncated: bool = False
+    signals: SignalLedger = field(default_factory=SignalLedger)
+    reset_until: float | None = None  # while set, a declared reset is under way (the world holds still)
     steps_total: int = field(default=0)
 
-    def step(self, now: float, hold_timeout_s: float) -> None:
+    @property
+    def resetting(self) -> bool:
+        """Until the first step after `reset_until` captures the new episode's first frame."""
+        return self.reset_until is not None
+
+    def step(self, now: float, hold_timeout_s: float, reset_s: float) -> None:
+        if self.reset_until is not None:
+            if now < self.reset_until:
+                return
+            self.reset_until = None  # the reset is over: the new episode's first frame is live from now
+            self._capture(self.image, now)
+            return
         if now - self.t_command > hold_timeout_s:
             self.action[:] = 0.0
         obs, reward, terminated, truncated, info = self.env.step(self.action)
-        self.reward += reward
-        self.cost += info["cost"]
+        self.signals.add(Totals(float(reward), float(info["cost"]), bool(terminated), bool(truncated)))
         self.step_in_episode += 1
         self.steps_total += 1
         if terminated or truncated:
-            self.terminated |= terminated
-            self.truncated |= truncated
             self.episode += 1
             self.step_in_episode = 0
             obs, _ = self.env.reset()
+            if reset_s > 0:
+                self.reset_until = now + reset_s
+                self.image = obs  # served, stale and flagged `resetting`, until the reset is over
+                return
+        self._capture(obs, now)
+
+    def _capture(self, obs: np.ndarray, now: float) -> None:
         self.image = obs
         self.t_capture = now
         self.frame_id += 1
 
-    def read_signals(self) -> HwSignals:
-        msg = HwSignals(
-            reward=float(self.reward),
-            cost=float(self.cost),
-            terminated=self.terminated,
-            truncated=self.truncated,
-            episode=self.episode,
-            step=self.step_in_episode,
-        )
-        self.reward = self.cost = 0.0
-        self.terminated = self.truncated = False
-        return msg
+
+def bind_socket(ctx: zmq.Context, bind: str, keys: Path | None) -> tuple[zmq.Socket, ServerCurve | None]:
+    """The ROUTER socket; a plain one only on loopback. With ``keys``, CURVE with the key files a robot
+    uses for the trainer: this server holds KEYS/trainer.key_secret (robots trust KEYS/trainer.key) and
+    admits the robot keys in KEYS/robots/*.key, else KEYS/robot.key, the layout `reachsafe daemon serve
+    --keys` reads."""
+    if keys is None:
+        if not is_loopback_endpoint(bind):
+            raise TransportSecurityError(
+                f"refusing a plain (unencrypted, unauthenticated) sim server on non-loopback {bind}: pass "
+                "`--keys DIR` (the folder `reachsafe keys generate` wrote; robots then connect with "
+                "sim:tcp://HOST:PORT/ROBOT?keys=DIR) or bind 127.0.0.1"
+            )
+        return server_socket(ctx, zmq.ROUTER, bind), None
+    curve = ServerCurve.from_key_dir(ctx, keys)
+    try:
+        return server_socket(ctx, zmq.ROUTER, bind, curve=curve), curve
+    except BaseException:
+        curve.close()
+        raise
 
 
 class SimServer:
     """The robots and the ROUTER socket; ``run()`` until ``stop()`` (or a signal)."""
 
-    def __init__(self, cfg: ServerConfig, ctx: zmq.Context | None = None) -> None:
-        if cfg.robots < 1 or cfg.speed <= 0:
-            raise ValueError("need robots >= 1 and speed > 0")
+    def __init__(self, cfg: ServerConfig) -> None:
+        if cfg.robots < 1 or cfg.speed <= 0 or cfg.reset_s < 0:
+            raise ValueError("need robots >= 1, speed > 0 and reset_s >= 0")
         register_envs()
         self.cfg = cfg
-        self._ctx = ctx or zmq.Context.instance()
         self.robots: dict[str, SimRobot] = {}
         now = time.monotonic()
         for i, rid in enumerate(robot_ids(cfg.robots)):
@@ -138,7 +165,14 @@ class SimServer:
         first = next(iter(self.robots.values())).env.unwrapped
         self.rate_hz = float(first.control_hz)
         self.period = 1.0 / (self.rate_hz * cfg.speed)
-        self._sock = server_socket(self._ctx, zmq.ROUTER, cfg.bind)
+        self._ctx = zmq.Context()  # its own: a CURVE authenticator serves one context
+        try:
+            self._sock, self._curve = bind_socket(self._ctx, cfg.bind, cfg.keys)
+        except BaseException:
+            self._ctx.term()
+            for r in self.robots.values():
+                r.env.close()
+            raise
         self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._running = True
         self.errors = 0
@@ -149,6 +183,9 @@ class SimServer:
 
     def close(self) -> None:
         self._sock.close(linger=0)
+        if self._curve is not None:
+            self._curve.close()
+        self._ctx.term()
         for r in self.robots.values():
             r.env.close()
 
@@ -165,7 +202,13 @@ class SimServer:
         now = time.monotonic()
         if isinstance(msg, HwReadFrame):
             r = self._robot(msg.robot)
-            return HwFrame(image=r.image, t_capture=r.t_capture, t_now=now, frame_id=r.frame_id)
+            return HwFrame(
+                image=r.image,
+                t_capture=r.t_capture,
+                t_now=now,
+                frame_id=r.frame_id,
+                resetting=r.resetting,
+            )
         if isinstance(msg, HwDrive):
             r = self._robot(msg.robot)
             if msg.action.shape != r.action.shape or not np.all(np.isfinite(msg.action)):
@@ -176,7 +219,8 @@ class SimServer:
             r.t_command = now
             return HwOk()
         if isinstance(msg, HwReadSignals):
-            return self._robot(msg.robot).read_signals()
+            r = self._robot(msg.robot)
+            return r.signals.answer(msg, r.episode, r.step_in_episode, r.resetting)
         if isinstance(msg, HwStop):
             r = self._robot(msg.robot)
             r.action[:] = 0.0
@@ -234,7 +278,7 @@ class SimServer:
             if now < next_due:
                 continue
             for r in self.robots.values():
-                r.step(now, self.cfg.hold_timeout_s)
+                r.step(now, self.cfg.hold_timeout_s, self.cfg.reset_s)
             next_due += self.period
             if now - next_due > 5 * self.period:  # fell behind (CPU starved): do not burst to catch up
                 self.late_steps += 1

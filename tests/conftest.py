@@ -55,7 +55,7 @@ class Processes:
         return proc
 
     def reachsafe(self, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start(sys.executable, "-m", "reachsafe.cli", *args, name=name, env=env)
+        return self.start(sys.executable, "-m", "reachsafe", *args, name=name, env=env)
 
     def log(self, proc: subprocess.Popen) -> str:
         for p, log in self.procs:

@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reachsafe.trainer.data.dataset import add_dataset_argument
+from reachsafe.trainer.algos.config import add_device_argument
+
+if TYPE_CHECKING:
+    from reachsafe.trainer.algos.offline.config import OfflineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from reachsafe.trainer.data.dataset import DatasetError
     from reachsafe.trainer.export.onnx import ExportError
     from reachsafe.trainer.models.networks import CheckpointError
+    from reachsafe.trainer.runs.envs import EnvSpecError
     from reachsafe.trainer.runs.evaluate import EvalError
     from reachsafe.trainer.runs.reeval import ReevalError
     from reachsafe.trainer.runs.run_dir import RunDirError
@@ -38,6 +44,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         RunDirError,
         CheckpointError,
         ReevalError,
+        EnvSpecError,
     )
 
 
@@ -90,15 +97,23 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
         help="ablation: train without the latent world model (and so without imagined targets)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(p)
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes to start on this machine, one per GPU with CUDA (NCCL), else "
+        "sharing the cores (gloo); --batch-size is their batch together. Under torchrun leave it at 1 "
+        "[default: 1]",
+    )
     add_config_arguments(p, OfflineConfig)
     p.set_defaults(func=_reporting_user_errors(_run_train_offline))
 
 
 def _run_train_offline(args: argparse.Namespace) -> int:
-    from reachsafe.protocol.config import load_config
+    from reachsafe.protocol.config import ConfigError, load_config
     from reachsafe.trainer.algos.offline.config import OfflineConfig
-    from reachsafe.trainer.data.dataset import load_datasets
-    from reachsafe.trainer.runs.offline import train_offline
+    from reachsafe.trainer.runs.parallel import spawn
     from reachsafe.trainer.runs.run_dir import RunDir
 
     config_path = args.config
@@ -109,18 +124,46 @@ def _run_train_offline(args: argparse.Namespace) -> int:
         cfg = cfg.replace(
             world_model=cfg.world_model.replace(enabled=False), imagine=cfg.imagine.replace(enabled=False)
         )
-    dataset = load_datasets(args.dataset)
+    if args.nproc < 1 or cfg.batch_size % args.nproc:
+        raise ConfigError(f"--nproc {args.nproc}: need ≥ 1 processes that divide --batch-size {cfg.batch_size}")
+    job = (args.dataset, args.out, cfg, args.keys, args.resume, not args.no_progress, args.device)
+    if args.nproc == 1:
+        _train_offline_process(*job)
+    else:
+        spawn(args.nproc, _train_offline_process, *job)
+    return 0
+
+
+def _train_offline_process(
+    dataset: list[Path], out: Path, cfg: OfflineConfig, keys: Path | None, resume: bool, progress: bool, device: str
+) -> None:
+    """One process of ``train offline`` (a data-parallel rank with --nproc or torchrun); rank 0 reports."""
+    from reachsafe.trainer.data.dataset import load_datasets
+    from reachsafe.trainer.runs.offline import train_offline
+
     result = train_offline(
-        dataset, args.out, cfg, keys_dir=args.keys, resume=args.resume, progress=not args.no_progress
+        load_datasets(dataset), out, cfg, keys_dir=keys, resume=resume, progress=progress, device=device
     )
+    if not result.written:
+        return
     if result.bundle is not None:
         print(f"trained {result.steps} updates in {result.seconds:.1f} s; bundle: {result.bundle.path}")
     else:
         print(f"trained {result.steps} updates in {result.seconds:.1f} s; checkpoint: {result.run.latest}")
-    return 0
 
 
 # ----- train online --------------------------------------------------------
+def add_env_arguments(parser: argparse.ArgumentParser) -> None:
+    """--obs-key and --cost-key: how an in-process gymnasium env's observation and cost are read."""
+    parser.add_argument("--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)")
+    parser.add_argument(
+        "--cost-key",
+        default="cost",
+        help="info key of the step's cost (ignored for envs whose step() returns the safety API's 6-tuple "
+        "(obs, reward, cost, terminated, truncated, info)); a step without it is an error [default: cost]",
+    )
+
+
 def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     from reachsafe.protocol.config import add_config_arguments
     from reachsafe.trainer.algos.online.config import OnlineConfig
@@ -129,7 +172,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
         "online",
         help="online fine-tuning of RUN's agent against an in-process gymnasium env (no robot)",
         description="VPA, then SAC-Lag for π_on with safe policy expansion, the robot's shield and an adaptive PID λ, "
-        "on any env reporting info['cost']. Writes OUT/episodes.jsonl, OUT/evals.jsonl, OUT/summary.json, OUT/checkpoint.pt, "
+        "on any env reporting its cost (info[--cost-key] or the safety API's 6-tuple step). Writes OUT/episodes.jsonl, OUT/evals.jsonl, OUT/summary.json, OUT/checkpoint.pt, "
         "OUT/tb.",
     )
     p.add_argument(
@@ -141,7 +184,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", required=True, type=int, help="environment steps")
     p.add_argument("--out", type=Path, help="output directory [default: RUN/online_sim]")
-    p.add_argument("--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)")
+    add_env_arguments(p)
     add_dataset_argument(p, "offline dataset file(s) for mixing and VPA [default: the run's]")
     p.add_argument("--no-vpa", action="store_true", help="ablation: skip Value Pre-Alignment")
     p.add_argument("--no-expansion", action="store_true", help="ablation: act with π_on only (no policy set)")
@@ -159,6 +202,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
     p.add_argument("--config", type=Path, help="YAML OnlineConfig (kind: online)")
+    add_device_argument(p)
     add_config_arguments(p, OnlineConfig)
     p.set_defaults(func=_reporting_user_errors(_run_train_online))
 
@@ -177,8 +221,9 @@ def _run_train_online(args: argparse.Namespace) -> int:
         cfg = cfg.replace(lagrange=cfg.lagrange.replace(mode=args.lagrangian))
     result = train_online(
         args.run, args.env, args.steps, cfg, args.out or args.run / "online_sim",
-        split=args.split, obs_key=args.obs_key, use_shield=not args.no_shield, resume=args.resume,
+        split=args.split, obs_key=args.obs_key, cost_key=args.cost_key, use_shield=not args.no_shield, resume=args.resume,
         dataset_paths=args.dataset, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
+        device=args.device,
     )  # fmt: skip
     print(
         f"{result.steps} steps, {result.episodes} episodes in {result.seconds:.0f} s; cumulative cost "
@@ -213,7 +258,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     from reachsafe.trainer.daemon.serve import serve
 
     cfg = load_config(OnlineConfig, args.config, args)
-    return serve(cfg, args.run, args.bind, keys=args.keys, dataset_paths=args.dataset, resume=args.resume)
+    return serve(
+        cfg, args.run, args.bind, keys=args.keys, dataset_paths=args.dataset, resume=args.resume,
+        device=args.device,
+    )  # fmt: skip
 
 
 def _run_status(args: argparse.Namespace) -> int:
@@ -248,7 +296,7 @@ def _add_reeval_verb(verbs: argparse._SubParsersAction) -> None:
         help="episode i of the run with seed s uses SEED_BASE + 1000·s + i [default: 50000]",
     )
     p.add_argument("--no-shield", action="store_true", help="act without the shield")
-    p.add_argument("--obs-key", help="image key of dict observations, as given to train online")
+    p.add_argument("--obs-key", help="image key of dict observations [default: the one the run was trained with]")
     p.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
     p.add_argument("--jsonl", type=Path, help="also append one JSON line per run here")
     p.set_defaults(func=_reporting_user_errors(_run_reeval))
@@ -329,7 +377,10 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
         "DSRL-normalised return/cost."
     )
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
-    parser.add_argument("--task", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0")
+    parser.add_argument(
+        "--task", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0 (or any registered env)"
+    )
+    add_env_arguments(parser)
     parser.add_argument(
         "--split", default="train", choices=["train", "unseen"], help="task split [default: train]"
     )
@@ -388,6 +439,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         use_shield=not args.no_shield,
         shield_threshold=args.shield_threshold,
         palette=args.palette,
+        obs_key=args.obs_key,
+        cost_key=args.cost_key,
     )
     print(summary.format())
     if args.json:

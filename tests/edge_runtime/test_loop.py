@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from reachsafe.edge_runtime.config import EdgeConfig
 from reachsafe.edge_runtime.inference import AgentSession, SessionOptions
@@ -39,14 +40,19 @@ class ListSink:
         self.steps.append(step)
 
 
+def loop_on(robot: Robot, cfg: EdgeConfig, model: bytes | None = None) -> tuple[ControlLoop, ListSink]:
+    """A loop running a `make_agent_onnx` graph (frames of the robot camera's shape) on a connected robot."""
+    shape = robot.camera.features["image_shape"]
+    session = AgentSession(model or make_agent_onnx(obs_shape=shape), CPU)
+    policy = FixedPolicy(ActivePolicy(session, version=7, shield_threshold=0.0))
+    sink = ListSink()
+    return ControlLoop(robot, policy, sink, cfg, Metrics(), rng=np.random.default_rng(0)), sink
+
+
 def make_loop(model: bytes | None = None, cfg: EdgeConfig | None = None, **signals_kw):
     robot = Robot(FakeCamera(), FakeDrive(), FakeSignals(**signals_kw))
     robot.connect()
-    session = AgentSession(model or make_agent_onnx(), CPU)
-    policy = FixedPolicy(ActivePolicy(session, version=7, shield_threshold=0.0))
-    sink = ListSink()
-    cfg = cfg or EdgeConfig(rate_hz=200.0, max_frame_age=1.0)
-    loop = ControlLoop(robot, policy, sink, cfg, Metrics(), rng=np.random.default_rng(0))
+    loop, sink = loop_on(robot, cfg or EdgeConfig(rate_hz=200.0, max_frame_age=1.0), model)
     return loop, robot, sink
 
 
@@ -179,3 +185,70 @@ def test_lost_task_signals_brake_until_they_return(caplog) -> None:
     loop.tick()
     assert robot.drive.commands[-1][0] == "apply" and len(sink.steps) == 2
     assert loop.metrics.counter("edge/brakes/signals_lost") == 3
+
+
+def test_a_declared_reset_brakes_and_records_no_step_unless_its_signals_carry_something() -> None:
+    loop, robot, sink = make_loop(episode_len=3)
+    for _ in range(3):
+        loop.tick()  # one whole episode
+    robot.camera.resetting = robot.signals.resetting = True
+    robot.camera.stall()  # a resetting source's frame is old by nature: not a stale-frame fault
+    for _ in range(4):
+        assert loop.tick() is None
+    assert robot.drive.commands[-1][0] == "stop"
+    assert loop.metrics.counter("edge/reset_ticks") == loop.metrics.counter("edge/brakes/resetting") == 4
+    assert loop.metrics.counter("edge/brakes/stale_frame") == 0
+    robot.signals.resetting = False  # the camera still says resetting, but this read carries a reward
+    step = loop.tick()
+    assert step is not None and step.policy == POLICY_FALLBACK and step.reward == 1.0  # nothing lost
+    robot.camera.resetting, robot.camera.stalled_at = False, None
+    for _ in range(2):
+        loop.tick()
+    assert [s.episode for s in sink.steps] == [0, 0, 0, 1, 1, 1] and loop.stats.episodes == 2
+    assert loop.stats.steps == 6
+
+
+def test_task_signals_survive_late_replies_and_slow_resets_of_a_sim_server() -> None:
+    """Signal replies at episode ends come after the client gave up, and every reset takes 0.4 s:
+    the loop still sees every episode end, reward and cost the simulator produced, once, and records
+    no step while the server resets."""
+    from reachsafe.hardware import make_robot
+    from reachsafe.protocol.messages import HwSignals
+    from reachsafe.sim_bridge.server import ServerConfig, running
+    from tests.conftest import free_tcp_port
+
+    steps = 20
+    cfg = ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", speed=2.0, episode_steps=steps, reset_s=0.4)
+    with running(cfg) as server:
+        sim = server.robots["robot0"]
+        truth: list = []
+        ledger_add = sim.signals.add
+        sim.signals.add = lambda totals: (truth.append(totals), ledger_add(totals))
+        handle, delayed = server.handle, set()
+
+        def late_at_episode_ends(msg):  # noqa: ANN001, ANN202
+            reply = handle(msg)
+            if isinstance(reply, HwSignals) and reply.truncated and reply.read_id not in delayed:
+                delayed.add(reply.read_id)
+                time.sleep(0.25)  # the fault injected: a slow server, past the client's 0.1 s
+            return reply
+
+        server.handle = late_at_episode_ends
+        with make_robot(f"sim:{server.endpoint}/robot0?timeout_s=0.1") as robot:
+            loop, sink = loop_on(robot, EdgeConfig(rate_hz=40.0, max_frame_age=0.5))
+            loop.run(threading.Event(), duration=5.0)
+            sim.step = lambda *args: None  # the world stops: what it produced must all arrive
+            server.handle = handle
+            for _ in range(5):
+                loop.tick()
+    ends = sum(t.truncated for t in truth)
+    assert ends >= 3 and len(delayed) >= 2 and robot.signals.link.timeouts >= 2
+    assert loop.stats.episodes == ends
+    assert sum(s.reward for s in sink.steps) == pytest.approx(sum(t.reward for t in truth), abs=1e-6)
+    assert sum(s.cost for s in sink.steps) == sum(t.cost for t in truth)
+    assert loop.metrics.counter("edge/reset_ticks") >= 5
+    # no brake tick of a reset is a step: an episode of 20 simulator steps has about 20 runtime steps
+    # (21-22 measured; ticks and simulator steps are not locked together, and a loaded machine can make
+    # the server fall behind; recording the reset's ticks made it ~36)
+    per_episode = np.bincount([s.episode for s in sink.steps])[1:ends]
+    assert per_episode.size and per_episode.max() <= steps + 8, per_episode

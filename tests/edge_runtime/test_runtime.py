@@ -16,7 +16,7 @@ from reachsafe.edge_runtime.runtime import EdgeRuntime
 from reachsafe.hardware.factory import Robot
 from reachsafe.protocol.bundle import load_bundle
 from reachsafe.protocol.keys import generate_keys, load_signing_key, load_trusted_keys
-from reachsafe.protocol.messages import BundleMessage
+from reachsafe.protocol.messages import BundleMessage, ErrorMessage
 from tests.fixtures.edge_support import FakeCamera, FakeDrive, FakeSignals, StubTrainer, make_test_bundle
 
 
@@ -141,6 +141,24 @@ def _push_bad_v2_until_rolled_back(tmp_path: Path, keys, rollback: RollbackConfi
         trainer.stop()
 
 
+def test_a_trainer_that_lost_our_hello_gets_it_again(tmp_path, keys) -> None:
+    keys_dir, signing = keys
+    trainer = StubTrainer(free_tcp_port()).start()
+    try:
+        run = Running(
+            tmp_path, keys_dir, make_test_bundle(tmp_path / "b", signing, 1), trainer, _cfg(tmp_path)
+        )
+        poll_until(lambda: trainer.hellos and trainer.steps_of(), 10, what="steps at the trainer")
+        poll_until(lambda: len(trainer.steps_of()) >= 16, 10, what="two batches stored")  # connected, settled
+        before = len(trainer.hellos)
+        trainer.push("robot0", ErrorMessage(code="no_hello", message="say hello first", ref_type="steps"))
+        poll_until(lambda: len(trainer.hellos) > before, 10, what="another HELLO")
+        assert trainer.hellos[-1].stream_id == trainer.hellos[0].stream_id
+        run.finish()
+    finally:
+        trainer.stop()
+
+
 def test_unsafe_bundle_is_rolled_back_automatically(tmp_path, keys) -> None:
     # v2's Q_h says its own actions are unsafe: the shield intervenes on every step
     summary, trainer = _push_bad_v2_until_rolled_back(
@@ -235,3 +253,53 @@ def test_nan_emitting_bundle_brakes_and_is_rolled_back(tmp_path, keys) -> None:
     assert 20 <= summary["brakes"]["nonfinite"] < 60
     rolled = next(s for s in trainer.statuses if s.status == "rolled_back")
     assert "inference failure rate 1.000" in rolled.reason
+
+
+def test_a_brake_refused_at_exit_is_a_warning_and_the_run_still_returns_its_summary(tmp_path, keys) -> None:
+    from reachsafe.hardware.errors import DeviceTimeoutError
+
+    keys_dir, signing = keys
+    trainer = StubTrainer(free_tcp_port()).start()
+    try:
+        run = Running(
+            tmp_path, keys_dir, make_test_bundle(tmp_path / "v1", signing, 1), trainer, _cfg(tmp_path)
+        )
+        poll_until(lambda: len(trainer.steps_of()) >= 8, 10, what="steps at the trainer")
+
+        def gone() -> None:
+            raise DeviceTimeoutError("the drive did not answer (server busy)")
+
+        run.robot.drive._stop = gone  # e.g. a simulator that stopped answering before the robot
+        summary = run.finish()
+    finally:
+        trainer.stop()
+    assert summary["all_acked"] and summary["steps"] > 0
+    assert len(summary["shutdown_warnings"]) == 2, summary["shutdown_warnings"]  # the brake, the release
+    assert all("did not answer" in w for w in summary["shutdown_warnings"])
+
+
+def test_the_sim_robot_name_is_the_robot_id_the_trainer_sees(tmp_path, keys, capsys) -> None:
+    from reachsafe.cli import main
+    from reachsafe.sim_bridge.server import ServerConfig, running
+
+    keys_dir, signing = keys
+    bundle = make_test_bundle(tmp_path / "v1", signing, 1, obs_shape=(64, 64, 3))
+    trainer = StubTrainer(free_tcp_port()).start()
+    sim = ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", robots=2, speed=4.0, episode_steps=10)
+    args = [
+        "edge", "run", "--bundle", str(bundle), "--trainer", trainer.endpoint, "--keys", str(keys_dir),
+        "--rate", "80", "--max-frame-age", "0.5", "--batch-size", "4", "--batch-max-age", "0.1",
+        "--state-dir", str(tmp_path / "state"), "--spool-fsync", "false",
+        "--max-episodes", "1", "--summary", str(tmp_path / "summary.json"),
+    ]  # fmt: skip
+    try:
+        with running(sim) as server:
+            uri = f"sim:{server.endpoint}/robot1"
+            assert main([*args, "--hardware", uri, "--robot-id", "robot0"]) == 2  # two names: refused
+            assert "set the id once" in capsys.readouterr().err
+            assert main([*args, "--hardware", uri]) == 0
+    finally:
+        trainer.stop()
+    assert {h.robot_id for h in trainer.hellos} == {"robot1"}
+    assert {rid for rid, _, _ in trainer.batches} == {"robot1"}
+    assert json.loads((tmp_path / "state" / "status.json").read_text())["robot_id"] == "robot1"

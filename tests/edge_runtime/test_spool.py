@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from reachsafe.edge_runtime.spool import Spool
 from reachsafe.edge_runtime.steps import Step, to_columns
-from reachsafe.protocol.codec import encode
+from reachsafe.protocol.codec import decode, encode
 from reachsafe.protocol.messages import Steps
 
 
@@ -61,6 +61,20 @@ def test_a_flipped_byte_is_caught_by_the_crc(tmp_path) -> None:
     e.segment.write_bytes(bytes(data))
     s2 = Spool(tmp_path, max_bytes=10**7, segment_bytes=10**6, fsync=False)
     assert [x.seq for x in s2.pending()] == [0, 1]
+
+
+def test_a_corrupt_payload_that_still_decodes_is_caught_by_the_crc(tmp_path) -> None:
+    s = Spool(tmp_path, max_bytes=10**7, segment_bytes=10**6, fsync=False)
+    _fill(s, 3)
+    e = s.pending()[-1]
+    data = bytearray(e.segment.read_bytes())
+    frames = bytes(data[e.offset : e.offset + e.length]).index(bytes(4 * 8 * 8 * 3))  # the batch's pixels
+    data[e.offset + frames + 100] ^= 0x01
+    corrupt = decode(bytes(data[e.offset : e.offset + e.length]))
+    assert corrupt.seq == e.seq and corrupt.columns["obs"].any()  # a well-formed batch: only the CRC can tell
+    e.segment.write_bytes(bytes(data))
+    s2 = Spool(tmp_path, max_bytes=10**7, segment_bytes=10**6, fsync=False)
+    assert [x.seq for x in s2.pending()] == [0, 1] and s2.torn_records == 1
 
 
 def test_acked_segments_are_deleted_and_seqs_never_reused(tmp_path) -> None:

@@ -22,6 +22,7 @@ from reachsafe.hardware import (
     hardware_config,
     parse_sim_uri,
 )
+from reachsafe.hardware.config import SimLinkConfig
 from reachsafe.protocol.config import ConfigError
 
 
@@ -155,11 +156,28 @@ def test_robot_connect_failure_releases_connected_devices() -> None:
 
 
 def test_parse_sim_uri() -> None:
-    assert parse_sim_uri("sim:tcp://127.0.0.1:5600/r2") == ("tcp://127.0.0.1:5600", "r2")
-    assert parse_sim_uri("sim:tcp://localhost:5600") == ("tcp://localhost:5600", "robot0")
-    for bad in ("tcp://h:1", "sim:tcp://host", "sim:udp://h:1"):
+    assert parse_sim_uri("sim:tcp://127.0.0.1:5600/r2") == (
+        SimLinkConfig(endpoint="tcp://127.0.0.1:5600"),
+        "r2",
+    )
+    assert parse_sim_uri("sim:tcp://localhost:5600") == (
+        SimLinkConfig(endpoint="tcp://localhost:5600"),
+        "robot0",
+    )
+    link, rid = parse_sim_uri("sim:tcp://10.0.0.5:5600/r3?keys=/k&timeout_s=2.5")
+    assert rid == "r3" and (link.endpoint, link.timeout_s) == ("tcp://10.0.0.5:5600", 2.5)
+    assert (link.curve_secret_key, link.curve_server_key) == ("/k/robot.key_secret", "/k/trainer.key")
+    for bad in (
+        "tcp://h:1",
+        "sim:tcp://host",
+        "sim:udp://h:1",
+        "sim:tcp://h:1/r?key=k",
+        "sim:tcp://h:1?timeout_s=x",
+    ):
         with pytest.raises(ValueError, match="sim"):
             parse_sim_uri(bad)
+    with pytest.raises(ConfigError, match="timeout_s"):  # the config's bounds apply to the URI too
+        parse_sim_uri("sim:tcp://h:1/r?timeout_s=0")
 
 
 def test_unknown_backend_is_a_clear_config_error() -> None:

@@ -9,6 +9,7 @@ from conftest import REPO
 from reachsafe.configs import load_config_file
 from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
 from reachsafe.hardware import make_robot
+from reachsafe.hardware.config import HardwareConfig
 from reachsafe.hardware.manual_signals import ManualSignals
 from reachsafe.hardware.picamera2_camera import Picamera2Camera
 from reachsafe.hardware.referee_signals import RefereeSignals
@@ -78,3 +79,14 @@ def test_manual_backend_from_yaml(tmp_path) -> None:
     )
     signals = make_robot(cfg).signals
     assert isinstance(signals, ManualSignals) and signals.keys["x"] == "estop"
+
+
+@pytest.mark.parametrize("robot_id", ["", "x" * 129, "tab\there", "a/b"])
+def test_a_robot_id_the_wire_would_refuse_is_refused_when_the_config_loads(robot_id: str) -> None:
+    from reachsafe.edge_runtime.config import EdgeConfig
+
+    with pytest.raises(ConfigError, match="robot_id"):
+        HardwareConfig(robot_id=robot_id)
+    if "/" not in robot_id:
+        with pytest.raises(ConfigError, match="robot_id"):
+            EdgeConfig(robot_id=robot_id)

@@ -75,21 +75,36 @@ def test_referee_counts_bad_and_lost_messages_and_times_out() -> None:
                 poll_until(lambda: sig.read() and False, 3.0, 0.02)
 
 
-def test_referee_over_curve(tmp_path) -> None:
+def test_referee_over_curve_delivers_its_signals_to_the_admitted_robot_only(tmp_path) -> None:
     import zmq
 
     from reachsafe.protocol.keys import generate_keys
-    from reachsafe.protocol.sockets import ServerCurve
 
     keys = generate_keys(tmp_path / "keys")
-    ctx = zmq.Context.instance()
-    with ServerCurve(ctx, keys["trainer.key_secret"], keys["robot.key"]) as curve:
-        with RefereePublisher("tcp://127.0.0.1:*", curve=curve) as pub:
-            sig = RefereeSignals(
-                pub.endpoint, "r1", 0, str(keys["robot.key_secret"]), str(keys["trainer.key"])
-            )
-            with sig:
-                connected(pub, sig)
+    other = generate_keys(tmp_path / "other")
+    with RefereePublisher(
+        "tcp://127.0.0.1:*", curve_secret_key=keys["trainer.key_secret"], allowed_robot_keys=keys["robot.key"]
+    ) as pub:
+        assert pub._sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        server_key = str(keys["trainer.key"])
+        sig = RefereeSignals(pub.endpoint, "r1", 0, str(keys["robot.key_secret"]), server_key)
+        plain = RefereeSignals(pub.endpoint, "r1", 0)
+        unknown = RefereeSignals(pub.endpoint, "r1", 0, str(other["robot.key_secret"]), server_key)
+        with sig, plain, unknown:
+            assert sig._sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+            connected(pub, sig)
+            pub.publish("r1", reward=1.5, cost=2.0, terminated=True)
+            got = total(sig, lambda a: a["terminated"])
+            assert (got.reward, got.cost, got.terminated, got.episode) == (1.5, 2.0, True, 1)
+
+            def outsiders_heard() -> bool:  # the referee keeps publishing; they never hear a message
+                pub.publish("r1", reward=1.0)
+                plain.read()
+                unknown.read()
+                return bool(plain.counters["messages"] or unknown.counters["messages"])
+
+            with pytest.raises(AssertionError, match="timed out"):
+                poll_until(outsiders_heard, 1.0, 0.02)
 
 
 def test_plain_referee_on_another_machine_is_refused() -> None:

@@ -18,21 +18,31 @@ from reachsafe.protocol import codec
 from reachsafe.protocol import messages as m
 from reachsafe.protocol.constants import (
     ARRAY_EXT_TYPE,
+    INT64_MAX,
     MAX_CONTAINER_LEN,
+    MAX_DEPTH,
+    MAX_ID_CHARS,
+    MAX_OBJECTS,
     MAX_STR_BYTES,
     PROTOCOL_VERSION,
     STEP_COLUMNS,
     WIRE_DTYPES,
+    check_step_values,
     validate_step_columns,
 )
 from reachsafe.protocol.errors import (
+    ContractError,
     DecodeError,
+    DepthError,
     FieldError,
+    IntRangeError,
+    LengthError,
     OversizeError,
     ProtocolError,
     UnknownTypeError,
     VersionError,
 )
+from tests.fixtures.hostile_frames import deep_heartbeat
 
 
 def step_columns(
@@ -67,12 +77,14 @@ def sample_messages() -> list[m.Message]:
         m.HwHello(robot="r1"),
         m.HwSpec(robot="r1", obs_shape=(64, 64, 3), action_dim=2, rate_hz=20.0),
         m.HwReadFrame(robot="r1"),
-        m.HwFrame(image=np.arange(48, dtype=np.uint8).reshape(4, 4, 3), t_capture=1.0, t_now=1.01, frame_id=5),
+        m.HwFrame(image=np.arange(48, dtype=np.uint8).reshape(4, 4, 3), t_capture=1.0, t_now=1.01, frame_id=5,
+                  resetting=False),
         m.HwDrive(robot="r1", action=np.array([0.5, -1.0], np.float32)),
         m.HwOk(),
         m.HwStop(robot="r1"),
-        m.HwReadSignals(robot="r1"),
-        m.HwSignals(reward=0.5, cost=1.0, terminated=False, truncated=True, episode=3, step=99),
+        m.HwReadSignals(robot="r1", read_id=4, confirmed=3),
+        m.HwSignals(read_id=4, reward=0.5, cost=1.0, terminated=False, truncated=True, episode=3, step=99,
+                    resetting=False),
     ]  # fmt: skip
 
 
@@ -156,26 +168,85 @@ def test_big_endian_input_is_sent_little_endian():
     assert out.dtype == np.dtype("<f4") and np.array_equal(out, arr)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200))
-def test_random_bytes_only_raise_protocol_errors(data):
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, [*value, *value.values()]), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _leaves(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [x for kv in value.items() for v in kv for x in _leaves(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return [value]
+
+
+def _ext_error(ext: msgpack.ExtType) -> type[ProtocolError] | None:
+    if ext.code != ARRAY_EXT_TYPE:
+        return DecodeError
     try:
-        codec.decode(data)
-    except ProtocolError:
-        pass
+        codec.unpack_array(ext.data)
+    except ProtocolError as exc:
+        return type(exc)
+    return None
 
 
-@settings(max_examples=200, deadline=None)
+def expected_errors(data: bytes) -> tuple[type[ProtocolError], ...]:
+    """The typed errors ``decode(data)`` may raise, found by a reference parse: plain msgpack with the
+    ext payloads kept, then the checks of docs/protocol.md section 2.2 in their order (empty: valid)."""
+    try:  # small frames only: the depth of a parsed value is computed recursively here
+        body = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=msgpack.ExtType, max_str_len=MAX_STR_BYTES
+        )
+    except Exception:  # not msgpack: a DecodeError, or one of its limit subclasses found on the way
+        return (DecodeError,)
+    limits = (DepthError,) * (_depth(body) > MAX_DEPTH) + (IntRangeError,) * any(
+        type(x) is int and x > INT64_MAX for x in _leaves(body)
+    )  # fmt: skip
+    if limits:
+        return limits
+    ext_errors = tuple({e for x in _leaves(body) if isinstance(x, msgpack.ExtType) and (e := _ext_error(x))})
+    if ext_errors:
+        return ext_errors
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        return (DecodeError,)
+    if type(body.get("v")) is not int or body["v"] != PROTOCOL_VERSION:
+        return (VersionError,)
+    if not isinstance(body.get("type"), str):
+        return (FieldError,)
+    if body["type"] not in m.MESSAGE_TYPES:
+        return (UnknownTypeError,)
+    return (FieldError,)  # or a valid message
+
+
+def assert_decodes_or_fails_as_expected(data: bytes) -> None:
+    expected = expected_errors(data)
+    try:
+        msg = codec.decode(data)
+    except ProtocolError as exc:
+        assert isinstance(exc, expected), (type(exc).__name__, expected, str(exc)[:200])
+        assert len(m.ErrorMessage.from_exception(exc).message) <= m.MAX_ERROR_TEXT
+    else:
+        assert expected == (FieldError,) and codec.decode(codec.encode(msg)).TYPE == msg.TYPE
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.binary(max_size=200))
+def test_random_bytes_raise_the_typed_error_of_their_first_bad_part(data):
+    assert_decodes_or_fails_as_expected(data)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.data())
-def test_corrupted_valid_messages_only_raise_protocol_errors(data):
+def test_corrupted_valid_messages_raise_the_typed_error_of_their_first_bad_part(data):
     encoded = bytearray(codec.encode(data.draw(st.sampled_from(sample_messages()))))
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(encoded) - 1))
         encoded[i] = data.draw(st.integers(0, 255))
-    try:
-        codec.decode(bytes(encoded))
-    except ProtocolError:
-        pass
+    assert_decodes_or_fails_as_expected(bytes(encoded))
 
 
 @pytest.mark.parametrize("cut", [1, 5, 20])
@@ -235,7 +306,16 @@ def test_non_string_type_is_field_error():
         (m.Ack(stream_id="s", seq=1), "seq", True),
         (m.Ack(stream_id="s", seq=1), "stream_id", b"s"),
         (
-            m.HwSignals(reward=0.0, cost=0.0, terminated=False, truncated=False, episode=0, step=0),
+            m.HwSignals(
+                read_id=0,
+                reward=0.0,
+                cost=0.0,
+                terminated=False,
+                truncated=False,
+                episode=0,
+                step=0,
+                resetting=False,
+            ),
             "terminated",
             1,
         ),
@@ -352,7 +432,9 @@ def test_encoding_non_whitelisted_dtype_is_field_error():
 
 
 def test_oversize_message_and_array():
-    msg = m.HwFrame(image=np.zeros((64, 64, 3), np.uint8), t_capture=0.0, t_now=0.0, frame_id=0)
+    msg = m.HwFrame(
+        image=np.zeros((64, 64, 3), np.uint8), t_capture=0.0, t_now=0.0, frame_id=0, resetting=False
+    )
     data = codec.encode(msg)
     with pytest.raises(OversizeError):
         codec.decode(data, max_message_bytes=len(data) - 1)
@@ -434,21 +516,18 @@ _values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     st.sampled_from(sample_messages()), st.dictionaries(st.text(max_size=12), _values, max_size=4), st.data()
 )
-def test_structured_garbage_only_raises_protocol_errors(msg, overlay, data):
+def test_structured_garbage_raises_the_typed_error_of_its_first_bad_part(msg, overlay, data):
     """Valid v/type with fields replaced, added or removed by arbitrary msgpack values."""
     body = valid_body(msg)
     for name in data.draw(st.lists(st.sampled_from(sorted(body)), max_size=2)):
         body.pop(name, None)
     for name, value in overlay.items():
         body[data.draw(st.sampled_from([name, *sorted(valid_body(msg))]))] = value
-    try:
-        codec.decode(raw(body))
-    except ProtocolError:
-        pass
+    assert_decodes_or_fails_as_expected(raw(body))
 
 
 # --- large messages: arrays of >= 16 KiB are decoded as views of the received buffer --------
@@ -458,7 +537,8 @@ _BIG_EXT = msgpack.ExtType(ARRAY_EXT_TYPE, codec.pack_array(_BIG))
 
 
 def _plain_unpack(data: bytes) -> object:
-    """The reference: msgpack decoding every ext payload from its own copy."""
+    """The reference: the same limit walk, then msgpack decoding every ext payload from its own copy."""
+    codec._walk(memoryview(data))
 
     def hook(code: int, payload: bytes) -> np.ndarray:
         if code != ARRAY_EXT_TYPE:
@@ -514,7 +594,7 @@ def test_large_unaligned_array_is_copied_aligned():
 
 def test_large_message_with_every_msgpack_format_decodes_as_msgpack_does():
     body = {
-        "ints": [0, 127, -1, -32, -33, 255, 256, 65536, 2**32, 2**63, -(2**7), -(2**15), -(2**31), -(2**63)],
+        "ints": [0, 127, -1, -32, -33, 255, 256, 65536, 2**32, 2**63 - 1, -(2**7), -(2**15), -(2**31), -(2**63)],
         "floats": [0.5, 1e30, -2.25],
         "nil/bools": [None, True, False],
         "str8": "s" * 40, "str16": "t" * 300, "str32": "u" * 70000,
@@ -557,3 +637,126 @@ def test_large_message_with_a_foreign_ext_type_is_decode_error():
     data = raw({"v": 1, "type": "hw_frame", "image": _BIG_EXT, "x": msgpack.ExtType(2, b"")})
     with pytest.raises(DecodeError, match="extension type 2"):
         codec.decode(data)
+
+
+# --- decoding limits: checked before msgpack builds anything (issue #24, items 1 and 2) ------
+
+
+def _steps_body(**fields: object) -> dict:
+    body = valid_body(m.Steps(robot_id="r", stream_id="s", seq=0, first_step=0, columns=step_columns()))
+    body.update(fields)
+    return body
+
+
+@pytest.mark.parametrize("field", ["seq", "first_step"])
+@pytest.mark.parametrize("value", [2**63, 2**64 - 1])
+def test_int_outside_int64_is_int_range_error(field, value):
+    with pytest.raises(IntRangeError) as info:
+        codec.decode(raw(_steps_body(**{field: value})))
+    assert info.value.code == "int_range" and m.ErrorMessage.from_exception(info.value).code == "int_range"
+    assert getattr(codec.decode(raw(_steps_body(**{field: 2**63 - 1}))), field) == 2**63 - 1
+    with pytest.raises(IntRangeError):  # nor can a sender build one
+        m.Ack(stream_id="s", seq=value)
+
+
+def _nested(depth: int) -> object:
+    value: object = 1.0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1000, 100_000])
+def test_deep_nesting_is_depth_error_without_recursion(depth):
+    with pytest.raises(DepthError) as info:
+        codec.decode(deep_heartbeat(depth))
+    assert info.value.code == "depth" and len(str(info.value)) < 200
+
+
+def test_nesting_at_the_limit_gets_to_the_field_check_and_is_described_briefly():
+    with pytest.raises(FieldError, match="metrics") as info:
+        codec.decode(deep_heartbeat(MAX_DEPTH))
+    assert len(str(info.value)) < 200  # the value is described briefly, never repr'd whole
+
+
+def test_error_text_never_recurses_over_or_copies_the_payload():
+    with pytest.raises(FieldError) as info:
+        m.Heartbeat(sender_id="r1", time=0.0, metrics=_nested(5000))  # built locally: no decode limit
+    assert len(str(info.value)) < 200
+    with pytest.raises(FieldError) as info:
+        m.Ack(stream_id=b"x" * (1 << 20), seq=0)
+    assert len(str(info.value)) < 200
+    reply = m.ErrorMessage.from_exception(FieldError("x" * 10_000, msg_type="y" * 10_000))
+    assert len(reply.message) == m.MAX_ERROR_TEXT and len(reply.ref_type) == MAX_ID_CHARS
+    assert codec.decode(codec.encode(reply)).message == reply.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "s" * (MAX_STR_BYTES + 1),
+        list(range(MAX_CONTAINER_LEN + 1)),
+        {str(i): 0.0 for i in range(MAX_CONTAINER_LEN + 1)},
+        [[0] * MAX_CONTAINER_LEN] * (MAX_OBJECTS // MAX_CONTAINER_LEN),
+    ],
+    ids=["str", "array", "map", "objects"],
+)
+def test_lengths_over_their_bound_are_length_errors(value):
+    body = valid_body(m.Heartbeat(sender_id="r1", time=0.0))
+    body["metrics"] = value
+    with pytest.raises(LengthError) as info:
+        codec.decode(raw(body))
+    assert info.value.code == "length"
+
+
+@pytest.mark.parametrize("robot_id", ["", "r" * (MAX_ID_CHARS + 1), "robot\n2", "r\x1b[31m"])
+def test_ids_are_short_and_printable(robot_id):
+    body = valid_body(m.Hello(robot_id="r", stream_id="s", runtime_version="t", bundle_version=-1,
+                              obs_shape=(8, 8, 3), action_dim=2, resume_seq=0))  # fmt: skip
+    body["robot_id"] = robot_id
+    with pytest.raises(FieldError, match="robot_id"):
+        codec.decode(raw(body))
+    assert dataclasses.replace(
+        sample_messages()[0], robot_id="r" * MAX_ID_CHARS
+    ).robot_id  # the longest allowed
+
+
+# --- the step record's value rules (check_step_values) ---------------------------------------
+
+
+def valid_columns(n: int = 4) -> dict[str, np.ndarray]:
+    cols = step_columns(n)
+    cols["action"] = np.clip(cols["action"], -1, 1)
+    cols["proposed"] = np.clip(cols["proposed"], -1, 1)
+    cols["cost"] = np.abs(cols["cost"])
+    cols["bundle_version"][0] = -1  # -1: no bundle yet
+    return cols
+
+
+BAD_VALUES = {
+    "reward:nonfinite": ("reward", 2, np.nan),
+    "cost:nonfinite": ("cost", 1, np.inf),
+    "cost:below_range": ("cost", 3, -0.5),
+    "action:nonfinite": ("action", (0, 1), np.nan),
+    "action:above_range": ("action", (2, 0), 1.5),
+    "proposed:nonfinite": ("proposed", (1, 1), -np.inf),
+    "proposed:below_range": ("proposed", (3, 1), -1.01),
+    "t_obs:nonfinite": ("t_obs", 0, np.nan),
+    "t_act:nonfinite": ("t_act", 2, np.inf),
+    "policy:above_range": ("policy", 1, 3),
+    "bundle_version:below_range": ("bundle_version", 2, -2),
+    "episode:below_range": ("episode", 0, -1),
+}
+
+
+@pytest.mark.parametrize("reason", BAD_VALUES)
+def test_values_out_of_contract_are_contract_errors_naming_the_column(reason):
+    cols = valid_columns()
+    check_step_values(cols, 40)
+    column, where, value = BAD_VALUES[reason]
+    cols[column][where] = value
+    with pytest.raises(ContractError) as info:
+        check_step_values(cols, 40)
+    row = where[0] if isinstance(where, tuple) else where
+    assert info.value.reason == reason and info.value.code == "contract" and info.value.msg_type == "steps"
+    assert f"'{column}'" in str(info.value) and f"step {40 + row} (row {row}" in str(info.value)

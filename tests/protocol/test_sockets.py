@@ -187,3 +187,16 @@ def test_plain_mode_refuses_remote_unless_forced(ctx, caplog):
     local = server_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:*")
     local.close()
     assert "PLAIN loopback mode" in caplog.text
+
+
+def test_a_server_curve_refuses_a_socket_of_another_context(tmp_path) -> None:
+    """ZAP is per context: an allow-list on one context would silently admit every key on another."""
+    generate_keys(tmp_path)
+    ours, other = zmq.Context(), zmq.Context()
+    try:
+        with ServerCurve.from_key_dir(ours, tmp_path) as curve:
+            with pytest.raises(ValueError, match="another zmq.Context"):
+                server_socket(other, zmq.ROUTER, "tcp://127.0.0.1:*", curve=curve)
+    finally:
+        ours.term()
+        other.term()

@@ -183,14 +183,33 @@ def test_cost_is_one_inside_a_hazard_and_zero_outside() -> None:
     env.close()
 
 
+def test_a_hazard_crossed_between_substeps_costs() -> None:
+    """The robot grazes a hazard: inside after the first 25 ms sub-step, outside again after the second.
+    Neither end of the step lies in the hazard, and the step still costs."""
+    env = _make()
+    env.reset(seed=1)
+    s = env.nav_state()
+    centre, radius = s.hazards[0], s.hazard_radii[0]
+    per_substep = 1.0 / (20 * env.action_repeat)  # metres at full speed (1 m/s, 20 Hz)
+    half_chord = 0.6 * per_substep  # the chord the path cuts through the disc: shorter than a sub-step
+    start = centre + np.array([-per_substep, math.sqrt(radius**2 - half_chord**2)])
+    env.place_robot(start, 0.0)  # heading +x, along the chord
+    assert not env.in_hazard()
+    _, _, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert not env.in_hazard() and np.linalg.norm(env.nav_state().xy - start - [2 * per_substep, 0]) < 1e-9
+    assert info["cost_hazard"] == 1.0 and info["cost"] == 1.0
+    env.close()
+
+
 def test_touching_a_pillar_costs_and_the_robot_cannot_pass_through() -> None:
     env = _make("reachsafe/SafeGoal2-v0")
     env.reset(seed=2)
     pillar = env.nav_state().obstacles[0]
     start = pillar - np.array([ROBOT_RADIUS + PILLAR_RADIUS + 0.05, 0.0])
     env.place_robot(start, 0.0)  # facing the pillar
-    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(5)]
-    assert max(costs) == 1.0
+    infos = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4] for _ in range(5)]
+    assert max(i["cost_collision"] for i in infos) == 1.0
+    assert [i["cost"] for i in infos] == [max(i["cost_collision"], i["cost_hazard"]) for i in infos]
     gap = np.linalg.norm(env.nav_state().xy - pillar)
     assert gap >= ROBOT_RADIUS + PILLAR_RADIUS - 1e-6
     env.close()
@@ -242,21 +261,22 @@ def test_wrong_button_costs_and_the_right_one_pays() -> None:
     s = env.nav_state()
     wrong = s.obstacles[-1]  # wrong buttons follow the pillars
     env.place_robot(wrong - np.array([0.3, 0.0]), 0.0)
-    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(4)]
-    assert max(costs) == 1.0
+    infos = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4] for _ in range(4)]
+    assert max(i["cost_collision"] for i in infos) == 1.0
+    assert [i["cost"] for i in infos] == [max(i["cost_collision"], i["cost_hazard"]) for i in infos]
     env.place_robot(s.goal_xy - np.array([0.35, 0.0]), 0.0)
     _, reward, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
     assert info["goal_met"] and reward > 1.0
     # the pressed button is now a wrong one under the robot: no cost while the buttons re-arm
-    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(5)]
-    assert costs == [0.0] * 5
+    infos = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4] for _ in range(5)]
+    assert [(i["cost_collision"], i["cost"]) for i in infos] == [(0.0, 0.0)] * 5
     # ... but only that button: another wrong one still costs during the re-arm window
     other = next(
         o for o in env.nav_state().obstacles[len(s.obstacles) - 3 :] if np.linalg.norm(o - s.goal_xy) > 0.1
     )
     env.place_robot(other - np.array([0.3, 0.0]), 0.0)
-    costs = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4]["cost_collision"] for _ in range(3)]
-    assert max(costs) == 1.0
+    infos = [env.step(np.array([1.0, 0.0], dtype=np.float32))[4] for _ in range(3)]
+    assert max(i["cost_collision"] for i in infos) == max(i["cost"] for i in infos) == 1.0
     env.close()
 
 

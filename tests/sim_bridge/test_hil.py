@@ -61,7 +61,7 @@ def test_two_runtimes_drive_a_two_robot_fleet_against_one_trainer(tmp_path: Path
     )
     trainer = processes.reachsafe(
         *(
-            "trainer",
+            "daemon",
             "serve",
             "--run",
             str(run),

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import signal
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 from conftest import free_tcp_port, poll_until
 
-from reachsafe.hardware import DeviceTimeoutError, HardwareError, StaleFrameError, make_robot
+from reachsafe.hardware import (
+    DeviceTimeoutError,
+    DeviceUnavailableError,
+    HardwareError,
+    StaleFrameError,
+    make_robot,
+)
 from reachsafe.hardware.sim import SimCamera, SimDrive
 from reachsafe.protocol.codec import decode, encode
-from reachsafe.protocol.messages import ErrorMessage, HwDrive
-from reachsafe.sim_bridge.server import ServerConfig, SimServer, running
+from reachsafe.protocol.errors import TransportSecurityError
+from reachsafe.protocol.keys import generate_keys
+from reachsafe.protocol.messages import ErrorMessage, HwDrive, HwReadSignals
+from reachsafe.sim_bridge.server import ServerConfig, SignalLedger, SimServer, Totals, running
 
 
 @pytest.fixture
@@ -161,3 +173,100 @@ def test_malformed_and_refused_requests_get_errors_and_the_server_keeps_running(
     with make_robot(f"sim:{server.endpoint}/robot0") as robot:
         robot.drive.apply(np.array([0.2, 0.0]))
         assert robot.camera.read_latest().image.shape == (64, 64, 3)
+
+
+def test_signal_answers_are_kept_until_confirmed_repeated_and_merged_never_dropped() -> None:
+    ledger = SignalLedger()
+
+    def read(read_id: int, confirmed: int):  # noqa: ANN202
+        return ledger.answer(HwReadSignals(robot="r", read_id=read_id, confirmed=confirmed), 0, 0, False)
+
+    ledger.add(Totals(reward=1.0, cost=1.0))
+    first = read(0, -1)
+    assert (first.read_id, first.reward, first.cost) == (0, 1.0, 1.0)
+    ledger.add(Totals(reward=2.0, truncated=True))
+    assert read(0, -1) == first  # the reply was lost and the client asks again: the same answer
+    lost = read(1, 0)  # confirms read 0; this reply is lost ...
+    assert (lost.reward, lost.truncated) == (2.0, True)
+    ledger.add(Totals(reward=4.0))
+    carried = read(2, 0)  # ... and the client moved on without it: read 1 is carried into read 2
+    assert (carried.reward, carried.cost, carried.truncated) == (6.0, 0.0, True)
+    assert read(3, 2).reward == 0.0 and ledger.pending == Totals()
+
+
+def test_a_slow_reset_is_declared_and_the_server_keeps_answering() -> None:
+    cfg = ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", speed=4.0, episode_steps=10, reset_s=0.6)
+    with running(cfg) as srv, make_robot(f"sim:{srv.endpoint}/robot0") as robot:
+        end = poll_until(lambda: (s := robot.signals.read()).truncated and s, 5, 0.01, "an episode end")
+        t_end = time.monotonic()
+        assert end.resetting  # the episode ended and its reset began
+        frame = robot.camera.read_latest(max_age=0.01)  # old, but declared: no StaleFrameError
+        assert frame.resetting
+        during = robot.signals.read()
+        assert during.resetting and during.empty  # the world holds still while it resets
+        fresh = poll_until(
+            lambda: not (f := robot.camera.read_latest()).resetting and f, 5, 0.01, "the reset's end"
+        )
+        assert time.monotonic() - t_end > 0.3  # answered all along, not blocked for the reset
+        assert fresh.frame_id > frame.frame_id and fresh.age() < 0.3
+
+
+def _mixed_keys(tmp_path: Path, robot_from: Path, server_from: Path, name: str) -> Path:
+    """A robot key folder with the robot key pair of one `keys generate` and the server key of another."""
+    d = tmp_path / name
+    d.mkdir()
+    (d / "robot.key_secret").write_bytes((robot_from / "robot.key_secret").read_bytes())
+    (d / "trainer.key").write_bytes((server_from / "trainer.key").read_bytes())
+    return d
+
+
+def test_sim_link_over_curve_serves_only_the_robot_key_it_admits(tmp_path, caplog) -> None:  # noqa: ANN001
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    generate_keys(keys)
+    generate_keys(other)
+    cfg = ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", keys=keys)
+    with running(cfg) as srv:
+        assert srv._sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        with make_robot(f"sim:{srv.endpoint}/robot0?keys={keys}") as robot:
+            assert robot.camera.read_latest().image.shape == (64, 64, 3)
+            robot.drive.apply(np.array([0.5, 0.0]))
+            assert robot.signals.read().episode == 0
+        caplog.set_level(logging.WARNING, logger="reachsafe.protocol.sockets")
+        refused = {
+            "plain": "",
+            "unknown robot key": f"&keys={_mixed_keys(tmp_path, other, keys, 'unknown_robot')}",
+            "wrong server key": f"&keys={_mixed_keys(tmp_path, keys, other, 'wrong_server')}",
+        }
+        for what, query in refused.items():
+            cam = make_robot(f"sim:{srv.endpoint}/robot0?timeout_s=0.3{query}").camera
+            with pytest.raises(DeviceTimeoutError, match="did not answer"):
+                cam.connect()  # never served: no handshake, no answer
+            assert not cam.is_connected, what
+    assert any("denied a client" in r.getMessage() for r in caplog.records)  # the ZAP allow-list ran
+
+
+def _own_address() -> str | None:
+    """This machine's IPv4 address on its default route, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a UDP connect sends nothing; it only picks the route
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_off_loopback_the_sim_link_is_refused_plain_and_works_with_curve(tmp_path) -> None:  # noqa: ANN001
+    host = _own_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve the sim link on")
+    endpoint = f"tcp://{host}:{free_tcp_port(host)}"
+    with pytest.raises(TransportSecurityError, match="--keys DIR"):
+        SimServer(ServerConfig(bind=endpoint))
+    with pytest.raises(DeviceUnavailableError, match=r"\?keys=DIR"):  # a hint that can be followed
+        make_robot(f"sim:{endpoint}/robot0").camera.connect()
+    generate_keys(tmp_path / "keys")
+    with running(ServerConfig(bind=endpoint, keys=tmp_path / "keys")) as srv:
+        with make_robot(f"sim:{endpoint}/robot0?keys={tmp_path / 'keys'}") as robot:
+            assert robot.camera.read_latest().frame_id >= 0
+        assert srv.errors == 0

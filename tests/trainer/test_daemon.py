@@ -6,10 +6,12 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 from conftest import REPO, free_tcp_port, fresh_run, poll_until, start_daemon
 
@@ -17,7 +19,12 @@ from reachsafe.protocol.codec import decode, encode
 from reachsafe.protocol.constants import ARRAY_EXT_TYPE
 from reachsafe.protocol.messages import Ack, BundleMessage, ErrorMessage, Hello, Message, Steps
 from reachsafe.protocol.sockets import client_socket
+from reachsafe.trainer.algos.online.config import OnlineConfig, ReplayConfig, VPAConfig
+from reachsafe.trainer.daemon.ingest import IngestServer
+from reachsafe.trainer.daemon.learner import DaemonLearner
+from reachsafe.trainer.daemon.serve import EXIT_THREAD_FAILED, serve
 from reachsafe.trainer.daemon.store import StepStore
+from tests.fixtures.hostile_frames import deep_heartbeat
 from tests.fixtures.step_batches import synthetic_columns
 from tests.fixtures.stored_steps import stored_batches
 
@@ -148,6 +155,10 @@ def test_malformed_messages_get_typed_errors_and_daemon_keeps_serving(
         ),  # fmt: skip
         "version": _raw({"v": 99, "type": "hello"}),
         "unknown_type": _raw({"v": 1, "type": "launch_missiles"}),
+        "int_range": _raw(
+            {**msgpack.unpackb(good, ext_hook=msgpack.ExtType), "seq": 2**63}
+        ),  # killed it: #24
+        "depth": deep_heartbeat(1000),  # killed it too
         "oversize": _raw(
             {
                 "v": 1,
@@ -165,14 +176,15 @@ def test_malformed_messages_get_typed_errors_and_daemon_keeps_serving(
             robot.send(frame)
             err = robot.recv_until(lambda m: isinstance(m, ErrorMessage), 60.0)
             assert err.code == code, (code, err)
+        robot.hello()
         wrong_shape = Steps(robot_id="bad", stream_id="x", seq=0, first_step=0,
                             columns=synthetic_columns(4, 0, obs_shape=(8, 8, 3)))  # fmt: skip
         robot.send(wrong_shape)
         assert robot.recv_until(lambda m: isinstance(m, ErrorMessage)).code == "field"
         robot.send(good)  # the daemon still serves
         assert robot.recv_until(lambda m: isinstance(m, Ack)).seq == 0
-        status = poll_until(lambda: _status_if(run, lambda s: s["errors"] >= 6), 10.0)
-        assert status["errors_by_code"]["field"] >= 2
+        status = poll_until(lambda: _status_if(run, lambda s: s["errors"] >= 8), 10.0)
+        assert status["errors_by_code"]["field"] >= 2 and status["robots"]["bad"]["rejected"] == {"field": 1}
     finally:
         robot.close()
         ctx.term()
@@ -218,3 +230,33 @@ def test_kill9_mid_stream_loses_and_duplicates_nothing(processes, offline_run: P
     steps = sorted(first + i for _, _, first, n in index for i in range(n))
     assert steps == list(range(n_batches * BATCH)), "every step exactly once"
     assert np.all(np.diff([first for _, _, first, _ in index]) == BATCH)
+
+
+@pytest.mark.timeout(120)  # it must also stop: a socket left open once hung its ctx.term()
+@pytest.mark.parametrize("thread", ["ingest", "learner", "hung learner"])
+def test_a_failing_thread_stops_the_daemon_with_a_non_zero_exit_status(
+    offline_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
+) -> None:
+    """A fatal error in a thread, or a thread that does not stop, must end the daemon with a status that
+    makes its supervisor restart it (issue #24: the daemon exited 0)."""
+    from reachsafe.trainer.daemon import serve as serve_module
+
+    release = threading.Event()
+
+    def fatal(*args: object, **kwargs: object) -> None:
+        if thread == "hung learner":
+            release.wait(60)
+        raise RuntimeError(f"injected fatal error in the {thread} thread")
+
+    monkeypatch.setattr(*{"ingest": (IngestServer, "serve")}.get(thread, (DaemonLearner, "run")), fatal)
+    monkeypatch.setattr(serve_module, "JOIN_TIMEOUT_S", 0.5)
+    run = fresh_run(offline_run, tmp_path)
+    cfg = OnlineConfig(batch_size=16, replay=ReplayConfig(warmup_steps=8), vpa=VPAConfig(enabled=False))
+    stop = threading.Event()
+    if thread == "hung learner":
+        threading.Timer(1.0, stop.set).start()  # an operator's SIGTERM
+    try:
+        assert serve(cfg, run, f"tcp://127.0.0.1:{free_tcp_port()}", stop=stop) == EXIT_THREAD_FAILED == 1
+    finally:
+        release.set()
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"

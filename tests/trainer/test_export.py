@@ -187,7 +187,11 @@ def test_signed_bundle_loads_in_the_runtime_and_tampering_is_refused(image_agent
 
 
 def report(agreement, int8_ms, fp32_ms=1.0):
-    return QuantReport(100, 0.01, 0.001, 0.1, agreement, fp32_ms, 2 * fp32_ms, int8_ms, 2 * int8_ms)
+    return QuantReport(
+        frames=100, action_err_max=0.01, action_err_mean=0.001, q_err_max=0.1, q_h_err_max=0.1,
+        shield_agreement=agreement, fp32_p50_ms=fp32_ms, fp32_p99_ms=2 * fp32_ms, int8_p50_ms=int8_ms,
+        int8_p99_ms=2 * int8_ms,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -207,7 +211,14 @@ def test_int8_export_reports_and_obeys_the_gate(image_agent, keys, tmp_path):
     )
     manifest = load_bundle(result.path, load_trusted_keys(keys)).manifest
     rep = manifest["quantization"]["report"]
-    for key in ("shield_agreement", "action_err_max", "fp32_p50_ms", "int8_p50_ms", "parity_max_abs_err"):
+    for key in (
+        "shield_agreement",
+        "action_err_max",
+        "q_err_max",
+        "fp32_p50_ms",
+        "int8_p50_ms",
+        "parity_max_abs_err",
+    ):
         assert key in rep
     assert 0.0 <= rep["shield_agreement"] <= 1.0
     fields = {k: rep[k] for k in QuantReport.__dataclass_fields__}

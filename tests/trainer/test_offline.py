@@ -11,7 +11,7 @@ from reachsafe.trainer.algos.offline.config import (
     WorldModelConfig,
 )
 from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
-from reachsafe.trainer.data.augment import colour_jitter, random_shift
+from reachsafe.trainer.data.augment import augment, draw_augmentation, random_shift
 from reachsafe.trainer.models.networks import load_checkpoint
 from reachsafe.trainer.runs.offline import train_offline
 from reachsafe.trainer.runs.run_dir import RunDirError
@@ -130,17 +130,26 @@ def test_random_shift_moves_content_by_whole_pixels():
     g = torch.Generator().manual_seed(0)
     img = torch.zeros(32, 16, 16, 3, dtype=torch.uint8)
     img[:, 8, 8] = 255
-    out = random_shift(img, 2, g)
+    out = augment(img, draw_augmentation(32, 3, pad=2, colour=0.0, generator=g))
     assert out.shape == (32, 16, 16, 3) and out.dtype == torch.float32
     positions = {tuple(torch.nonzero(o[..., 0] == 255)[0].tolist()) for o in out}
     assert len(positions) > 1 and all(6 <= r <= 10 and 6 <= c <= 10 for r, c in positions)
+
+
+def test_random_shift_pads_by_replicating_the_border():
+    """Pad-and-crop as DrQ does it: F.pad(replicate) then a crop at the drawn offset."""
+    img = torch.randint(0, 256, (6, 9, 7, 3), dtype=torch.uint8)
+    shifts = torch.tensor([[0, 0], [6, 6], [0, 6], [3, 1], [6, 0], [2, 5]])
+    padded = torch.nn.functional.pad(img.float().permute(0, 3, 1, 2), (3, 3, 3, 3), mode="replicate")
+    want = torch.stack([padded[i, :, r : r + 9, c : c + 7] for i, (r, c) in enumerate(shifts.tolist())])
+    assert torch.equal(random_shift(img, shifts, 3), want.permute(0, 2, 3, 1))
 
 
 def test_colour_jitter_scales_channels_within_bounds_and_clamps():
     g = torch.Generator().manual_seed(0)
     img = torch.full((64, 4, 4, 3), 100.0)
     img[:, 0, 0] = 250.0
-    out = colour_jitter(img.clone(), 0.3, g)
+    out = augment(img.clone(), draw_augmentation(64, 3, pad=0, colour=0.3, generator=g))
     assert out.shape == img.shape and float(out.min()) >= 0.0 and float(out.max()) <= 255.0
     # each frame: one gain per channel and one offset, the same at every pixel; gain·100 + offset ∈ 100 ± 30 ± 38.4
     flat = out[:, 1:, :, :].reshape(64, -1, 3)

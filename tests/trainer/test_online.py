@@ -116,13 +116,13 @@ def test_the_anchor_pulls_pi_on_toward_pi_offs_mean_action() -> None:
             mu_on, _ = agent.actor_on.distribution_params(agent.encoder(obs))
             mu_off, _ = agent.actor_off.distribution_params(agent.encoder_off(obs))
             by_hand = (torch.tanh(mu_on) - torch.tanh(mu_off)).pow(2).sum(-1).mean().item()
-            assert learner._anchor(batch, agent.encoder(obs)).item() == pytest.approx(by_hand, rel=1e-6)
+            assert learner._anchor(obs, agent.encoder(obs)).item() == pytest.approx(by_hand, rel=1e-6)
         assert by_hand > 0.01
         for _ in range(100):
             m = learner.actor_step(batch)
         assert ("online/anchor" in m) == (weight > 0)
         with torch.no_grad():
-            distances[weight] = learner._anchor(batch, agent.encoder(obs)).item()
+            distances[weight] = learner._anchor(obs, agent.encoder(obs)).item()
     assert distances[10.0] < 0.2 * by_hand and distances[10.0] < distances[0.0]
 
 

@@ -3,32 +3,21 @@ ingest server's pipelined group commit over a real ROUTER socket."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import sqlite3
 import threading
-import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import zmq
 from conftest import poll_until
 
 from reachsafe.protocol.codec import decode, encode
-from reachsafe.protocol.messages import Ack, ErrorMessage, Steps
-from reachsafe.protocol.sockets import client_socket, server_socket
-from reachsafe.trainer.daemon.ingest import IngestServer
-from reachsafe.trainer.daemon.store import AppendedGroup, PendingBatch, StepStore, StoreError
+from reachsafe.protocol.constants import MAX_AHEAD_SEQS
+from reachsafe.protocol.messages import Steps
+from reachsafe.trainer.daemon.store import Discontinuous, PendingBatch, StepStore, StoreError
+from tests.fixtures.ingest_server import OBS, FlakyStore, acks_until, batch, next_error, running_ingest
 from tests.fixtures.step_batches import synthetic_columns
 from tests.fixtures.stored_steps import stored_batches
-
-OBS = (4, 4, 3)
-
-
-def batch(seq: int, robot: str = "r", stream: str = "s", n: int = 4) -> PendingBatch:
-    msg = Steps(robot_id=robot, stream_id=stream, seq=seq, first_step=seq * n,
-                columns=synthetic_columns(n, seq * n, obs_shape=OBS))  # fmt: skip
-    return PendingBatch(robot, stream, seq, seq * n, n, encode(msg))
 
 
 def test_duplicates_are_detected_within_and_across_groups(tmp_path: Path) -> None:
@@ -159,81 +148,57 @@ def test_failed_index_commit_leaves_dead_bytes_that_reads_and_reopens_skip(tmp_p
     store.close()
 
 
-class FlakyStore(StepStore):
-    """Fails the first ``failures`` group appends (as a full disk would) and ``index_failures`` index commits."""
+def at(seq: int, first_step: int, n: int = 4, stream: str = "s") -> PendingBatch:
+    """A batch of ``n`` steps numbered from ``first_step`` (continuous or not)."""
+    return dataclasses.replace(batch(0), stream_id=stream, seq=seq, first_step=first_step, n_steps=n)
 
-    def __init__(self, root: Path, failures: int, index_failures: int = 0) -> None:
-        super().__init__(root)
-        self.failures, self.index_failures = failures, index_failures
-        self.groups: list[int] = []
-        self.failed_rows = 0
 
-    def append(self, batches: Sequence[PendingBatch]) -> AppendedGroup:
-        if self.failures:
-            self.failures -= 1
-            raise StoreError("disk full (simulated)")
-        self.groups.append(len(batches))
-        return super().append(batches)
+def test_a_jump_in_first_step_is_refused_and_nothing_of_it_stored(tmp_path: Path) -> None:
+    store = StepStore(tmp_path / "st")
+    out = store.put_many([at(0, 0), at(1, 5), at(1, 4), at(1, 9)])  # 5: a jump; then seq 1 again: a resend
+    assert out[0] is True and isinstance(out[1], Discontinuous) and out[2:] == [True, False]
+    assert "seq 1 starts at step 5, but seq 0 ends at step 4" in out[1].reason
+    out = store.put_many([at(0, 1, stream="t"), at(3, 10), at(2, 8, n=3), at(2, 8, n=2)])
+    assert isinstance(out[0], Discontinuous) and "a stream starts at step 0" in out[0].reason
+    assert out[1] is True and out[3] is True  # seq 3 beyond the gap, then the seq 2 that fits before it
+    assert (
+        isinstance(out[2], Discontinuous)
+        and "seq 2 ends at step 11, but seq 3 starts at step 10" in out[2].reason
+    )
+    assert [(b.stream_id, b.seq, b.first_step) for b in store.iter_batches()] == [
+        ("s", 0, 0), ("s", 1, 4), ("s", 3, 10), ("s", 2, 8)
+    ]  # fmt: skip
+    assert store.steps_stored == 14 and store.acked_seq("r", "s") == 3 and store.acked_seq("r", "t") == -1
+    store.close()
 
-    def _insert(self, rows: list) -> None:  # noqa: ANN001
-        if self.index_failures:
-            self.index_failures -= 1
-            self.failed_rows += len(rows)
-            raise sqlite3.OperationalError("database or disk is full (simulated)")
-        super()._insert(rows)
+
+def test_out_of_order_batches_must_fit_between_their_known_neighbours(tmp_path: Path) -> None:
+    store = StepStore(tmp_path / "st")
+    assert store.put_many([at(0, 0), at(3, 20)]) == [True, True]  # seqs 1, 2 in between: >= 1 step each
+    for refused in (
+        at(4, 23),
+        at(2, 14, n=7),
+        at(6, 24),
+    ):  # seq 3 ends at 24; seq 2 must end at 20; 4, 5 between
+        assert isinstance(store.put_many([refused])[0], Discontinuous), refused
+    store.close()
+    store = StepStore(tmp_path / "st")  # the numbering is known again after a restart
+    group = store.append([at(1, 4, n=8)])
+    assert isinstance(
+        store.append([at(2, 13, n=7)]).inserted[0], Discontinuous
+    )  # seq 1, on its way, ends at 12
+    store.commit(group)
+    assert store.put_many([at(2, 12, n=8)]) == [True]
+    assert store.acked_seq("r", "s") == 3 and store.steps_stored == 24
+    assert isinstance(store.put_many([at(3 + MAX_AHEAD_SEQS + 1, 10**6)])[0], Discontinuous)  # too far ahead
+    store.close()
 
 
 @pytest.fixture
-def served(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[IngestServer, zmq.Socket, list[Steps]]]:
-    """An IngestServer on its own thread behind a real ROUTER, a DEALER robot, and what on_batch saw."""
-    ctx = zmq.Context()
-    router = server_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:*")
-    failures, index_failures = getattr(request, "param", (0, 0))
-    store = FlakyStore(tmp_path / "st", failures, index_failures)
-    seen: list[Steps] = []
-    server = IngestServer(router, store, OBS, 2, lambda m, eps: seen.append(m), max_group=4)
-    stop = threading.Event()
-    thread = threading.Thread(target=server.serve, args=(stop,), kwargs={"poll_ms": 10})
-    thread.start()
-    robot = client_socket(ctx, zmq.DEALER, router.last_endpoint.decode())
-    try:
-        yield server, robot, seen
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        robot.close(linger=0)
-        router.close(linger=0)
-        ctx.term()
-        store.close()
-    assert not thread.is_alive()
-
-
-def acks_until(
-    robot: zmq.Socket, server: IngestServer, last: int, resend: list[bytes] | None = None
-) -> list[int]:
-    """ACKed seqs until ``last`` is ACKed; each ACK must already be durable in the store.
-
-    With ``resend``, sends those frames again once if no ACK came for 1 s (a runtime's resend timeout).
-    """
-    got: list[int] = []
-    quiet_since = time.monotonic()
-    while not got or got[-1] < last:
-        assert time.monotonic() - quiet_since < 10, f"no ACK for 10 s; got {got}"
-        if resend is not None and time.monotonic() - quiet_since > 1.0:
-            for frame in resend:
-                robot.send(frame)
-            resend = None
-        if not robot.poll(100):
-            continue
-        msg = decode(robot.recv())
-        if not isinstance(msg, Ack):  # heartbeats
-            continue
-        assert server.store.acked_seq("r", "s") >= msg.seq  # ACK means stored
-        got.append(msg.seq)
-        quiet_since = time.monotonic()
-    return got
+def served(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN201
+    """``running_ingest``; ``request.param``: its (failures, index_failures)."""
+    with running_ingest(tmp_path, *getattr(request, "param", (0, 0))) as s:
+        yield s
 
 
 def test_pipelined_groups_ack_only_stored_batches_and_dedupe_resends(served) -> None:  # noqa: ANN001
@@ -266,15 +231,6 @@ def test_failed_commit_is_not_acked_and_resent_batches_are_stored(served) -> Non
         10,
         what="resends counted as duplicates",
     )
-
-
-def next_error(robot: zmq.Socket) -> ErrorMessage:
-    """The next `error` reply (heartbeats skipped), within 10 s."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if robot.poll(100) and isinstance(msg := decode(robot.recv()), ErrorMessage):
-            return msg
-    raise AssertionError("no error reply within 10 s")
 
 
 def test_shapes_that_passed_once_do_not_let_other_shapes_through(served) -> None:  # noqa: ANN001

@@ -71,10 +71,11 @@ def feasibility_weights(
     return torch.where(feasible_state, torch.where(feasible_action, w_r, zero), w_h)
 
 
-def effective_sample_share(weights: torch.Tensor) -> float:
-    """Kish effective sample size over the batch size, (Σw)² / (n·Σw²): 1 for equal weights, ~1/n for one."""
+def effective_sample_share(weights: torch.Tensor) -> torch.Tensor:
+    """Kish effective sample size over the batch size, (Σw)² / (n·Σw²): 1 for equal weights, ~1/n for one
+    (a float64 scalar on the weights' device)."""
     w = weights.detach().to(torch.float64)
-    return float(w.sum() ** 2 / (w.numel() * (w**2).sum()).clamp_min(1e-12))
+    return w.sum() ** 2 / (w.numel() * (w**2).sum()).clamp_min(1e-12)
 
 
 def weighted_bc_loss(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,14 @@ batches counted, handed to ``on_batch`` and ACKed. At most two groups are in fli
 store appends and indexes them in arrival order. Frames are received without copying and their
 bytes go to the segment file as received.
 
-Malformed messages get a typed `error` reply and a counter; the loop keeps serving.
+Nothing a peer sends stops the loop. A message is rejected, with a typed `error` reply, counted
+per error code and per robot and reason, and logged at most once per robot and reason every 10 s
+(with a count of the rest), when it does not decode (the codec's limits), has the wrong shapes,
+comes from a robot that has not said HELLO for its stream, or is a `steps` batch whose values
+break the step record (``check_step_values``) or whose ``first_step`` does not continue its
+stream (the store refuses it). A rejected batch is never stored and never ACKed. Failed security
+handshakes (e.g. a robot without CURVE keys at a CURVE trainer) are counted and logged too: the
+peer itself never learns why its sends do not go out.
 """
 
 from __future__ import annotations
@@ -28,15 +35,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from reachsafe.protocol.codec import decode, encode
 from reachsafe.protocol.constants import (
     DEFAULT_MAX_ARRAY_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     STEP_COLUMNS,
+    check_step_values,
     validate_step_columns,
 )
-from reachsafe.protocol.errors import FieldError, ProtocolError
+from reachsafe.protocol.errors import ContractError, FieldError, NoHelloError, ProtocolError
 from reachsafe.protocol.messages import (
     Ack,
     BundleMessage,
@@ -47,8 +56,15 @@ from reachsafe.protocol.messages import (
     Message,
     Steps,
 )
-from reachsafe.trainer.daemon.status import RateMeter
-from reachsafe.trainer.daemon.store import AppendedGroup, PendingBatch, StepStore, StoreError
+from reachsafe.trainer.daemon.status import LogThrottle, RateMeter
+from reachsafe.trainer.daemon.store import (
+    AppendedGroup,
+    Discontinuous,
+    Outcome,
+    PendingBatch,
+    StepStore,
+    StoreError,
+)
 from reachsafe.trainer.data.episodes import Episode, EpisodeTracker
 
 logger = logging.getLogger(__name__)
@@ -60,6 +76,12 @@ HEARTBEAT_EVERY_S = 1.0
 PEER_TIMEOUT_S = 30.0
 #: Column shape tuples already found valid for this run (bounded: N is the only part that varies).
 MAX_KNOWN_SHAPES = 1024
+#: The socket monitor events of a failed security handshake.
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 @dataclass
@@ -76,6 +98,7 @@ class RobotState:
     bundle_version: int | None = None
     bundle_events: list[tuple[int, str, str]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)  # rejected messages by reason
 
     def summary(self, now: float) -> dict[str, Any]:
         return {
@@ -88,6 +111,7 @@ class RobotState:
             "last_seen_s": round(now - self.last_seen, 3),
             "runtime_version": self.hello.runtime_version if self.hello else None,
             "bundle_events": self.bundle_events[-5:],
+            "rejected": dict(self.rejected),
         }
 
 
@@ -119,7 +143,7 @@ class _Committer:
         self._ctx = ctx
         self._todo: queue.SimpleQueue[list[PendingBatch] | None] = queue.SimpleQueue()
         self._appended: queue.SimpleQueue[AppendedGroup | Exception | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[list[bool] | Exception] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[list[Outcome] | Exception] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._run, args=(self._append_one, self._todo, self._appended, b"appended"),
                              name="ingest-append", daemon=True),
@@ -135,7 +159,7 @@ class _Committer:
              for r in group]
         )  # fmt: skip
 
-    def result(self) -> list[bool] | Exception:
+    def result(self) -> list[Outcome] | Exception:
         """The oldest group's outcome (call once per b"committed")."""
         return self._done.get()
 
@@ -145,7 +169,7 @@ class _Committer:
         except Exception as exc:  # handed on to the ingest thread, which logs or re-raises it
             return exc
 
-    def _commit_one(self, group: AppendedGroup | Exception) -> list[bool] | Exception:
+    def _commit_one(self, group: AppendedGroup | Exception) -> list[Outcome] | Exception:
         if isinstance(group, Exception):
             return group
         try:
@@ -210,6 +234,7 @@ class IngestServer:
         self.max_array_bytes = max_array_bytes
         self.robots: dict[str, RobotState] = {}
         self.errors: Counter[str] = Counter()
+        self.handshake_failures = 0
         self.duplicates = 0
         self.steps_in = 0
         self.rate = RateMeter()
@@ -219,6 +244,9 @@ class IngestServer:
         self._last_heartbeat = 0.0
         self._lock = threading.Lock()  # guards the state read by snapshot()
         self._known_shapes: set[tuple[tuple[int, ...], ...]] = set()
+        self._warn = LogThrottle(logger)
+        # made here, before any client can connect; read by serve() on the ingest thread; see close()
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
 
     # ----- other threads ---------------------------------------------------------------------
     def broadcast(self, bundle: BundleMessage) -> None:
@@ -240,14 +268,17 @@ class IngestServer:
                 "duplicates": self.duplicates,
                 "errors_by_code": dict(self.errors),
                 "errors": sum(self.errors.values()),
+                "handshake_failures": self.handshake_failures,
             }
 
     # ----- the loop ---------------------------------------------------------------------------
     def serve(self, stop: threading.Event, poll_ms: int = 50) -> None:
         committer = _Committer(self.sock.context, self.store)
+        monitor = self._monitor
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(committer.wake, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         group: list[_Received] = []
         inflight: deque[list[_Received]] = deque()  # submitted, not yet committed, oldest first
         appending = False
@@ -262,6 +293,8 @@ class IngestServer:
                         self._finish(inflight.popleft(), committer.result())
                 if self.sock in events:
                     self._receive(group)
+                if monitor in events:
+                    self._handshake_failed(recv_monitor_message(monitor))
                 if group and not appending and len(inflight) < 2:
                     committer.submit(group)
                     inflight.append(group)
@@ -279,6 +312,14 @@ class IngestServer:
                     self._finish(inflight.popleft(), committer.result())
         finally:
             committer.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the handshake monitor (``serve`` does when it ends); the socket's owner calls it too,
+        once the serving thread has ended, so that the context can terminate whatever ended it."""
+        if not self._monitor.closed:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
 
     def _receive(self, group: list[_Received]) -> None:
         """Take every message ZeroMQ has queued (up to a full group) without copying the frames."""
@@ -295,17 +336,37 @@ class IngestServer:
                 [identity, encode(msg, max_message_bytes=self.max_message_bytes)], zmq.NOBLOCK
             )
         except zmq.Again:
-            logger.warning(
-                "send queue to peer full, dropped a %s (the robot will resend / re-HELLO)", msg.TYPE
+            self._warn.warning(
+                ("send", identity, msg.TYPE),
+                "send queue to peer full, dropped a %s (the robot will resend / re-HELLO)",
+                msg.TYPE,
             )
-        except zmq.ZMQError as exc:
-            logger.warning("cannot send %s to peer: %s", msg.TYPE, exc)
+        except (zmq.ZMQError, ProtocolError) as exc:
+            self._warn.warning(("send", identity, msg.TYPE), "cannot send %s to peer: %s", msg.TYPE, exc)
 
-    def _reject(self, identity: bytes, exc: ProtocolError) -> None:
+    def _reject(self, identity: bytes, exc: ProtocolError, robot_id: str | None = None) -> None:
+        """Count, log (throttled) and answer a rejected message; ``robot_id`` when the message names one."""
         with self._lock:
             self.errors[exc.code] += 1
-        logger.warning("rejected a message (%s): %s", exc.code, exc)
+        if robot_id is None:
+            who = f"peer {identity.hex()}"
+        else:
+            who = f"robot {robot_id}"
+            robot = self._touch(robot_id, identity)
+            with self._lock:
+                robot.rejected[exc.reason] += 1
+        self._warn.warning((who, exc.reason), "rejected a message from %s (%s): %s", who, exc.reason, exc)
         self._send(identity, ErrorMessage.from_exception(exc))
+
+    def _handshake_failed(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.handshake_failures += 1
+        self._warn.warning(
+            ("handshake", event["event"]),
+            "a client failed the security handshake on %s: %s; it gets no service and its sends wait",
+            event["endpoint"].decode(errors="replace"),
+            _handshake_failure(event["event"], event["value"]),
+        )
 
     def _handle(self, frames: list[zmq.Frame], group: list[_Received]) -> None:
         identity = frames[0].bytes
@@ -317,12 +378,15 @@ class IngestServer:
             msg = decode(
                 payload, max_message_bytes=self.max_message_bytes, max_array_bytes=self.max_array_bytes
             )
-            if isinstance(msg, Steps):
-                self._check_shapes(msg)
         except ProtocolError as exc:
             self._reject(identity, exc)
             return
         if isinstance(msg, Steps):
+            try:
+                self._check_steps(msg)
+            except ProtocolError as exc:
+                self._reject(identity, exc, msg.robot_id)
+                return
             self._touch(msg.robot_id, identity)
             group.append(_Received(identity, msg, payload))
         elif isinstance(msg, Hello):
@@ -341,6 +405,25 @@ class IngestServer:
             self._reject(
                 identity, FieldError(f"a trainer does not accept {msg.TYPE!r} messages", msg_type=msg.TYPE)
             )
+
+    def _check_steps(self, msg: Steps) -> None:
+        """ProtocolError unless the batch may be stored: its robot said HELLO for this stream, its
+        shapes are the run's and its values keep the step record's rules (its numbering is the
+        store's to check)."""
+        with self._lock:
+            robot = self.robots.get(msg.robot_id)
+            hello = robot.hello if robot is not None else None
+        if hello is None or hello.stream_id != msg.stream_id:
+            said = (
+                f"its hello announced stream {hello.stream_id}" if hello else "none since the trainer started"
+            )
+            raise NoHelloError(
+                f"steps of robot {msg.robot_id} stream {msg.stream_id} before a hello for that stream ({said}); "
+                "send hello first, then resend from resume_seq",
+                msg_type="steps",
+            )
+        self._check_shapes(msg)
+        check_step_values(msg.columns, msg.first_step)
 
     def _check_shapes(self, msg: Steps) -> None:
         """FieldError unless the batch's per-step shapes are this run's obs shape and action dim.
@@ -376,6 +459,7 @@ class IngestServer:
                     f"this trainer's run expects {self.obs_shape} / {self.action_dim}; point it at a matching run",
                     msg_type="hello",
                 ),
+                hello.robot_id,
             )
             return
         robot = self._touch(hello.robot_id, identity)
@@ -405,7 +489,7 @@ class IngestServer:
         log = logger.info if st.status == "loaded" else logger.warning
         log("robot %s bundle v%d %s %s", st.robot_id, st.version, st.status, st.reason)
 
-    def _finish(self, group: list[_Received], result: list[bool] | Exception) -> None:
+    def _finish(self, group: list[_Received], result: list[Outcome] | Exception) -> None:
         """Account, hand on and ACK a group the committer has made durable (or failed to)."""
         if isinstance(result, StoreError):
             logger.error("%s; nothing of this group is ACKed, robots will resend", result)
@@ -416,6 +500,9 @@ class IngestServer:
         for got, new in zip(group, result, strict=True):
             msg = got.msg
             acks[(msg.robot_id, msg.stream_id)] = got.identity
+            if isinstance(new, Discontinuous):
+                self._reject(got.identity, _gap_error(msg, new), msg.robot_id)
+                continue
             if not new:
                 with self._lock:
                     self.duplicates += 1
@@ -457,6 +544,7 @@ class IngestServer:
         if now - self._last_heartbeat < HEARTBEAT_EVERY_S:
             return
         self._last_heartbeat = now
+        self._warn.flush(now)
         with self._lock:
             live = [r.identity for r in self.robots.values() if now - r.last_seen < PEER_TIMEOUT_S]
             metrics = {
@@ -466,3 +554,26 @@ class IngestServer:
         hb = Heartbeat(sender_id=self.sender_id, time=now, metrics=metrics)
         for identity in live:
             self._send(identity, hb)
+
+
+def _gap_error(msg: Steps, refused: Discontinuous) -> ContractError:
+    return ContractError(
+        f"steps of robot {msg.robot_id} stream {msg.stream_id}: first_step breaks the stream's numbering: "
+        f"{refused.reason}; the batch is not stored. Number a stream's steps from 0 without gaps "
+        "(docs/protocol.md, Sequence rules)",
+        column="first_step",
+        check="gap",
+    )
+
+
+def _handshake_failure(event: int, value: int) -> str:
+    """What a monitor's handshake-failure event means, for the log."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"its CURVE key was refused (ZAP status {value}: not in the allow-list)"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return (
+            "security mechanism mismatch (a client without CURVE keys at this CURVE trainer, or the reverse)"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return f"ZMTP protocol error 0x{value:x}"
+    return f"no detail (errno {value})"

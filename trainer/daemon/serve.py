@@ -3,7 +3,10 @@
 Three threads: ingest (ROUTER → durable store → ACK; bundles and heartbeats out), the learner
 (VPA then SAC-Lag on the stored data, bundles every N updates or T seconds, checkpoints), and the
 main thread, which writes RUN/status.json every second and turns SIGTERM / SIGINT into a clean
-stop (final checkpoint, final status, exit 0).
+stop (final checkpoint, final status, exit 0). If the ingest or learner thread fails (or does
+not stop within a minute), the daemon stops too and exits with status 1 (`EXIT_THREAD_FAILED`),
+state "failed" in the status file, so that a supervisor (systemd ``Restart=on-failure``, see
+docs/deploy.md) restarts it.
 
 RUN/online/ holds the step store (steps/), the online checkpoint (latest.pt) and
 TensorBoard scalars (tb/); RUN/bundles/ the shipped bundles.
@@ -26,10 +29,13 @@ import zmq
 
 from reachsafe.protocol.codec import decode
 from reachsafe.protocol.config import add_config_arguments
+from reachsafe.protocol.constants import check_step_values
+from reachsafe.protocol.errors import ContractError
 from reachsafe.protocol.keys import load_signing_key
 from reachsafe.protocol.messages import Steps
 from reachsafe.protocol.sockets import ServerCurve, server_socket
 from reachsafe.signals import stop_on_signals
+from reachsafe.trainer.algos.config import add_device_argument
 from reachsafe.trainer.algos.online.config import OnlineConfig
 from reachsafe.trainer.daemon.bundles import BundleShelf
 from reachsafe.trainer.daemon.ingest import IngestServer
@@ -45,6 +51,10 @@ from reachsafe.trainer.runs.start import shield_for_ship, start_online
 logger = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 1.0
+#: How long a stopping daemon waits for each thread (the learner's final checkpoint included).
+JOIN_TIMEOUT_S = 60.0
+#: Exit status when a thread failed or hung: a supervisor should restart the daemon.
+EXIT_THREAD_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -80,15 +90,27 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     add_dataset_argument(p, "Offline dataset file(s) for replay mixing and VPA (default: the run's).")
     p.add_argument("--resume", action="store_true", help="Continue from RUN/online/latest.pt.")
     p.add_argument("--config", type=Path, help="OnlineConfig YAML (kind: online); options below override it.")
+    add_device_argument(p)
     add_config_arguments(p, OnlineConfig)
 
 
 def refill_replay(store: StepStore, replay: StepReplay) -> int:
-    """Load the newest stored steps into the replay (after a restart); returns the steps loaded."""
+    """Load the newest stored steps into the replay (after a restart); returns the steps loaded.
+
+    Batches that break the step record's value rules (stored by a daemon from before they were
+    checked) are left out, with a warning.
+    """
     loaded = 0
     for b in store.iter_batches(after_row=store.row_before_last(replay.capacity)):
         msg = decode(b.payload)
         assert isinstance(msg, Steps)
+        try:
+            check_step_values(msg.columns, msg.first_step)
+        except ContractError as exc:
+            logger.warning(
+                "stored batch %s/%s seq %d left out of the replay: %s", b.robot_id, b.stream_id, b.seq, exc
+            )
+            continue
         replay.add_batch((msg.robot_id, msg.stream_id), msg.first_step, msg.columns)
         loaded += msg.n_steps
     if loaded:
@@ -99,8 +121,7 @@ def refill_replay(store: StepStore, replay: StepReplay) -> int:
 def open_socket(ctx: zmq.Context, bind: str, keys: Path | None) -> tuple[zmq.Socket, ServerCurve | None]:
     curve = None
     if keys is not None and (keys / "trainer.key_secret").is_file():
-        allowed = keys / "robots" if (keys / "robots").is_dir() else keys / "robot.key"
-        curve = ServerCurve(ctx, keys / "trainer.key_secret", allowed)
+        curve = ServerCurve.from_key_dir(ctx, keys)
     return server_socket(ctx, zmq.ROUTER, bind, curve=curve), curve
 
 
@@ -112,14 +133,18 @@ def serve(
     dataset_paths: Sequence[Path] | None = None,
     resume: bool = False,
     stop: threading.Event | None = None,
+    device: str = "cpu",
 ) -> int:
-    """Serve robots on ``bind`` until ``stop`` is set or SIGTERM / SIGINT arrives; returns the exit code.
+    """Serve robots on ``bind`` until ``stop`` is set or SIGTERM / SIGINT arrives; returns the exit code:
+    0 after a clean stop, `EXIT_THREAD_FAILED` when a thread failed or did not stop.
 
     ``keys``: signing.key for bundles and, with trainer.key_secret, CURVE for the socket.
     ``dataset_paths``: offline data for replay mixing and VPA (default: the run's).
+    ``device``: where the learner trains (``auto``, ``cpu``, ``cuda``, ``cuda:N``); bundles are
+    exported from fp32 CPU copies of its weights.
     """
     run, paths = RunDir(run_dir), OnlinePaths(run_dir)
-    start = start_online(run, paths.checkpoint, cfg, resume, dataset_paths)
+    start = start_online(run, paths.checkpoint, cfg, resume, dataset_paths, device, reserve_cores=1)
     learner, offline_ckpt, dataset, resume = (
         start.learner,
         start.offline_checkpoint,
@@ -151,9 +176,10 @@ def serve(
     )  # fmt: skip
 
     stop = stop or threading.Event()
+    failed: list[str] = []  # names of the threads that raised
     threads = [
-        threading.Thread(target=_guard(ingest.serve, stop), args=(stop,), name="ingest", daemon=True),
-        threading.Thread(target=_guard(dl.run, stop), args=(stop,), name="learner", daemon=True),
+        threading.Thread(target=_guard(ingest.serve, stop, failed), args=(stop,), name="ingest", daemon=True),
+        threading.Thread(target=_guard(dl.run, stop, failed), args=(stop,), name="learner", daemon=True),
     ]
     started = time.monotonic()
     security = "curve" if curve is not None else "plain"
@@ -173,26 +199,38 @@ def serve(
         finally:
             stop.set()
             for t in threads:
-                t.join(timeout=60.0)
-            _write_status(paths.status, "stopped", bind, security, started, ingest, dl)
-            sock.close()
-            if curve is not None:
-                curve.close()
-            ctx.term()
-            store.close()
+                t.join(timeout=JOIN_TIMEOUT_S)
+            hung = [t.name for t in threads if t.is_alive()]
+            if hung:
+                logger.error("thread(s) %s did not stop within %.0f s", ", ".join(hung), JOIN_TIMEOUT_S)
+            state = "failed" if failed or hung else "stopped"
+            _write_status(paths.status, state, bind, security, started, ingest, dl)
+            if not hung:  # a hung thread may still use its sockets, and would block ctx.term() for ever
+                ingest.close()
+                sock.close()
+                if curve is not None:
+                    curve.close()
+                ctx.term()
+                store.close()
             metrics.close()
+    if state == "failed":
+        logger.error("trainer daemon stopped after a failure (exit %d)", EXIT_THREAD_FAILED)
+        return EXIT_THREAD_FAILED
     logger.info("trainer daemon stopped")
     return 0
 
 
-def _guard(fn: Any, stop: threading.Event) -> Any:
-    """Run a thread body; if it dies, log it and stop the whole daemon rather than limp on."""
+def _guard(fn: Any, stop: threading.Event, failed: list[str]) -> Any:
+    """Run a thread body; if it dies, log it, note it in ``failed`` and stop the whole daemon rather
+    than limp on (the exit status then says it failed)."""
 
     def body(*a: Any) -> None:
         try:
             fn(*a)
-        except Exception:
-            logger.exception("%s thread failed; stopping the daemon", threading.current_thread().name)
+        except BaseException:
+            name = threading.current_thread().name
+            logger.exception("%s thread failed; stopping the daemon", name)
+            failed.append(name)
             stop.set()
 
     return body

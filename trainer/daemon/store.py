@@ -15,7 +15,9 @@ the order their bytes were appended. A crash in between leaves unindexed bytes a
 tail, which the next open truncates; an index commit that fails leaves its group's bytes as dead
 space that no index row points to (the robots resend those batches). Batches that a robot
 resends (after either side restarted) are recognised as duplicates before anything is written,
-also against groups appended but not yet committed, and still ACKed.
+also against groups appended but not yet committed, and still ACKed. A new batch whose
+``first_step`` does not continue its stream's known batches (stored or on their way) is refused
+(:class:`Discontinuous`): it is neither written nor ACKed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reachsafe.protocol.constants import MAX_AHEAD_SEQS
 from reachsafe.protocol.files import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -71,12 +74,23 @@ class PendingBatch:
 
 
 @dataclass(frozen=True)
+class Discontinuous:
+    """Outcome of a refused batch: its ``first_step`` breaks its stream's step numbering."""
+
+    reason: str  # what the stream's known neighbours require, for the error reply
+
+
+#: Per submitted batch: True (new, stored), False (a duplicate) or Discontinuous (refused).
+Outcome = bool | Discontinuous
+
+
+@dataclass(frozen=True)
 class AppendedGroup:
     """A group whose new batches are durably in a segment but not yet indexed (see ``append``)."""
 
     fresh: list[PendingBatch]  # the new batches, in submission order
     rows: list[tuple[str, str, int, int, int, int, int, int]]  # their index rows
-    inserted: list[bool]  # per submitted batch: new (True) or a duplicate
+    inserted: list[Outcome]  # per submitted batch
 
 
 @dataclass(frozen=True)
@@ -91,24 +105,62 @@ class StoredBatch:
 
 
 class _StreamAcks:
-    """The stored seqs of one stream: all of 0..contiguous, plus the ones beyond a gap."""
+    """The stored batches of one stream: all of seq 0..contiguous, plus the ones beyond a gap.
 
-    __slots__ = ("contiguous", "ahead")
+    ``end`` is the step after batch ``contiguous``; ``ahead`` maps each seq beyond the gap to its
+    (first_step, n_steps), what the numbering of a batch that arrives later must fit between.
+    """
+
+    __slots__ = ("contiguous", "end", "ahead")
 
     def __init__(self) -> None:
         self.contiguous = -1
-        self.ahead: set[int] = set()
+        self.end = 0
+        self.ahead: dict[int, tuple[int, int]] = {}
 
     def __contains__(self, seq: int) -> bool:
         return seq <= self.contiguous or seq in self.ahead
 
-    def add(self, seq: int) -> None:
+    def add(self, seq: int, first_step: int, n_steps: int) -> None:
         if seq in self:
             return
-        self.ahead.add(seq)
-        while self.contiguous + 1 in self.ahead:
+        self.ahead[seq] = (first_step, n_steps)
+        while (nxt := self.ahead.pop(self.contiguous + 1, None)) is not None:
             self.contiguous += 1
-            self.ahead.discard(self.contiguous)
+            self.end = nxt[0] + nxt[1]
+
+
+def _discontinuity(
+    b: PendingBatch, acks: _StreamAcks | None, pending: dict[int, tuple[int, int]]
+) -> str | None:
+    """Why ``b.first_step`` cannot follow its stream's known batches (None: it can).
+
+    Batch k+1 starts where batch k ends and a stream starts at step 0; across batches not seen yet
+    each holds at least one step. ``pending``: the stream's batches appended but not yet committed.
+    """
+    lo_seq, lo_end = (acks.contiguous, acks.end) if acks is not None else (-1, 0)
+    if b.seq - lo_seq > MAX_AHEAD_SEQS:
+        return f"seq {b.seq} is more than {MAX_AHEAD_SEQS} batches beyond seq {lo_seq}, the last acknowledged one"
+    hi: tuple[int, int] | None = None  # (seq, first_step) of the nearest known batch after b
+    for seq, (first, n) in [*(acks.ahead.items() if acks is not None else ()), *pending.items()]:
+        if lo_seq < seq < b.seq:
+            lo_seq, lo_end = seq, first + n
+        elif seq > b.seq and (hi is None or seq < hi[0]):
+            hi = (seq, first)
+    earliest = lo_end + (b.seq - lo_seq - 1)
+    if b.first_step < earliest or (b.seq == lo_seq + 1 and b.first_step != lo_end):
+        exact = b.seq == lo_seq + 1
+        return (
+            f"seq {b.seq} starts at step {b.first_step}, but "
+            + (f"seq {lo_seq} ends at step {lo_end}" if lo_seq >= 0 else "a stream starts at step 0")
+            + ("" if exact else f", so seq {b.seq} cannot start before step {earliest}")
+        )
+    if hi is not None:
+        latest = hi[1] - (hi[0] - b.seq - 1)
+        end = b.first_step + b.n_steps
+        if end > latest or (hi[0] == b.seq + 1 and end != hi[1]):
+            return f"seq {b.seq} ends at step {end}, but seq {hi[0]} starts at step {hi[1]}"
+    return None
 
 
 class StepStore:
@@ -127,7 +179,8 @@ class StepStore:
         self._db_lock = threading.Lock()  # the SQLite connection
         self._lock = threading.Lock()  # _acks, _pending, steps_stored: held briefly, never across I/O
         self._acks: dict[tuple[str, str], _StreamAcks] = {}
-        self._pending: set[tuple[str, str, int]] = set()  # appended, not yet committed
+        # appended, not yet committed: stream -> seq -> (first_step, n_steps)
+        self._pending: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
         self.steps_stored = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -136,7 +189,9 @@ class StepStore:
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
             self._db.executescript(_SCHEMA)
             self._rows_per_insert = max(1, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8)
-            rows = self._db.execute("SELECT robot_id, stream_id, seq, n_steps FROM batches").fetchall()
+            rows = self._db.execute(
+                "SELECT robot_id, stream_id, seq, first_step, n_steps FROM batches"
+            ).fetchall()
             last = self._db.execute(
                 "SELECT segment, MAX(offset + length) FROM batches WHERE segment = (SELECT MAX(segment) FROM batches)"
             ).fetchone()
@@ -144,8 +199,8 @@ class StepStore:
             raise StoreError(
                 f"cannot open step store {self.root}: {exc}; check the path and free disk space"
             ) from exc
-        for robot_id, stream_id, seq, n in rows:
-            self._acks.setdefault((robot_id, stream_id), _StreamAcks()).add(seq)
+        for robot_id, stream_id, seq, first, n in rows:
+            self._acks.setdefault((robot_id, stream_id), _StreamAcks()).add(seq, first, n)
             self.steps_stored += n
         self._segment = int(last[0]) if last[0] is not None else 0
         self._open_segment(int(last[1]) if last[1] is not None else 0)
@@ -173,8 +228,8 @@ class StepStore:
         self._offset = valid_bytes
         fsync_dir(self.root)
 
-    def put_many(self, batches: Sequence[PendingBatch]) -> list[bool]:
-        """Store ``batches`` durably; True for each newly stored, False for a duplicate.
+    def put_many(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
+        """Store ``batches`` durably; True for each newly stored, False for a duplicate (Discontinuous: refused).
 
         Returns only after data and index are on disk: the caller may then ACK every batch.
         ``acked_seq`` stays answerable (from memory) while a group is being written.
@@ -185,23 +240,28 @@ class StepStore:
         """Write the new ones of ``batches`` to the segment and fsync it; nothing is indexed yet.
 
         Pass the result to :meth:`commit`, in append order; until then its batches count as
-        duplicates for later groups but are neither readable nor ACKed. StoreError if the write
-        fails (its bytes are then cut off again).
+        duplicates for later groups but are neither readable nor ACKed. A new batch that does not
+        continue its stream's numbering is refused (``Discontinuous``, nothing written). StoreError
+        if the write fails (its bytes are then cut off again).
         """
         with self._file_lock:
-            seen: set[tuple[str, str, int]] = set()
             fresh: list[PendingBatch] = []
-            inserted: list[bool] = []
+            inserted: list[Outcome] = []
             with self._lock:
                 for b in batches:
-                    key = (b.robot_id, b.stream_id, b.seq)
-                    acks = self._acks.get(key[:2])
-                    new = key not in seen and key not in self._pending and (acks is None or b.seq not in acks)
-                    seen.add(key)
-                    inserted.append(new)
-                    if new:
+                    stream = (b.robot_id, b.stream_id)
+                    acks = self._acks.get(stream)
+                    pending = self._pending.setdefault(stream, {})
+                    if b.seq in pending or (acks is not None and b.seq in acks):
+                        inserted.append(False)
+                    elif (why := _discontinuity(b, acks, pending)) is not None:
+                        inserted.append(Discontinuous(why))
+                    else:
+                        inserted.append(True)
                         fresh.append(b)
-                        self._pending.add(key)
+                        pending[b.seq] = (b.first_step, b.n_steps)
+                    if not pending:
+                        del self._pending[stream]
             try:
                 rows = self._write(fresh) if fresh else []
             except StoreError:
@@ -209,7 +269,7 @@ class StepStore:
                 raise
         return AppendedGroup(fresh, rows, inserted)
 
-    def commit(self, group: AppendedGroup) -> list[bool]:
+    def commit(self, group: AppendedGroup) -> list[Outcome]:
         """Index an appended group in one transaction; then its batches are stored and ACKable.
 
         Returns ``append``'s new/duplicate flags. StoreError if the index commit fails: the
@@ -228,14 +288,26 @@ class StepStore:
                     ) from exc
         with self._lock:
             for b in group.fresh:
-                self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(b.seq)
-                self._pending.discard((b.robot_id, b.stream_id, b.seq))
+                self._acks.setdefault((b.robot_id, b.stream_id), _StreamAcks()).add(
+                    b.seq, b.first_step, b.n_steps
+                )
                 self.steps_stored += b.n_steps
+            self._unpend(group.fresh)
         return group.inserted
 
     def _forget(self, fresh: list[PendingBatch]) -> None:
+        """A failed group: its batches are no longer on their way (the robots resend them)."""
         with self._lock:
-            self._pending.difference_update((b.robot_id, b.stream_id, b.seq) for b in fresh)
+            self._unpend(fresh)
+
+    def _unpend(self, fresh: list[PendingBatch]) -> None:
+        """Drop ``fresh`` from the pending batches; hold ``_lock``."""
+        for b in fresh:
+            stream = (b.robot_id, b.stream_id)
+            pending = self._pending.get(stream, {})
+            pending.pop(b.seq, None)
+            if not pending:
+                self._pending.pop(stream, None)
 
     def _write(self, fresh: list[PendingBatch]) -> list[tuple[str, str, int, int, int, int, int, int]]:
         """Append ``fresh`` to the current segment (a new one when it is full) and fsync it."""

@@ -20,6 +20,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("observations", "next_observations", "actions", "rewards", "costs", "terminals", "timeouts")
+#: keys of the ``metadata`` attribute a dataset should carry (docs/robots.md): ``task`` keeps files of
+#: different tasks from training together; the others say how the data was made, recorded in every run
+OPTIONAL_METADATA_KEYS = ("task", "policy", "episodes", "episode_steps", "seeds")
 
 
 class DatasetError(Exception):
@@ -188,13 +191,17 @@ class OfflineDataset:
             self._valid_starts[horizon] = starts[ok]
         return self._valid_starts[horizon]
 
-    def sample_sequences(self, batch_size: int, horizon: int, rng: np.random.Generator) -> SequenceBatch:
+    def sample_sequences(
+        self, batch_size: int, horizon: int, rng: np.random.Generator, rows: slice = slice(None)
+    ) -> SequenceBatch:
+        """``batch_size`` sequences of ``horizon`` steps, uniformly over the valid starts; only ``rows``
+        of them are gathered (a data-parallel process's share: every process draws the same starts)."""
         starts = self.valid_sequence_starts(horizon)
         if len(starts) == 0:
             raise EmptyDatasetError(
                 f"{self.source}: no episode has {horizon} consecutive steps; lower the world-model horizon"
             )
-        i0 = rng.choice(starts, size=batch_size)
+        i0 = rng.choice(starts, size=batch_size)[rows]
         idx = i0[:, None] + np.arange(horizon)[None, :]
         obs = np.concatenate([self.observations[idx], self.next_observations[idx[:, -1:]]], axis=1)
         return SequenceBatch(
@@ -233,6 +240,7 @@ def load_dataset(path: str | Path) -> OfflineDataset:
             )
         arrays = {k: np.asarray(f[k][()]) for k in REQUIRED_KEYS}
         metadata = _parse_metadata(f.attrs.get("metadata"), path)
+    _warn_missing_metadata(metadata, path)
     source = str(path.resolve())  # absolute: runs are read from elsewhere
     ds = _construct(arrays, metadata, source, (source,))
     logger.info(
@@ -314,6 +322,18 @@ def _construct(
     except DatasetError as exc:
         raise type(exc)(f"{source}: {exc}") from None
     return ds
+
+
+def _warn_missing_metadata(metadata: dict[str, Any], path: Path) -> None:
+    """Training works without them, but a run then cannot tell which task its data is from (nor refuse
+    to mix tasks), so say so once per file."""
+    missing = [k for k in OPTIONAL_METADATA_KEYS if k not in metadata]
+    if missing:
+        logger.warning(
+            "%s: metadata lacks %s; write them as the JSON root attribute 'metadata' (docs/robots.md)",
+            path,
+            missing,
+        )
 
 
 def _parse_metadata(raw: Any, path: Path) -> dict[str, Any]:

@@ -45,37 +45,52 @@ class StepReplay:
 
     def add_batch(self, stream: Hashable, first_step: int, columns: Mapping[str, np.ndarray]) -> None:
         """Append a batch of consecutive steps of one stream (columns as in the step record;
-        without ``proposed`` / ``shielded`` a step counts as unshielded)."""
+        without ``proposed`` / ``shielded`` a step counts as unshielded), as whole-array writes."""
         n = int(columns["obs"].shape[0])
-        proposed = columns.get("proposed", columns["action"])
-        shielded = np.asarray(columns.get("shielded", np.zeros(n, bool)), dtype=bool)
-        terminated = np.asarray(columns["terminated"], dtype=bool)
-        truncated = np.asarray(columns["truncated"], dtype=bool)
-        for i in range(n):
-            slot = self.added % self.capacity
-            self.valid[slot] = False
-            self.obs[slot] = columns["obs"][i]
-            self.action[slot] = columns["action"][i]
-            self.proposed[slot] = proposed[i]
-            self.shielded[slot] = shielded[i]
-            self.reward[slot] = columns["reward"][i]
-            self.cost[slot] = columns["cost"][i]
-            self.done[slot] = float(terminated[i])
-            self.next_slot[slot] = slot
-            self._ends_chain[slot] = bool(terminated[i] or truncated[i])
-            self._step_id[slot] = self.added
-            self._link(stream, slot, first_step + i)
-            if terminated[i]:
-                self.valid[slot] = True
-            self._streams[stream] = (slot, first_step + i, self.added)
-            self.added += 1
+        keep = slice(max(0, n - self.capacity), n)  # a batch longer than the ring keeps its newest steps
+        skipped = keep.start
+        first_step, self.added = first_step + skipped, self.added + skipped
+        n -= skipped
+        if n <= 0:
+            return
+        terminated = np.asarray(columns["terminated"], dtype=bool)[keep]
+        ends_chain = terminated | np.asarray(columns["truncated"], dtype=bool)[keep]
+        ids = self.added + np.arange(n)
+        slots = ids % self.capacity
+        if skipped == 0:  # the stream's previous step, if it is still in the ring, leads to this batch's first
+            self._link(stream, slots[0], first_step)
+        self.obs[slots] = columns["obs"][keep]
+        self.action[slots] = columns["action"][keep]
+        self.proposed[slots] = columns.get("proposed", columns["action"])[keep]
+        self.shielded[slots] = np.asarray(columns.get("shielded", np.zeros(n + skipped, bool)), dtype=bool)[keep]
+        self.reward[slots] = columns["reward"][keep]
+        self.cost[slots] = columns["cost"][keep]
+        self.done[slots] = terminated
+        self._ends_chain[slots] = ends_chain
+        self._step_id[slots] = ids
+        # a step leads to the next step of the batch unless it ends its chain; a terminated step is
+        # complete on its own
+        links = ~ends_chain[:-1]
+        self.next_slot[slots] = slots
+        self.next_slot[slots[:-1][links]] = slots[1:][links]
+        self.valid[slots] = terminated
+        self.valid[slots[:-1][links]] = True
+        self._streams[stream] = (int(slots[-1]), first_step + n - 1, int(ids[-1]))
+        self.added += n
 
     def _link(self, stream: Hashable, slot: int, index: int) -> None:
+        """Link the stream's last step to ``slot`` (step ``index``) if it is the previous step, still in
+        the ring and not the end of its chain."""
         prev = self._streams.get(stream)
         if prev is None:
             return
         prev_slot, prev_index, prev_id = prev
-        if prev_index != index - 1 or self._step_id[prev_slot] != prev_id or self._ends_chain[prev_slot]:
+        if (
+            prev_index != index - 1
+            or prev_slot == slot
+            or self._step_id[prev_slot] != prev_id
+            or self._ends_chain[prev_slot]
+        ):
             return
         self.next_slot[prev_slot] = slot
         self.valid[prev_slot] = True

@@ -99,7 +99,8 @@ def parity_error(agent: Agent, path: str | Path, obs: np.ndarray, noise: np.ndar
     """Largest absolute difference between torch and onnxruntime over every output."""
     ref = torch_outputs(agent, obs, noise)
     got = run_onnx(onnx_session(path), obs, noise)
-    return max(float(np.max(np.abs(ref[k] - got[k]))) for k in GRAPH_OUTPUTS)
+    # np.max, not max(): a NaN in any output must make the error NaN (and so fail the check)
+    return float(np.max([np.max(np.abs(ref[k] - got[k])) for k in GRAPH_OUTPUTS]))
 
 
 def check_parity(
@@ -140,7 +141,8 @@ def build_bundle(
     ``shield`` section (``{threshold, calibration?}``, see :mod:`reachsafe.trainer.algos.shield.calibration`) and
     ``selection`` its ``{kappa_t, kappa_c}``; given, they replace the source's (an Agent has a
     threshold of 0 and no selection section: robots then use their own defaults). With ``int8``
-    the graph is quantized with ``calib_frames`` and int8 is shipped only if it passes
+    the graph is quantized (:data:`reachsafe.trainer.export.int8.SHIPPED_RECIPE`) with half of
+    ``calib_frames``, compared with fp32 on the other half, and int8 is shipped only if it passes
     :func:`reachsafe.trainer.export.int8.decide`.
     """
     from reachsafe.protocol.bundle import write_bundle
@@ -168,13 +170,21 @@ def build_bundle(
         shipped, reason, report = "fp32", "int8 not requested", dict(parity)
         chosen = fp32
         if int8:
-            from reachsafe.trainer.export.int8 import compare, decide, quantize_int8
+            from reachsafe.trainer.export.int8 import (
+                SHIPPED_RECIPE,
+                compare,
+                decide,
+                held_out_split,
+                quantize_int8,
+            )
 
             if calib_frames is None:
                 raise ExportError("int8 export needs calibration frames drawn from the dataset")
-            q = quantize_int8(fp32, tmp / "agent.int8.onnx", calib_frames, agent.spec.action_dim)
-            qrep = compare(fp32, q, calib_frames, threshold)
-            shipped, reason = decide(qrep)
+            calib, held_out = held_out_split(calib_frames)
+            q = quantize_int8(fp32, tmp / "agent.int8.onnx", calib, agent.spec.action_dim)
+            qrep = compare(fp32, q, held_out, threshold)
+            shipped, verdict = decide(qrep)
+            reason = f"{SHIPPED_RECIPE.describe()}: {verdict}"
             report.update(qrep.to_dict())
             if shipped == "int8":
                 chosen = q

@@ -76,20 +76,25 @@ def mlp(inp: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
 
 
 class ImageEncoder(nn.Module):
-    """Small CNN on raw frames: takes uint8 (or float in [0, 255]) [B, H, W, 3]; ÷255 and HWC→CHW inside."""
+    """Small CNN on raw frames: takes uint8 (or float in [0, 255]) [B, H, W, 3]; ÷255 and HWC→CHW inside.
+
+    HWC→CHW is a view, so the convolutions see channels-last frames, the layout the CPU and GPU
+    convolution kernels prefer. The ReLUs work in place: a convolution's output is needed by
+    nothing else, and each saved activation buffer is one frame batch's worth of memory.
+    """
 
     def __init__(self, obs_shape: tuple[int, ...], latent_dim: int, channels: int = 32) -> None:
         super().__init__()
         h, w, c = obs_shape
         self.convs = nn.Sequential(
             nn.Conv2d(c, channels, 3, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(2 * channels, 2 * channels, 3, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
         with torch.no_grad():
             n_flat = self.convs(torch.zeros(1, c, h, w)).numel()
@@ -283,6 +288,17 @@ def load_checkpoint(path: str | Path) -> tuple[Agent, dict[str, Any]]:
             "resume from an earlier checkpoints/step_*.pt or retrain"
         ) from None
     return agent, ckpt
+
+
+def on_cpu(agent: Agent) -> Agent:
+    """The agent itself when it lives on the CPU, else an fp32 copy there: exports, bundles and their
+    parity checks are always built from fp32 CPU weights, wherever the agent trains."""
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in agent.state_dict().values()):
+        return agent
+    with torch.random.fork_rng(devices=[]):  # building the copy must not move the training run's draws
+        copy = Agent(agent.spec)
+    copy.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in agent.state_dict().items()})
+    return copy.train(agent.training)
 
 
 def polyak(target: nn.Module, source: nn.Module, rate: float) -> None:

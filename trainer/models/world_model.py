@@ -93,15 +93,16 @@ class WorldModel(nn.Module):
         costs: torch.Tensor,
         terminals: torch.Tensor,
         w: WorldModelLossWeights,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Roll the model H steps from z0 along the dataset actions.
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Roll the model H steps from z0 along the dataset actions; returns the loss and its parts
+        (weighted over the steps, detached float64 scalars, on z0's device).
 
         Shapes: z0 [B, L]; target_latents [B, H, L] (target encoder of o_1 … o_H); actions [B, H, A];
         rewards, costs, terminals [B, H]. Sequences never cross an episode boundary before step H.
         """
         horizon = actions.shape[1]
         z = z0
-        totals = {"consistency": 0.0, "reward": 0.0, "cost": 0.0, "continuation": 0.0}
+        totals = {k: z0.new_zeros((), dtype=torch.float64) for k in ("consistency", "reward", "cost", "continuation")}
         loss = z0.new_zeros(())
         norm = sum(w.rho**t for t in range(horizon))
         for t in range(horizon):
@@ -121,5 +122,5 @@ class WorldModel(nn.Module):
             )
             loss = loss + weight * step_loss
             for k, v in parts.items():
-                totals[k] += weight * float(v.detach())
+                totals[k] += weight * v.detach().to(torch.float64)
         return loss, totals

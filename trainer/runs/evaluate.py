@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reachsafe.trainer.runs.envs import COST_KEY, EnvSpecError, frame_of, make_env
 from reachsafe.trainer.runs.rollout import ActingPolicy, run_episode
 
 logger = logging.getLogger(__name__)
@@ -146,17 +147,17 @@ def evaluate_bundle(
     use_shield: bool = True,
     shield_threshold: float | None = None,
     palette: str | None = None,
+    obs_key: str | None = None,
+    cost_key: str = COST_KEY,
 ) -> EvalSummary:
     """Run ``episodes`` greedy episodes (seeds ``seeds`` or 0 … episodes−1) of a verified bundle.
 
     ``use_shield=False`` executes the selected policy's action as is (to measure the policy alone);
     ``shield_threshold`` replaces the manifest's threshold (to trace the shield's cost–return trade-off);
     ``palette`` paints the split's layouts with another split's colours (appearance vs layout shift).
+    Any other gymnasium task works too (:func:`~reachsafe.trainer.runs.envs.make_env`: ``obs_key``
+    picks the image of dict observations, ``cost_key`` names the info key of the cost).
     """
-    import gymnasium as gym
-
-    import reachsafe.sim_bridge  # noqa: F401  (registers the tasks)
-
     agent = BundleAgent(bundle)
     threshold = float(
         bundle.manifest["shield"]["threshold"] if shield_threshold is None else shield_threshold
@@ -165,19 +166,16 @@ def evaluate_bundle(
         logger.info("shield threshold %g (manifest: %g)", threshold, bundle.manifest["shield"]["threshold"])
     policy = agent.policy(threshold if use_shield else None)
     seeds = list(seeds) if seeds else list(range(episodes))
-    kwargs = {"split": split, "obs_mode": "image", "palette": palette}
-    if episode_steps is not None:
-        kwargs["episode_steps"] = episode_steps
     try:
-        env = gym.make(task, **kwargs)
-    except gym.error.Error as exc:
-        raise EvalError(f"cannot make task {task!r}: {exc}") from exc
+        env = make_env(task, None, 0, cost_key, **_task_kwargs(task, split, palette, episode_steps))
+    except EnvSpecError as exc:
+        raise EvalError(str(exc)) from exc
     label = split if palette is None else f"{split}, {palette} palette"
     summary = EvalSummary(task=task, split=label, cost_limit=cost_limit, reward_ref=reward_ref)
     rng = np.random.default_rng(0)  # greedy selection draws nothing; kept for the signature
     try:
         for seed in seeds:
-            s = run_episode(policy, env, int(seed), agent.params.kappa_c, rng)
+            s = run_episode(policy, env, int(seed), agent.params.kappa_c, rng, lambda obs: frame_of(obs, obs_key))
             summary.episodes.append(
                 EpisodeResult(int(seed), s.ret, s.cost, s.length, s.goals, s.shielded, s.collision_cost, s.wall_steps)
             )
@@ -187,3 +185,16 @@ def evaluate_bundle(
     finally:
         env.close()
     return summary
+
+
+def _task_kwargs(task: str, split: str, palette: str | None, episode_steps: int | None) -> dict[str, object]:
+    """The constructor arguments of ``task``: reachsafe's tasks take a split, a palette and an episode
+    length; any other gymnasium task only an episode length (its TimeLimit)."""
+    if task.startswith("reachsafe/"):
+        kwargs: dict[str, object] = {"split": split, "obs_mode": "image", "palette": palette}
+        if episode_steps is not None:
+            kwargs["episode_steps"] = episode_steps
+        return kwargs
+    if palette is not None:
+        raise EvalError(f"--palette is for reachsafe's tasks only; {task!r} has none")
+    return {} if episode_steps is None else {"max_episode_steps": episode_steps}

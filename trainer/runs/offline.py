@@ -1,4 +1,9 @@
-"""The offline training run: dataset → :class:`OfflineLearner` → checkpoints → signed bundle."""
+"""The offline training run: dataset → :class:`OfflineLearner` → checkpoints → signed bundle.
+
+A run is one process, or N data-parallel ones (``torchrun`` or ``--nproc``,
+:mod:`reachsafe.trainer.runs.parallel`): every process draws the same batch indices and random
+numbers and computes its share of the rows; rank 0 alone writes the run directory.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ import torch
 import yaml
 
 from reachsafe.trainer.algos.offline.config import OfflineConfig
+from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
+from reachsafe.trainer.algos.shield.calibration import CalibrationSettings, ShieldCalibration, calibrate_shield
 from reachsafe.trainer.data.dataset import OfflineDataset
 from reachsafe.trainer.export.onnx import BundleResult, build_bundle
-from reachsafe.trainer.models.networks import load_checkpoint, save_checkpoint
-from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
+from reachsafe.trainer.models.device import device_record, keep_freed_memory, set_threads
+from reachsafe.trainer.models.networks import load_checkpoint, on_cpu, save_checkpoint
+from reachsafe.trainer.runs.parallel import ProcessGroup, join_process_group
 from reachsafe.trainer.runs.run_dir import RunDir, RunDirError, resolve_signing_key
-from reachsafe.trainer.algos.shield.calibration import CalibrationSettings, ShieldCalibration, calibrate_shield
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ class TrainResult:
     metrics: dict[str, float]
     bundle: BundleResult | None
     seconds: float
+    written: bool = True  # this process wrote the run directory (False: a data-parallel rank other than 0)
 
 
 def write_config(cfg: OfflineConfig, path: Path) -> None:
@@ -55,6 +63,7 @@ def save_learner(
     extra = {
         "kind": CONFIG_KIND,
         "config": learner.cfg.to_dict(),
+        "compute": {**device_record(learner.device), "processes": learner.replica.count},
         "learner": learner.state_dict(),
         "numpy_rng": rng.bit_generator.state,
         "dataset": {
@@ -73,11 +82,11 @@ def save_learner(
 
 
 def restore_learner(
-    run: RunDir, cfg: OfflineConfig, dataset: OfflineDataset
+    run: RunDir, cfg: OfflineConfig, dataset: OfflineDataset, group: ProcessGroup
 ) -> tuple[OfflineLearner, np.random.Generator]:
     path = run.require_checkpoint()
     _, ckpt = load_checkpoint(path)
-    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg)
+    learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg, group.device, group.replica)
     learner.load_state_dict(ckpt["agent"], ckpt["learner"])
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt["numpy_rng"]
@@ -93,69 +102,95 @@ def train_offline(
     resume: bool = False,
     progress: bool = True,
     export: bool | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train for ``cfg.steps`` updates (total, counting resumed ones) and export RUN/bundle.
 
     ``export`` defaults to True for image datasets; state-vector datasets cannot make a bundle.
+    ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; under ``torchrun`` (or
+    :func:`~reachsafe.trainer.runs.parallel.spawn`) this process is one data-parallel rank, and
+    ``cfg.batch_size`` is the batch of all ranks together.
     """
+    with join_process_group(device) as group:
+        return _train(dataset, Path(out), cfg, keys_dir, resume, progress, export, group)
+
+
+def _train(
+    dataset: OfflineDataset,
+    out: Path,
+    cfg: OfflineConfig,
+    keys_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+    export: bool | None,
+    group: ProcessGroup,
+) -> TrainResult:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     t0 = time.monotonic()
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    run = RunDir(Path(out))
+    keep_freed_memory()
+    set_threads(cfg.torch_threads, share=group.local_count)
+    run, writes = RunDir(out), group.writes
+    rows = group.replica.rows(group.replica.local_rows(cfg.batch_size))
     if export is None:
         export = dataset.obs_mode == "image"
+    export = export and writes
     signing_key = resolve_signing_key(Path(keys_dir) if keys_dir else None, run) if export else None
     if resume:
-        learner, rng = restore_learner(run, cfg, dataset)
+        learner, rng = restore_learner(run, cfg, dataset, group)
     else:
         if run.latest.exists():
             raise RunDirError(
                 f"{run.root} already holds a run; pass --resume to continue it or choose another --out"
             )
-        learner, rng = OfflineLearner(agent_spec_for(dataset, cfg), cfg), np.random.default_rng(cfg.seed)
-    write_config(cfg, run.config)
+        learner = OfflineLearner(agent_spec_for(dataset, cfg), cfg, group.device, group.replica)
+        rng = np.random.default_rng(cfg.seed)
+    if writes:
+        write_config(cfg, run.config)
     dataset.valid_sequence_starts(learner.horizon)  # fail early if no episode is long enough
 
-    writer = SummaryWriter(str(run.tensorboard))
+    writer = SummaryWriter(str(run.tensorboard)) if writes else None
     recent: dict[str, list[float]] = defaultdict(list)
     last_means: dict[str, float] = {}
     bar = tqdm(
         total=cfg.steps,
         initial=min(learner.step, cfg.steps),
-        disable=not progress,
+        disable=not (progress and writes),
         desc="offline",
         unit="upd",
     )
     try:
         while learner.step < cfg.steps:
-            batch = dataset.sample_sequences(cfg.batch_size, learner.horizon, rng)
+            batch = dataset.sample_sequences(cfg.batch_size, learner.horizon, rng, rows)
             metrics = learner.update(batch)
             for k, v in metrics.items():
                 recent[k].append(v)
             if learner.step % cfg.log_every == 0 or learner.step == cfg.steps:
                 means = {k: float(np.mean(v)) for k, v in recent.items()}
-                for k, v in means.items():
-                    writer.add_scalar(k, v, learner.step)
+                if writer is not None:
+                    for k, v in means.items():
+                        writer.add_scalar(k, v, learner.step)
                 bar.set_postfix(
                     actor=f"{means['train/actor_loss']:.3g}", q_h=f"{means['train/q_h_mean']:.3g}"
                 )
                 last_means = means
                 recent.clear()
-            if cfg.checkpoint_every > 0 and learner.step % cfg.checkpoint_every == 0:
+            if writes and cfg.checkpoint_every > 0 and learner.step % cfg.checkpoint_every == 0:
                 save_learner(run, learner, rng, dataset)
             bar.update(1)
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+    if not writes:
+        return TrainResult(run, learner.step, last_means, None, time.monotonic() - t0, written=False)
     shield = calibrate_shield(learner.agent, dataset, CalibrationSettings.of(cfg))
     save_learner(run, learner, rng, dataset, shield)
     bundle = None
     if export:
         bundle = build_bundle(
-            learner.agent,
+            on_cpu(learner.agent),
             run.bundle,
             version=1,
             parent=None,
@@ -168,5 +203,8 @@ def train_offline(
     elif dataset.obs_mode != "image":
         logger.info("state-vector dataset: no bundle written (robots run camera policies)")
     seconds = time.monotonic() - t0
-    logger.info("offline training: %d updates in %.1f s, run in %s", learner.step, seconds, run.root)
+    logger.info(
+        "offline training: %d updates in %.1f s on %s × %d, run in %s",
+        learner.step, seconds, learner.device, group.replica.count, run.root,
+    )  # fmt: skip
     return TrainResult(run, learner.step, last_means, bundle, seconds)

@@ -3,8 +3,8 @@
 For fast experiments and ablations: the same :class:`OnlineLearner` (VPA, SAC-Lag, λ controller),
 and the robot's own selection and shield code on the torch graph outputs
 (:class:`~reachsafe.trainer.runs.rollout.ActingPolicy`), so what is trained here behaves like what
-a robot runs. Any env that returns ``info["cost"]`` works; dict observations pick their image with
-``obs_key``. :class:`OnlineRun` is the loop, one named method per stage of a step.
+a robot runs. Any env that reports its cost in ``info[cost_key]`` or as the safety API's 6-tuple
+works (:mod:`~reachsafe.trainer.runs.envs`); dict observations pick their image with ``obs_key``. :class:`OnlineRun` is the loop, one named method per stage of a step.
 
 Outputs in OUT: episodes.jsonl (one line per training episode), evals.jsonl (one line per greedy
 evaluation: every ``eval_every`` steps from step 0, and at the end), summary.json, checkpoint.pt,
@@ -31,17 +31,15 @@ from reachsafe.trainer.algos.online.config import OnlineConfig
 from reachsafe.trainer.algos.online.vpa import ValuePreAligner
 from reachsafe.trainer.data.mixing import MixedSampler
 from reachsafe.trainer.data.replay import StepReplay
+from reachsafe.trainer.models.device import device_record, module_device
 from reachsafe.trainer.models.networks import Agent, save_checkpoint
+from reachsafe.trainer.runs.envs import COST_KEY, EnvSpecError, frame_of, make_env
 from reachsafe.trainer.runs.metrics import MetricsWriter
 from reachsafe.trainer.runs.rollout import ActingPolicy, EpisodeStats, OutputsFn, run_episode
 from reachsafe.trainer.runs.run_dir import RunDir
 from reachsafe.trainer.runs.start import shield_for_ship, start_online
 
 logger = logging.getLogger(__name__)
-
-
-class EnvSpecError(ValueError):
-    """The env's observations or actions do not match the run's agent."""
 
 
 @dataclass
@@ -57,35 +55,15 @@ class OnlineRunResult:
     seconds: float = 0.0
 
 
-def make_env(env_id: str, split: str | None, seed: int) -> Any:
-    import gymnasium as gym
-
-    if env_id.startswith("reachsafe/"):
-        import reachsafe.sim_bridge  # noqa: F401  (registers the reachsafe envs)
-    kwargs = {"split": split} if split is not None else {}
-    env = gym.make(env_id, **kwargs)
-    env.reset(seed=seed)
-    return env
-
-
-def frame_of(obs: Any, obs_key: str | None) -> np.ndarray:
-    """The image observation (dict observations: ``obs[obs_key]``)."""
-    if isinstance(obs, dict):
-        if obs_key is None or obs_key not in obs:
-            raise EnvSpecError(
-                f"the env returns a dict observation {sorted(obs)}; pick the image with --obs-key"
-            )
-        obs = obs[obs_key]
-    return np.asarray(obs)
-
-
 def torch_outputs(agent: Agent) -> OutputsFn:
-    """The agent graph's outputs for one frame, computed by torch (what the ONNX export computes)."""
+    """The agent graph's outputs for one frame, computed by torch (what the ONNX export computes) on
+    the agent's device."""
 
     def outputs(frame: np.ndarray, noise: np.ndarray) -> AgentOutput:
+        device = module_device(agent)
         with torch.no_grad():
-            outs = agent.graph_outputs(torch.as_tensor(frame[None]), torch.as_tensor(noise))
-        return AgentOutput(*(o[0].numpy() for o in outs))
+            outs = agent.graph_outputs(torch.as_tensor(frame[None]).to(device), torch.as_tensor(noise).to(device))
+        return AgentOutput(*(o[0].cpu().numpy() for o in outs))
 
     return outputs
 
@@ -131,17 +109,20 @@ class OnlineRun:
         *,
         split: str | None,
         obs_key: str | None,
+        cost_key: str = COST_KEY,
         use_shield: bool,
         resume: bool,
         dataset_paths: Sequence[Path] | None,
         eval_episodes: int,
+        device: str = "cpu",
     ) -> None:
         self.cfg, self.out, self.env_id, self.split, self.obs_key = cfg, out, env_id, split, obs_key
+        self.cost_key = cost_key
         self.eval_episodes = eval_episodes
         self.rng = np.random.default_rng(cfg.seed)
         out.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = out / "checkpoint.pt"
-        start = start_online(RunDir(run), self.ckpt_path, cfg, resume, dataset_paths)
+        start = start_online(RunDir(run), self.ckpt_path, cfg, resume, dataset_paths, device)
         self.learner, dataset, self.resumed = start.learner, start.dataset, start.resumed
         self.agent = self.learner.agent
         state = start.checkpoint.get("online_run", {}) if self.resumed else {}
@@ -155,14 +136,14 @@ class OnlineRun:
             t0 = time.monotonic()
             self.metrics.scalars(ValuePreAligner(self.learner, dataset, cfg.vpa).run(self.rng), 0)
             logger.info("VPA took %.1f s", time.monotonic() - t0)
-        self.env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)))
+        self.env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)), cost_key)
         self.policy = acting_policy(self.agent, cfg, None)
         self.shield_now = (
             shield_for_ship(cfg, start.offline_checkpoint, dataset, self.replay, self.learner.shield_budget)
             if use_shield
             else None
         )
-        self.eval_env = make_env(env_id, split, cfg.seed) if eval_episodes > 0 else None
+        self.eval_env = make_env(env_id, split, cfg.seed, cost_key) if eval_episodes > 0 else None
         self.evals_log = (out / "evals.jsonl").open("a")
         self.result = OnlineRunResult(
             out, 0, int(state.get("episodes", 0)), cumulative_cost=float(state.get("cumulative_cost", 0.0))
@@ -254,7 +235,7 @@ class OnlineRun:
         """OUT/checkpoint.pt: the agent, the learner and where the run stands (steps, episodes, RNG)."""
         result = self.result
         save_checkpoint(self.ckpt_path, self.agent, self.learner.updates, extra={
-            "online": self.learner.state_dict(), "online_run": {
+            "online": self.learner.state_dict(), "compute": device_record(self.learner.device), "online_run": {
                 "steps": t, "episodes": result.episodes, "cumulative_cost": result.cumulative_cost,
                 "numpy_rng": self.rng.bit_generator.state}})  # fmt: skip
         self.last_checkpoint = time.monotonic()
@@ -284,11 +265,12 @@ class OnlineRun:
     def summary(self) -> dict[str, Any]:
         r = self.result
         return {
-            "env": self.env_id, "split": self.split, "steps": r.steps, "episodes": r.episodes,
+            "env": self.env_id, "split": self.split, "obs_key": self.obs_key, "cost_key": self.cost_key,
+            "steps": r.steps, "episodes": r.episodes,
             "seconds": r.seconds, "cumulative_cost": r.cumulative_cost, "shield_threshold": r.shield_threshold,
             "return_last10": float(np.mean(r.returns[-10:])) if r.returns else None,
             "cost_last10": float(np.mean(r.costs[-10:])) if r.costs else None,
-            "final_eval": r.final_eval, "config": self.cfg.to_dict(),
+            "final_eval": r.final_eval, "config": self.cfg.to_dict(), "compute": device_record(self.learner.device),
         }  # fmt: skip
 
 
@@ -301,21 +283,24 @@ def train_online(
     *,
     split: str | None = None,
     obs_key: str | None = None,
+    cost_key: str = COST_KEY,
     use_shield: bool = True,
     resume: bool = False,
     dataset_paths: Sequence[Path] | None = None,
     eval_episodes: int = 5,
     eval_every: int = 0,
+    device: str = "cpu",
 ) -> OnlineRunResult:
-    """Fine-tune ``run``'s agent for ``steps`` environment steps (in all, counting resumed ones).
+    """Fine-tune ``run``'s agent for ``steps`` environment steps (in all, counting resumed ones) on
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
 
     ``eval_every`` > 0: also evaluate ``eval_episodes`` greedy episodes every this many steps (from
     step 0, before any update), on the same episode seeds each time. SIGTERM / SIGINT stop after the
     current step with a checkpoint.
     """
     loop = OnlineRun(
-        run, env_id, steps, cfg, out, split=split, obs_key=obs_key, use_shield=use_shield, resume=resume,
-        dataset_paths=dataset_paths, eval_episodes=eval_episodes,
+        run, env_id, steps, cfg, out, split=split, obs_key=obs_key, cost_key=cost_key, use_shield=use_shield, resume=resume,
+        dataset_paths=dataset_paths, eval_episodes=eval_episodes, device=device,
     )  # fmt: skip
     stop = []
     t = loop.start_step

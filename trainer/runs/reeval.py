@@ -22,7 +22,8 @@ import numpy as np
 from reachsafe.protocol.config import ConfigError
 from reachsafe.trainer.models.networks import CheckpointError, load_checkpoint
 from reachsafe.trainer.algos.online.config import OnlineConfig
-from reachsafe.trainer.runs.online import acting_policy, evaluate, make_env
+from reachsafe.trainer.runs.envs import COST_KEY, make_env
+from reachsafe.trainer.runs.online import acting_policy, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def reevaluate(
         )
     kappa_c = cfg.expansion.kappa_c_at(float(ckpt["online"]["lagrange"]["lam"]))
     threshold = summary["shield_threshold"] if use_shield else None
-    env = make_env(summary["env"], summary["split"], cfg.seed)
+    env = make_env(summary["env"], summary["split"], cfg.seed, summary.get("cost_key", COST_KEY))
+    obs_key = obs_key or summary.get("obs_key")  # the run's own (runs before it was recorded: the caller's)
     try:
         row = evaluate(
             acting_policy(agent, cfg, threshold), env, obs_key, episodes, kappa_c, seed_base + 1000 * cfg.seed

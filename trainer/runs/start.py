@@ -24,6 +24,7 @@ from reachsafe.trainer.algos.shield.calibration import (
 from reachsafe.trainer.data.dataset import OfflineDataset, load_datasets
 from reachsafe.trainer.data.replay import StepReplay
 from reachsafe.trainer.export.onnx import checkpoint_shield
+from reachsafe.trainer.models.device import keep_freed_memory, resolve_device, set_threads
 from reachsafe.trainer.models.networks import Agent, load_checkpoint
 from reachsafe.trainer.runs.run_dir import RunDir
 
@@ -125,10 +126,15 @@ def start_online(
     cfg: OnlineConfig,
     resume: bool,
     dataset_paths: Sequence[Path] | None,
+    device: str = "cpu",
+    reserve_cores: int = 0,
 ) -> OnlineStart:
-    """Seed torch, load the offline run (or resume ``online_checkpoint``), build the learner and load
-    the offline dataset for replay mixing and VPA."""
-    torch.set_num_threads(max(1, cfg.torch_threads))
+    """Seed torch, load the offline run (or resume ``online_checkpoint``), build the learner on
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and load the offline dataset for replay mixing
+    and VPA. ``reserve_cores``: cores the process's other threads keep busy (the daemon's ingest),
+    left out of an automatic thread count."""
+    keep_freed_memory()
+    set_threads(cfg.torch_threads, reserve=reserve_cores)
     torch.manual_seed(cfg.seed)
     offline_path = run.require_checkpoint()
     resumed = resume and online_checkpoint.is_file()
@@ -136,7 +142,7 @@ def start_online(
         logger.warning("--resume: no %s yet, starting from the offline checkpoint", online_checkpoint)
     agent, ckpt = load_checkpoint(online_checkpoint if resumed else offline_path)
     offline_ckpt = load_checkpoint(offline_path)[1] if resumed else ckpt
-    learner = OnlineLearner(agent, cfg, ReachabilityTarget.from_checkpoint(offline_ckpt))
+    learner = OnlineLearner(agent, cfg, ReachabilityTarget.from_checkpoint(offline_ckpt), resolve_device(device))
     if resumed:
         learner.load_state_dict(ckpt["online"])
         logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)

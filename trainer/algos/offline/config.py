@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from reachsafe.protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T, DEFAULT_PRIMITIVES
 from reachsafe.protocol.config import Config, option
+from reachsafe.trainer.algos.config import ComputeConfig
 
 
 @dataclass
@@ -183,7 +184,13 @@ class OfflineConfig(Config):
         default_factory=lambda: [list(p) for p in DEFAULT_PRIMITIVES],
         help="Fixed candidate actions the shield may fall back to, after a_on, a_off and brake.",
     )
-    torch_threads: int = option(1, "torch intra-op threads while training (0: torch's default).", ge=0)
+    compute: ComputeConfig = option(default_factory=ComputeConfig, help="bf16 autocast and torch.compile.")
+    torch_threads: int = option(
+        1,
+        "torch intra-op threads while training on the CPU (0: auto, the cores this process may use, split "
+        "over the data-parallel processes on this machine).",
+        ge=0,
+    )
     checkpoint_every: int = option(
         2000, "Save RUN/checkpoints/ every this many updates (0 = only at the end).", ge=0
     )

@@ -4,12 +4,17 @@ Nothing here evaluates the critics at actions outside the dataset: V_r, V_c, V_h
 the target critics at dataset actions, and the actor is weighted behaviour cloning. With the world
 model and ``imagine`` on, the values also regress toward targets from short imagined rollouts
 (:meth:`OfflineLearner._imagination_losses`), an addition to the in-sample losses.
+
+The learner runs on the device it is given; its random numbers (augmentation, imagination noise)
+come from one CPU generator, so a seed draws the same numbers on every device and in every
+data-parallel process (:class:`~reachsafe.trainer.models.parallel.Replica`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,9 +34,11 @@ from reachsafe.trainer.algos.losses import (
     weighted_bc_loss,
 )
 from reachsafe.trainer.algos.offline.config import OfflineConfig
-from reachsafe.trainer.data.augment import colour_jitter, random_shift
+from reachsafe.trainer.data.augment import augment, draw_augmentation
 from reachsafe.trainer.data.dataset import OfflineDataset, SequenceBatch
+from reachsafe.trainer.models.device import autocast, compile_modules, to_device, to_floats
 from reachsafe.trainer.models.networks import Agent, AgentSpec, polyak
+from reachsafe.trainer.models.parallel import SINGLE, Replica
 from reachsafe.trainer.models.world_model import WorldModel, WorldModelLossWeights
 
 logger = logging.getLogger(__name__)
@@ -53,16 +60,28 @@ class OfflineLearner:
     """Holds the agent, the world model, target networks and optimisers; one :meth:`update` per step.
 
     During offline training π_on is the policy being learned; :meth:`finalize` freezes it as π_off.
+    ``replica``: this process's place among data-parallel learners (default: the only one); each
+    :meth:`update` then gets this process's rows of the batch.
     """
 
-    def __init__(self, spec: AgentSpec, cfg: OfflineConfig) -> None:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        cfg: OfflineConfig,
+        device: torch.device | None = None,
+        replica: Replica = SINGLE,
+    ) -> None:
         self.cfg = cfg
         self.spec = spec
+        self.device = device or torch.device("cpu")
+        self.replica = replica
         torch.manual_seed(cfg.seed)
-        self.agent = Agent(spec)
+        self.agent = Agent(spec).to(self.device)
         a = self.agent
         self.world_model = (
-            WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim) if cfg.world_model.enabled else None
+            WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim).to(self.device)
+            if cfg.world_model.enabled
+            else None
         )
         self.target_encoder = copy.deepcopy(a.encoder).requires_grad_(False)
         self.target_q_r = copy.deepcopy(a.q_r).requires_grad_(False)
@@ -72,7 +91,7 @@ class OfflineLearner:
         if self.world_model is not None:
             critic_modules.append(self.world_model)
         self.params = [p for m in [*critic_modules, a.actor_on] for p in m.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.wm_weights = WorldModelLossWeights(
             consistency=cfg.world_model.consistency_coef,
@@ -83,36 +102,65 @@ class OfflineLearner:
             cost_pos_weight=cfg.world_model.cost_pos_weight,
         )
         self.step = 0
+        if cfg.compute.compile:
+            compile_modules(a.encoder, self.target_encoder)
 
     @property
     def horizon(self) -> int:
         return self.cfg.world_model.horizon if self.world_model is not None else 1
 
     # ----- one update -------------------------------------------------------------------
+    def _draw(self, sample: Callable[[int], torch.Tensor], rows: int) -> torch.Tensor:
+        """``rows`` random rows for this process: drawn for the whole data-parallel batch, so that N
+        processes draw what one process at N times the rows draws."""
+        return sample(rows * self.replica.count)[self.replica.rows(rows)]
+
     def _frames(self, obs: np.ndarray) -> torch.Tensor:
-        """[B, T, ...] observations → augmented [B·T, ...] encoder input."""
-        x = torch.from_numpy(np.ascontiguousarray(obs.reshape(-1, *obs.shape[2:])))
-        if self.spec.is_image and self.cfg.augment.pad > 0:
-            x = random_shift(x, self.cfg.augment.pad, self.generator)
-        if self.spec.is_image and self.cfg.augment.colour > 0:
-            x = colour_jitter(x.to(torch.float32), self.cfg.augment.colour, self.generator)
-        return x
+        """[B, T, ...] observations → augmented [B, T, ...] frames on the device."""
+        x = to_device(obs, self.device)
+        if not self.spec.is_image:
+            return x
+        n = obs.shape[0] * obs.shape[1]
+        draws = draw_augmentation(
+            n * self.replica.count, obs.shape[-1], self.cfg.augment.pad, self.cfg.augment.colour, self.generator
+        ).rows(self.replica.rows(n))
+        return augment(x.reshape(n, *obs.shape[2:]), draws).reshape(obs.shape)
 
     def update(self, batch: SequenceBatch) -> dict[str, float]:
-        cfg, a = self.cfg, self.agent
+        """One gradient step on ``batch`` (this process's rows of it); returns the scalars to log."""
+        with autocast(self.device, self.cfg.compute.bf16):
+            loss, metrics = self._losses(batch)
+        self._step(loss)
+        a, ema = self.agent, self.cfg.target_ema
+        polyak(self.target_encoder, a.encoder, ema)
+        polyak(self.target_q_r, a.q_r, ema)
+        polyak(self.target_q_c, a.q_c, ema)
+        polyak(self.target_q_h, a.q_h, ema)
+        self.step += 1
+        return to_floats(metrics)
+
+    def _losses(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The summed loss of every network and the scalars to log (as tensors, on the device).
+
+        The online encoder sees o_0 … o_{H−1} and the target encoder o_1 … o_H: no frame is
+        encoded where its latent is not used.
+        """
+        cfg, a, dev = self.cfg, self.agent, self.device
         b, horizon = batch.actions.shape[:2]
         frames = self._frames(batch.obs)
-        z_all = a.encoder(frames).reshape(b, horizon + 1, -1)
+        frame_shape = frames.shape[2:]
+        z_seq = a.encoder(frames[:, :horizon].reshape(b * horizon, *frame_shape)).reshape(b, horizon, -1)
         with torch.no_grad():
-            zt_all = self.target_encoder(frames).reshape(b, horizon + 1, -1)
+            z_next = self.target_encoder(frames[:, 1:].reshape(b * horizon, *frame_shape))
 
-        act = torch.from_numpy(batch.actions).reshape(b * horizon, -1)
-        rew = torch.from_numpy(batch.rewards).reshape(-1)
-        cost = torch.from_numpy(batch.costs).reshape(-1)
-        term = torch.from_numpy(batch.terminals).reshape(-1).float()
-        z = z_all[:, :horizon].reshape(b * horizon, -1)
+        actions, rewards = to_device(batch.actions, dev), to_device(batch.rewards, dev)
+        costs, terminals = to_device(batch.costs, dev), to_device(batch.terminals, dev)
+        act = actions.reshape(b * horizon, -1)
+        rew = rewards.reshape(-1)
+        cost = costs.reshape(-1)
+        term = terminals.reshape(-1).float()
+        z = z_seq.reshape(b * horizon, -1)
         zd = z.detach()
-        z_next = zt_all[:, 1:].reshape(b * horizon, -1)
 
         with torch.no_grad():
             q_r_t = self.target_q_r(zd, act).min(-1).values
@@ -133,7 +181,7 @@ class OfflineLearner:
             "q_h": _ensemble_mse(a.q_h(z, act), y_h),
         }
         loss = sum(losses.values())
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}
         if self.world_model is not None and cfg.imagine.enabled and self.step >= cfg.imagine.start:
             imagine_losses, imagine_metrics = self._imagination_losses(self.world_model, zd, v_r, v_c, v_h)
             loss = (
@@ -142,13 +190,7 @@ class OfflineLearner:
             metrics.update(imagine_metrics)
         if self.world_model is not None:
             wm_loss, wm_parts = self.world_model.loss(
-                z_all[:, 0],
-                zt_all[:, 1:],
-                torch.from_numpy(batch.actions),
-                torch.from_numpy(batch.rewards),
-                torch.from_numpy(batch.costs),
-                torch.from_numpy(batch.terminals),
-                self.wm_weights,
+                z_seq[:, 0], z_next.reshape(b, horizon, -1), actions, rewards, costs, terminals, self.wm_weights
             )
             loss = loss + wm_loss
             metrics.update({f"wm/{k}": v for k, v in wm_parts.items()})
@@ -161,29 +203,22 @@ class OfflineLearner:
         # the actor's loss also shapes the encoder: pixels → goal direction is learnt fastest from the actions
         log_prob = a.actor_on.log_prob(z, act)
         actor_loss = weighted_bc_loss(log_prob, weights)
-        self._step(loss + actor_loss)
 
-        polyak(self.target_encoder, a.encoder, cfg.target_ema)
-        polyak(self.target_q_r, a.q_r, cfg.target_ema)
-        polyak(self.target_q_c, a.q_c, cfg.target_ema)
-        polyak(self.target_q_h, a.q_h, cfg.target_ema)
-        self.step += 1
-
-        metrics.update({f"train/loss_{k}": float(v.detach()) for k, v in losses.items()})
+        metrics.update({f"train/loss_{k}": v.detach() for k, v in losses.items()})
         metrics.update(
             {
-                "train/actor_loss": float(actor_loss.detach()),
-                "train/log_prob": float(log_prob.detach().mean()),
-                "train/weight_mean": float(weights.mean()),
+                "train/actor_loss": actor_loss.detach(),
+                "train/log_prob": log_prob.detach().mean(),
+                "train/weight_mean": weights.mean(),
                 "train/weight_ess": effective_sample_share(weights),
-                "train/frac_infeasible_states": float((v_h.detach() > 0).float().mean()),
-                "train/q_h_mean": float(q_h_t.mean()),
-                "train/v_h_mean": float(v_h.detach().mean()),
-                "train/q_r_mean": float(q_r_t.mean()),
-                "train/q_c_mean": float(q_c_t.mean()),
+                "train/frac_infeasible_states": (v_h.detach() > 0).float().mean(),
+                "train/q_h_mean": q_h_t.mean(),
+                "train/v_h_mean": v_h.detach().mean(),
+                "train/q_r_mean": q_r_t.mean(),
+                "train/q_c_mean": q_c_t.mean(),
             }
         )
-        return metrics
+        return loss + actor_loss, metrics
 
     def _imagination_losses(
         self,
@@ -192,7 +227,7 @@ class OfflineLearner:
         v_r: torch.Tensor,
         v_c: torch.Tensor,
         v_h: torch.Tensor,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Expectile losses of V_r, V_c, V_h(zd) toward targets imagined from the dataset latents zd.
 
         The rollout acts with the actor being trained (π_on here; :meth:`finalize` freezes it as π_off),
@@ -205,9 +240,11 @@ class OfflineLearner:
         """
         cfg, a = self.cfg, self.agent
 
+        def noise(rows: int) -> torch.Tensor:
+            return torch.randn(rows, self.spec.action_dim, generator=self.generator)
+
         def policy(z: torch.Tensor) -> torch.Tensor:
-            noise = torch.randn(z.shape[0], self.spec.action_dim, generator=self.generator)
-            return a.actor_on(z, noise)
+            return a.actor_on(z, self._draw(noise, z.shape[0]).to(self.device, non_blocking=True))
 
         with torch.no_grad():
             rollout = world_model.imagine(zd, policy, cfg.imagine.horizon, self.wm_weights.cost_pos_weight)
@@ -228,19 +265,20 @@ class OfflineLearner:
             "h": expectile_loss(v_h - y_h, cfg.tau_h),
         }
         metrics = {
-            "wm/imagine_cost_prob": float(rollout.cost_prob.mean()),
-            "wm/imagine_continuation": float(rollout.continuation_prob.mean()),
-            "wm/imagine_y_r": float(y_r.mean()),
-            "wm/imagine_y_c": float(y_c.mean()),
-            "wm/imagine_y_h": float(y_h.mean()),
-            "wm/imagine_loss_v": float(losses["v"].detach()),
-            "wm/imagine_loss_h": float(losses["h"].detach()),
+            "wm/imagine_cost_prob": rollout.cost_prob.mean(),
+            "wm/imagine_continuation": rollout.continuation_prob.mean(),
+            "wm/imagine_y_r": y_r.mean(),
+            "wm/imagine_y_c": y_c.mean(),
+            "wm/imagine_y_h": y_h.mean(),
+            "wm/imagine_loss_v": losses["v"].detach(),
+            "wm/imagine_loss_h": losses["h"].detach(),
         }
         return losses, metrics
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.replica.average_gradients(self.params)
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
@@ -268,8 +306,8 @@ class OfflineLearner:
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
         a = self.agent
-        z = a.encoder(torch.from_numpy(dataset.observations[idx]))
-        act = torch.from_numpy(dataset.actions[idx])
+        z = a.encoder(to_device(dataset.observations[idx], self.device))
+        act = to_device(dataset.actions[idx], self.device)
         q_h = a.qh_max(z, act)
         v_h = a.v_h(z)
         w = self._actor_weights(
@@ -278,10 +316,10 @@ class OfflineLearner:
         log_prob = a.actor_on.log_prob(z, act)
         return {
             "index": idx,
-            "q_h": q_h.numpy(),
-            "v_h": v_h.numpy(),
-            "weights": w.numpy(),
-            "log_prob": log_prob.numpy(),
+            "q_h": q_h.cpu().numpy(),
+            "v_h": v_h.cpu().numpy(),
+            "weights": w.cpu().numpy(),
+            "log_prob": log_prob.cpu().numpy(),
             "weighted_log_prob": float((w * log_prob).sum() / w.sum().clamp_min(1e-8)),
         }
 

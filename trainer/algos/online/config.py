@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from reachsafe.protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T
 from reachsafe.protocol.config import Config, ConfigError, option
+from reachsafe.trainer.algos.config import ComputeConfig
 from reachsafe.trainer.algos.online.lagrange import LagrangeConfig
 
 
@@ -173,7 +174,13 @@ class OnlineConfig(Config):
     vpa: VPAConfig = option(default_factory=VPAConfig, help="Value Pre-Alignment.")
     expansion: ExpansionConfig = option(default_factory=ExpansionConfig, help="Safe policy expansion.")
     daemon: DaemonConfig = option(default_factory=DaemonConfig, help="Bundle shipping of the daemon.")
-    torch_threads: int = option(1, "torch intra-op threads of the learner (leave a core for ingest).", ge=0)
+    compute: ComputeConfig = option(default_factory=ComputeConfig, help="bf16 autocast and torch.compile.")
+    torch_threads: int = option(
+        1,
+        "torch intra-op threads of the learner on the CPU (0: auto, the cores this process may use less one "
+        "for the daemon's ingest).",
+        ge=0,
+    )
     checkpoint_every_s: float = option(
         120.0, "Seconds between checkpoints (also written on SIGTERM).", gt=0.0
     )

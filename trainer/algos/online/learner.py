@@ -16,6 +16,9 @@ critics learn the values of what the robot did, whichever policy proposed it. Wi
 also teaches Q_r and Q_c the value of the *proposal* in the shielded system: proposing it led to the
 executed step, less ``intervention_penalty`` in reward (the post-posed shield's punishment, Alshiekh
 et al. 2018); otherwise a replaced proposal is never executed, so its risk is never seen.
+
+The learner runs on the device its agent is moved to: a batch goes there once per update
+(:meth:`OnlineLearner.tensors`), and the scalars to log come back once per step.
 """
 
 from __future__ import annotations
@@ -37,22 +40,27 @@ from reachsafe.trainer.algos.online.config import OnlineConfig
 from reachsafe.trainer.algos.online.lagrange import PIDLagrangian
 from reachsafe.trainer.algos.shield.budget import ShieldBudget
 from reachsafe.trainer.data.dataset import Batch
+from reachsafe.trainer.models.device import autocast, compile_modules, to_device, to_floats
 from reachsafe.trainer.models.networks import Agent, polyak
 
 logger = logging.getLogger(__name__)
 
 #: (agent, o', target latent of o') -> (a', log π(a'|o')) for the bootstrap of the critic targets.
 NextActionFn = Callable[[Agent, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: a batch's columns as tensors on the learner's device (:meth:`OnlineLearner.tensors`)
+Tensors = dict[str, torch.Tensor]
 
 
-def to_tensors(batch: Batch) -> dict[str, torch.Tensor]:
+def to_tensors(batch: Batch, device: torch.device | None = None) -> Tensors:
+    """The transition columns of ``batch`` on ``device`` (default: the CPU)."""
+    device = device or torch.device("cpu")
     return {
-        "obs": torch.as_tensor(np.ascontiguousarray(batch.obs)),
-        "action": torch.as_tensor(batch.actions, dtype=torch.float32),
-        "reward": torch.as_tensor(batch.rewards, dtype=torch.float32),
-        "cost": torch.as_tensor(batch.costs, dtype=torch.float32),
-        "next_obs": torch.as_tensor(np.ascontiguousarray(batch.next_obs)),
-        "done": torch.as_tensor(batch.terminals, dtype=torch.float32),
+        "obs": to_device(batch.obs, device),
+        "action": to_device(batch.actions, device, torch.float32),
+        "reward": to_device(batch.rewards, device, torch.float32),
+        "cost": to_device(batch.costs, device, torch.float32),
+        "next_obs": to_device(batch.next_obs, device),
+        "done": to_device(batch.terminals, device, torch.float32),
     }
 
 
@@ -87,9 +95,17 @@ class ReachabilityTarget:
 class OnlineLearner:
     """Networks, target networks, optimisers, α and the λ controller of online fine-tuning."""
 
-    def __init__(self, agent: Agent, cfg: OnlineConfig, reach: ReachabilityTarget | None = None) -> None:
-        """``reach`` None: OfflineConfig's defaults (a learner not started from an offline run)."""
-        self.agent = agent
+    def __init__(
+        self,
+        agent: Agent,
+        cfg: OnlineConfig,
+        reach: ReachabilityTarget | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        """``reach`` None: OfflineConfig's defaults (a learner not started from an offline run).
+        ``device``: where the agent is moved and trained (default: the CPU)."""
+        self.device = device or torch.device("cpu")
+        self.agent = agent.to(self.device)
         self.cfg = cfg
         self.reach = reach or ReachabilityTarget.from_checkpoint({})
         for p in list(agent.encoder_off.parameters()) + list(agent.actor_off.parameters()):
@@ -109,9 +125,9 @@ class OnlineLearner:
             groups.append({"params": list(agent.encoder.parameters()), "lr": lr_encoder})
         else:
             agent.encoder.requires_grad_(False)
-        self.opt_critic = torch.optim.Adam(groups, lr=cfg.lr_critic)
-        self.opt_actor = torch.optim.Adam(agent.actor_on.parameters(), lr=cfg.lr_actor)
-        self.log_alpha = torch.tensor(float(np.log(cfg.alpha_init)), requires_grad=True)
+        self.opt_critic = torch.optim.Adam(groups, lr=cfg.lr_critic, fused=True)
+        self.opt_actor = torch.optim.Adam(agent.actor_on.parameters(), lr=cfg.lr_actor, fused=True)
+        self.log_alpha = torch.tensor(float(np.log(cfg.alpha_init)), device=self.device, requires_grad=True)
         self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
         self.target_entropy = -float(agent.spec.action_dim)
         self.lagrange = PIDLagrangian(cfg.lagrange)
@@ -126,6 +142,8 @@ class OnlineLearner:
             )
         )
         self.updates = 0
+        if cfg.compute.compile:
+            compile_modules(agent.encoder, agent.encoder_off, self.target["encoder"])
 
     @property
     def alpha(self) -> float:
@@ -136,11 +154,35 @@ class OnlineLearner:
         return self.lagrange.value
 
     # ----- losses ------------------------------------------------------------------------
-    def critic_step(self, batch: Batch, next_action: NextActionFn = on_policy_next) -> dict[str, float]:
+    def tensors(self, batch: Batch) -> Tensors:
+        """The batch on the learner's device, with the rows whose proposal the shield replaced
+        (``replaced``, empty unless ``learn_interventions``) and their proposals."""
+        t = to_tensors(batch, self.device)
+        replaced = self._replaced(batch)
+        t["replaced"] = torch.as_tensor(replaced).to(self.device, non_blocking=True)
+        if replaced.size:
+            assert batch.proposed is not None
+            t["proposed"] = to_device(batch.proposed[replaced], self.device, torch.float32)
+        return t
+
+    def critic_step(
+        self, batch: Batch | Tensors, next_action: NextActionFn = on_policy_next
+    ) -> dict[str, float]:
         """One update of encoder, Q_r, Q_c (and Q_h, V_h if learn_qh) toward the bootstrap targets."""
+        t = batch if isinstance(batch, dict) else self.tensors(batch)
+        with autocast(self.device, self.cfg.compute.bf16):
+            loss, metrics = self._critic_losses(t, next_action)
+        self.opt_critic.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_critic.step()
+        self._polyak()
+        return {**to_floats(metrics), "online/replaced_in_batch": float(t["replaced"].numel())}
+
+    def _critic_losses(
+        self, t: Tensors, next_action: NextActionFn
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, ag = self.cfg, self.agent
-        t = to_tensors(batch)
-        alpha = self.alpha
+        alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             z_next_t = self.target["encoder"](t["next_obs"])
             a_next, logp_next = next_action(ag, t["next_obs"], z_next_t)
@@ -151,10 +193,10 @@ class OnlineLearner:
             y_c = t["cost"] + cfg.gamma * not_done * q_c_next
         z = ag.encoder(t["obs"])
         z_rc, a_rc, y_r_rc, y_c_rc = z, t["action"], y_r, y_c
-        replaced = self._replaced(batch)
-        if replaced.size:  # the proposals the shield replaced: same outcome, less the penalty
+        replaced = t["replaced"]
+        if "proposed" in t:  # the proposals the shield replaced: same outcome, less the penalty
             z_rc = torch.cat([z, z[replaced]])
-            a_rc = torch.cat([a_rc, torch.as_tensor(batch.proposed[replaced], dtype=torch.float32)])
+            a_rc = torch.cat([a_rc, t["proposed"]])
             y_r_rc = torch.cat([y_r, y_r[replaced] - cfg.intervention_penalty])
             y_c_rc = torch.cat([y_c, y_c[replaced]])
         q_r = ag.q_r(z_rc, a_rc)
@@ -163,20 +205,15 @@ class OnlineLearner:
         loss_c = F.mse_loss(q_c, y_c_rc.unsqueeze(-1).expand_as(q_c))
         loss = loss_r + loss_c
         metrics = {
-            "online/loss_q_r": loss_r.item(),
-            "online/loss_q_c": loss_c.item(),
-            "online/q_r": q_r[: len(y_r)].mean().item(),
-            "online/replaced_in_batch": float(replaced.size),
+            "online/loss_q_r": loss_r.detach(),
+            "online/loss_q_c": loss_c.detach(),
+            "online/q_r": q_r[: len(y_r)].detach().mean(),
         }
         if cfg.learn_qh:  # Q_h learns the executed actions only: it models the real dynamics
             loss_h, h_metrics = self._reach_loss(z, z_next_t, t)
             loss = loss + loss_h
             metrics.update(h_metrics)
-        self.opt_critic.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_critic.step()
-        self._polyak()
-        return metrics
+        return loss, metrics
 
     def _replaced(self, batch: Batch) -> np.ndarray:
         """Rows whose proposal the shield replaced (none unless ``learn_interventions``)."""
@@ -185,8 +222,8 @@ class OnlineLearner:
         return np.flatnonzero(batch.shielded)
 
     def _reach_loss(
-        self, z: torch.Tensor, z_next_t: torch.Tensor, t: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self, z: torch.Tensor, z_next_t: torch.Tensor, t: Tensors
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, ag = self.cfg, self.agent
         h = reachability_signal(t["cost"], self.reach.c_scale)
         with torch.no_grad():
@@ -195,47 +232,50 @@ class OnlineLearner:
         loss_q = F.mse_loss(q_h, y_h.unsqueeze(-1).expand_as(q_h))
         # V_h toward a low expectile of the max-ensemble Q_h (≈ the best in-sample feasibility)
         loss_v = expectile_loss(ag.v_h(z.detach()) - q_h.max(dim=-1).values.detach(), cfg.qh_expectile)
-        return loss_q + loss_v, {"online/loss_q_h": loss_q.item(), "online/loss_v_h": loss_v.item()}
+        metrics = {"online/loss_q_h": loss_q.detach(), "online/loss_v_h": loss_v.detach()}
+        return loss_q + loss_v, metrics
 
-    def actor_step(self, batch: Batch) -> dict[str, float]:
+    def actor_step(self, batch: Batch | Tensors) -> dict[str, float]:
         """SAC-Lag actor loss (α log π − Q_r + λ Q_c)/(1 + λ) and the α update."""
         ag, lam = self.agent, self.lam
-        with torch.no_grad():
-            z = ag.encoder(torch.as_tensor(np.ascontiguousarray(batch.obs)))
-        a, logp = ag.actor_on.sample(z)
-        q_r = ag.q_r(z, a).min(dim=-1).values
-        q_c = ag.q_c(z, a).max(dim=-1).values
-        loss = ((self.alpha * logp - q_r + lam * q_c) / (1.0 + lam)).mean()
-        metrics = {"online/loss_actor": loss.item()}
-        if self.cfg.anchor_weight > 0:
-            anchor = self._anchor(batch, z)
-            loss = loss + self.cfg.anchor_weight * anchor
-            metrics["online/anchor"] = anchor.item()
+        obs = batch["obs"] if isinstance(batch, dict) else to_device(batch.obs, self.device)
+        alpha = self.log_alpha.detach().exp()
+        with autocast(self.device, self.cfg.compute.bf16):
+            with torch.no_grad():
+                z = ag.encoder(obs)
+            a, logp = ag.actor_on.sample(z)
+            q_r = ag.q_r(z, a).min(dim=-1).values
+            q_c = ag.q_c(z, a).max(dim=-1).values
+            loss = ((alpha * logp - q_r + lam * q_c) / (1.0 + lam)).mean()
+            metrics = {"online/loss_actor": loss.detach()}
+            if self.cfg.anchor_weight > 0:
+                anchor = self._anchor(obs, z)
+                loss = loss + self.cfg.anchor_weight * anchor
+                metrics["online/anchor"] = anchor.detach()
         self.opt_actor.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_actor.step()
-        metrics.update({"online/entropy": -logp.mean().item(), "online/alpha": self.alpha})
+        metrics.update({"online/entropy": -logp.detach().mean(), "online/alpha": alpha})
         if self.cfg.autotune_alpha:
             loss_a = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
             self.opt_alpha.zero_grad(set_to_none=True)
             loss_a.backward()
             self.opt_alpha.step()
-        return metrics
+        return to_floats(metrics)
 
-    def _anchor(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance between π_on's and π_off's mean actions on the batch's observations."""
+    def _anchor(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance between π_on's and π_off's mean actions on the observations ``obs``."""
         ag = self.agent
         with torch.no_grad():
-            mu_off, _ = ag.actor_off.distribution_params(
-                ag.encoder_off(torch.as_tensor(np.ascontiguousarray(batch.obs)))
-            )
+            mu_off, _ = ag.actor_off.distribution_params(ag.encoder_off(obs))
         mu_on, _ = ag.actor_on.distribution_params(z)
         return (torch.tanh(mu_on) - torch.tanh(mu_off)).pow(2).sum(dim=-1).mean()
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """One SAC-Lag gradient step on a (mixed) batch."""
-        metrics = self.critic_step(batch)
-        metrics.update(self.actor_step(batch))
+        """One SAC-Lag gradient step on a (mixed) batch, moved to the device once."""
+        t = self.tensors(batch)
+        metrics = self.critic_step(t)
+        metrics.update(self.actor_step(t))
         self.updates += 1
         return metrics
 

@@ -23,6 +23,7 @@ import torch
 
 from reachsafe.trainer.algos.offline.config import OfflineConfig, offline_config_from_checkpoint
 from reachsafe.trainer.data.dataset import OfflineDataset
+from reachsafe.trainer.models.device import module_device, to_device
 from reachsafe.trainer.models.networks import Agent
 
 logger = logging.getLogger(__name__)
@@ -150,15 +151,17 @@ def calibrate_threshold(
 def q_h_at(
     agent: Agent, observations: np.ndarray, actions: np.ndarray, index: np.ndarray, batch: int = 256
 ) -> np.ndarray:
-    """Q_h(z(o), a) (ensemble max, as in the graph) at rows ``index`` of ``observations``, ``actions``."""
+    """Q_h(z(o), a) (ensemble max, as in the graph) at rows ``index`` of ``observations``, ``actions``,
+    computed on the agent's device."""
     was_training = agent.training
+    device = module_device(agent)
     agent.eval()
     try:
         out = []
         for i in range(0, len(index), batch):
             idx = index[i : i + batch]
-            z = agent.encoder(torch.from_numpy(np.ascontiguousarray(observations[idx])))
-            out.append(agent.qh_max(z, torch.from_numpy(np.ascontiguousarray(actions[idx]))).numpy())
+            z = agent.encoder(to_device(observations[idx], device))
+            out.append(agent.qh_max(z, to_device(actions[idx], device)).cpu().numpy())
     finally:
         agent.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
