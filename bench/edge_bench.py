@@ -462,9 +462,10 @@ def int8_formats(run: Path | None, dataset: list[Path] | None, runs: int) -> dic
     from reachsafe.trainer.export.int8 import TURN_FRAMES, compare, held_out_split, quantize_int8
     from reachsafe.trainer.export.onnx import checkpoint_shield, export_onnx
 
+    trained = run is not None and bool(dataset)
     with tempfile.TemporaryDirectory(prefix="int8-formats-") as tmp:
         out = Path(tmp)
-        if run is not None and dataset:
+        if trained:
             from reachsafe.trainer.data.dataset import load_datasets
             from reachsafe.trainer.models.networks import load_checkpoint
             from reachsafe.trainer.runs.run_dir import RunDir
@@ -479,7 +480,7 @@ def int8_formats(run: Path | None, dataset: list[Path] | None, runs: int) -> dic
         calib, held_out = held_out_split(frames)
         fp32 = export_onnx(agent.eval(), out / "fp32.onnx")
         variants: dict[str, tuple[Any, np.ndarray]] = {k: (r, calib) for k, r in int8_recipes().items()}
-        if run is not None and dataset:
+        if trained:
             for label, (recipe, _) in list(variants.items()):
                 if recipe.is_static:
                     variants[f"{label}, calibrated on random frames"] = (
@@ -513,7 +514,7 @@ def int8_formats(run: Path | None, dataset: list[Path] | None, runs: int) -> dic
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)."
         ),
         "command": "python -m bench.edge_bench --int8-formats"
-        + (f" --run {run} --dataset ..." if run else ""),
+        + (f" --run {run} --dataset ..." if trained else ""),
     }
 
 

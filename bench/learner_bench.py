@@ -10,7 +10,8 @@ Every variant runs in its own warm worker process; a group (one kind and batch) 
 workers, warms them up with ``WARM_UPDATES`` updates on the same seed and batches (their losses
 after those updates are the "same losses" check), then times them in turns, ``ROUNDS`` rounds of
 about ``ROUND_S`` seconds each, so that the load of a shared machine falls on every variant alike;
-the median round is reported. An update includes sampling its batch from the dataset in memory.
+the best and the median round are reported, and the CPU time per update (which other processes'
+load changes least). An update includes sampling its batch from the dataset in memory.
 
 Run alone with ``python -m bench.learner_bench``; ``make bench`` calls :func:`main`.
 """
@@ -45,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE_REV = "ac6cd85"
 BATCHES = (32, 256)
 WARM_UPDATES = 5
-ROUNDS = 3
-ROUND_S = 2.0
+ROUNDS = 5
+ROUND_S = 1.5
 IMAGE = 64
 #: the parts a baseline tree needs, at their place in the reachsafe namespace (pyproject's package-dir)
 PARTS = ("protocol", "hardware", "edge_runtime", "sim_bridge", "trainer")
@@ -182,7 +183,11 @@ class Worker:
             self.procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "bench.learner_bench", "--worker", spec],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=cwd, env=rank_env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    cwd=cwd,
+                    env=rank_env,
                 )  # fmt: skip
             )
 
@@ -246,18 +251,21 @@ def measure_group(group: list[Variant], baseline_root: Path | None, logdir: Path
 def _row(
     v: Variant, rounds: list[dict[str, Any]], warm: dict[str, Any], before: dict[str, Any] | None
 ) -> dict[str, Any]:
-    rate = statistics.median(r["updates"] / r["seconds"] for r in rounds)
+    rates = [r["updates"] / r["seconds"] for r in rounds]
     cpu = statistics.median(r["cpu_seconds"] / r["updates"] for r in rounds)
     loss_key = "train/loss_q_h" if v.kind == "offline" else "online/loss_q_h"
     loss = warm["metrics"][loss_key]
     row = {
         "kind": v.kind, "batch": v.batch, "device": v.device, "trainer": v.label,
         "processes x threads": f"{v.processes} x {v.threads}" if v.device == "cpu" else f"{v.processes} GPU",
-        "updates_per_s": rate, "samples_per_s": rate * v.batch, "cpu_ms_per_update": 1e3 * cpu,
+        "updates_per_s": max(rates), "median_updates_per_s": statistics.median(rates),
+        "samples_per_s": max(rates) * v.batch, "cpu_ms_per_update": 1e3 * cpu,
         f"loss_q_h after {WARM_UPDATES}": loss,
     }  # fmt: skip
     if before is not None:
-        row["rel. loss diff vs before"] = abs(loss - before["metrics"][loss_key]) / abs(before["metrics"][loss_key])
+        row["rel. loss diff vs before"] = abs(loss - before["metrics"][loss_key]) / abs(
+            before["metrics"][loss_key]
+        )
     return row
 
 
@@ -294,19 +302,30 @@ def _cpu_name() -> str:
 
 
 def _ratios(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
-    """Per (kind, batch): the CPU speed-ups against the baseline and of the data-parallel pair."""
+    """Per (kind, batch), in fp32: updates/s (best round) of the new CPU trainer over the baseline's,
+    the same in CPU time per update, of 2 CPU processes and of 2 threads over 1; with a GPU, one GPU
+    over one CPU thread and all GPUs over one."""
     out: dict[tuple[str, int], dict[str, float]] = {}
     for kind, batch in {(r["kind"], r["batch"]) for r in rows}:
-        cpu = {(r["trainer"], r["processes x threads"]): r["updates_per_s"]
-               for r in rows if (r["kind"], r["batch"], r["device"]) == (kind, batch, "cpu")}  # fmt: skip
-        new = cpu.get(("fp32", "1 x 1"))
+        fp32 = {(r["device"], r["trainer"], r["processes x threads"]): r
+                for r in rows if (r["kind"], r["batch"]) == (kind, batch)}  # fmt: skip
+        new, before = (
+            fp32.get(("cpu", "fp32", "1 x 1")),
+            fp32.get(("cpu", f"before ({BASELINE_REV})", "1 x 1")),
+        )
+        gpu = fp32.get(("cuda", "fp32", "1 GPU"))
         ratios = {}
-        if new and (before := cpu.get((f"before ({BASELINE_REV})", "1 x 1"))):
-            ratios["new / before"] = new / before
-        if new and (pair := cpu.get(("fp32", "2 x 1"))):
-            ratios["2 processes / 1"] = pair / new
-        if new and (two := cpu.get(("fp32", "1 x 2"))):
-            ratios["2 threads / 1"] = two / new
+        if new and before:
+            ratios["new / before"] = new["updates_per_s"] / before["updates_per_s"]
+            ratios["new / before in CPU time"] = before["cpu_ms_per_update"] / new["cpu_ms_per_update"]
+        pairs = [("2 processes / 1", new, ("cpu", "fp32", "2 x 1")), ("2 threads / 1", new, ("cpu", "fp32", "1 x 2")),
+                 ("1 GPU / 1 CPU thread", new, ("cuda", "fp32", "1 GPU"))]  # fmt: skip
+        pairs += [
+            (f"{k[2]}s / 1", gpu, k) for k in fp32 if k[0] == "cuda" and k[1] == "fp32" and k[2] != "1 GPU"
+        ]
+        for name, base, key in pairs:
+            if base and key in fp32:
+                ratios[name] = fp32[key]["updates_per_s"] / base["updates_per_s"]
         out[(kind, batch)] = ratios
     return out
 
@@ -338,18 +357,20 @@ def main(batches: tuple[int, ...] = BATCHES, kinds: tuple[str, ...] = ("offline"
         "title": "Learner: offline and online updates/s by device, precision, compile and processes",
         "table": rows,
         "notes": (
-            f"{devices}. Ratios measured in this run (updates/s, CPU, fp32): {ratio_text}. "
+            f"{devices}. Ratios measured in this run (CPU, fp32): {ratio_text}. "
             f"Default networks on {IMAGE}×{IMAGE}×3 frames (point dataset, 2000 steps in memory); offline: "
             "world model and imagination on from the first update; a sample is one sequence of "
             "world_model.horizon = 3 transitions (4 frames); online: a sample is one transition (2 frames), "
             "VPA off, the anchor on. An update includes sampling its batch. "
             f"`before ({BASELINE_REV})` is the trainer before issue #26, built from git and run in the same "
             "bench; every variant starts from the same seed and batches: `loss_q_h after "
-            f"{WARM_UPDATES}` is the loss of its {WARM_UPDATES}th update (fp32 variants agree with `before` "
-            "to float rounding; bf16 does not). Each variant is a warm process; the variants of a row group "
-            f"are timed in turns, {ROUNDS} rounds of about {ROUND_S:.0f} s, median round; the machine is "
-            "shared, so rounds vary. `processes x threads`: data-parallel processes (gloo) × torch threads "
-            f"each; batch is their batch together. Took {time.monotonic() - t0:.0f} s."
+            f"{WARM_UPDATES}` is the loss of its {WARM_UPDATES}th update (data-parallel: the mean of the "
+            "processes'; fp32 variants agree with `before` to float rounding, bf16 does not). Each variant is "
+            f"a warm process; the variants of a row group are timed in turns, {ROUNDS} rounds of about "
+            f"{ROUND_S} s: updates_per_s and samples_per_s from the best round, the median round beside them, "
+            "cpu_ms_per_update (this process's CPU time, rank 0's for several) from the median round; the "
+            "machine is shared, so rounds vary. `processes x threads`: data-parallel processes (gloo) × torch "
+            f"threads each; batch is their batch together. Took {time.monotonic() - t0:.0f} s."
         ),
         "command": "python -m bench.run_all learner",
     }
@@ -358,7 +379,9 @@ def main(batches: tuple[int, ...] = BATCHES, kinds: tuple[str, ...] = ("offline"
 def _cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes [default: 32 256]")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes [default: 32 256]"
+    )
     parser.add_argument("--kind", nargs="+", default=["offline", "online"], choices=["offline", "online"])
     args = parser.parse_args(argv)
     if args.worker:

@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reachsafe.trainer.data.dataset import add_dataset_argument
 from reachsafe.trainer.algos.config import add_device_argument
+from reachsafe.trainer.data.dataset import add_dataset_argument
 
 if TYPE_CHECKING:
     from reachsafe.trainer.algos.offline.config import OfflineConfig
@@ -28,6 +28,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from reachsafe.protocol.errors import BundleError, KeyFileError
     from reachsafe.trainer.data.dataset import DatasetError
     from reachsafe.trainer.export.onnx import ExportError
+    from reachsafe.trainer.models.device import DeviceError
     from reachsafe.trainer.models.networks import CheckpointError
     from reachsafe.trainer.runs.envs import EnvSpecError
     from reachsafe.trainer.runs.evaluate import EvalError
@@ -36,6 +37,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
     return (
         ConfigError,
+        DeviceError,
         BundleError,
         KeyFileError,
         DatasetError,
@@ -113,7 +115,7 @@ def _add_offline_verb(verbs: argparse._SubParsersAction) -> None:
 def _run_train_offline(args: argparse.Namespace) -> int:
     from reachsafe.protocol.config import ConfigError, load_config
     from reachsafe.trainer.algos.offline.config import OfflineConfig
-    from reachsafe.trainer.runs.parallel import spawn
+    from reachsafe.trainer.runs.parallel import device_for_rank, spawn
     from reachsafe.trainer.runs.run_dir import RunDir
 
     config_path = args.config
@@ -125,17 +127,26 @@ def _run_train_offline(args: argparse.Namespace) -> int:
             world_model=cfg.world_model.replace(enabled=False), imagine=cfg.imagine.replace(enabled=False)
         )
     if args.nproc < 1 or cfg.batch_size % args.nproc:
-        raise ConfigError(f"--nproc {args.nproc}: need ≥ 1 processes that divide --batch-size {cfg.batch_size}")
+        raise ConfigError(
+            f"--nproc {args.nproc}: need ≥ 1 processes that divide --batch-size {cfg.batch_size}"
+        )
     job = (args.dataset, args.out, cfg, args.keys, args.resume, not args.no_progress, args.device)
     if args.nproc == 1:
         _train_offline_process(*job)
     else:
+        device_for_rank(args.device, 0, args.nproc)  # a device error is reported here, not by every rank
         spawn(args.nproc, _train_offline_process, *job)
     return 0
 
 
 def _train_offline_process(
-    dataset: list[Path], out: Path, cfg: OfflineConfig, keys: Path | None, resume: bool, progress: bool, device: str
+    dataset: list[Path],
+    out: Path,
+    cfg: OfflineConfig,
+    keys: Path | None,
+    resume: bool,
+    progress: bool,
+    device: str,
 ) -> None:
     """One process of ``train offline`` (a data-parallel rank with --nproc or torchrun); rank 0 reports."""
     from reachsafe.trainer.data.dataset import load_datasets
@@ -153,9 +164,17 @@ def _train_offline_process(
 
 
 # ----- train online --------------------------------------------------------
+ENV_HELP = (
+    "gymnasium id (reachsafe/SafeGoal1-v0, or MODULE:ID to import the module that registers it), or a robot "
+    "server: remote:tcp://HOST:PORT[/ROBOT][?keys=DIR] (docs/robots.md)"
+)
+
+
 def add_env_arguments(parser: argparse.ArgumentParser) -> None:
     """--obs-key and --cost-key: how an in-process gymnasium env's observation and cost are read."""
-    parser.add_argument("--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)")
+    parser.add_argument(
+        "--obs-key", help="image key of dict observations (e.g. Safety-Gymnasium vision tasks)"
+    )
     parser.add_argument(
         "--cost-key",
         default="cost",
@@ -170,7 +189,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser(
         "online",
-        help="online fine-tuning of RUN's agent against an in-process gymnasium env (no robot)",
+        help="online fine-tuning of RUN's agent against a gymnasium env in-process or a robot server (remote:…)",
         description="VPA, then SAC-Lag for π_on with safe policy expansion, the robot's shield and an adaptive PID λ, "
         "on any env reporting its cost (info[--cost-key] or the safety API's 6-tuple step). Writes OUT/episodes.jsonl, OUT/evals.jsonl, OUT/summary.json, OUT/checkpoint.pt, "
         "OUT/tb.",
@@ -178,7 +197,7 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--run", required=True, type=Path, help="offline run directory (RUN/checkpoints/latest.pt)"
     )
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0")
+    p.add_argument("--env", required=True, help=ENV_HELP)
     p.add_argument(
         "--split", choices=["train", "unseen"], help="task split (reachsafe envs) [default: the env's]"
     )
@@ -296,7 +315,9 @@ def _add_reeval_verb(verbs: argparse._SubParsersAction) -> None:
         help="episode i of the run with seed s uses SEED_BASE + 1000·s + i [default: 50000]",
     )
     p.add_argument("--no-shield", action="store_true", help="act without the shield")
-    p.add_argument("--obs-key", help="image key of dict observations [default: the one the run was trained with]")
+    p.add_argument(
+        "--obs-key", help="image key of dict observations [default: the one the run was trained with]"
+    )
     p.add_argument("--cost-limit", type=float, default=10.0, help="episode cost limit d [default: 10]")
     p.add_argument("--jsonl", type=Path, help="also append one JSON line per run here")
     p.set_defaults(func=_reporting_user_errors(_run_reeval))
@@ -324,14 +345,15 @@ def _run_reeval(args: argparse.Namespace) -> int:
 def add_export_command(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Export a run's latest checkpoint to a signed bundle (agent.onnx). With --int8 the graph is "
-        "quantized (static QDQ, per-channel, calibrated on dataset frames) and int8 ships only if it agrees "
+        "quantized (the recipe of reachsafe.trainer.export.int8: the heads' hidden layers in dynamic int8, the "
+        "encoders fp32) and int8 ships only if, on held-out dataset frames, it agrees "
         "with fp32 on ≥ 99% of shield decisions and is not slower; the manifest records the choice."
     )
     parser.add_argument("--run", required=True, type=Path, help="run directory (RUN/checkpoints/latest.pt)")
     parser.add_argument(
         "--out", required=True, type=Path, help="bundle directory to write (replaced if present)"
     )
-    parser.add_argument("--int8", action="store_true", help="try int8 static quantization")
+    parser.add_argument("--int8", action="store_true", help="try int8 quantization (the shipped recipe)")
     add_dataset_argument(parser, "calibration dataset file(s) (default: the one(s) the run trained on)")
     parser.add_argument("--keys", type=Path, help="directory with signing.key (default: RUN/keys)")
     parser.add_argument("--version", type=int, default=1, help="bundle version [default: 1]")
@@ -377,9 +399,7 @@ def add_eval_command(parser: argparse.ArgumentParser) -> None:
         "DSRL-normalised return/cost."
     )
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
-    parser.add_argument(
-        "--task", required=True, help="gymnasium id, e.g. reachsafe/SafeGoal1-v0 (or any registered env)"
-    )
+    parser.add_argument("--task", required=True, help=ENV_HELP)
     add_env_arguments(parser)
     parser.add_argument(
         "--split", default="train", choices=["train", "unseen"], help="task split [default: train]"

@@ -17,12 +17,16 @@ from reachsafe.hardware.factory import make_robot
 def minimal_server_source() -> str:
     """The python block of docs/robots.md that starts with ``# minimal_server.py``."""
     text = (REPO / "docs" / "robots.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("# minimal_server.py")]
+    blocks = [
+        b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("# minimal_server.py")
+    ]
     assert len(blocks) == 1, "docs/robots.md must hold exactly one minimal_server.py block"
     return blocks[0]
 
 
-def test_the_minimal_server_in_the_docs_serves_the_runtime_client(tmp_path: Path, processes: Processes) -> None:
+def test_the_minimal_server_in_the_docs_serves_the_runtime_client(
+    tmp_path: Path, processes: Processes
+) -> None:
     script = tmp_path / "minimal_server.py"
     script.write_text(minimal_server_source())
     port = free_tcp_port()

@@ -70,7 +70,9 @@ def loss_curves(device: torch.device, compute: ComputeConfig | None = None) -> d
     rng = np.random.default_rng(0)
     off = [offline.update(ds.sample_sequences(8, offline.horizon, rng)) for _ in range(40)]
     torch.manual_seed(4)
-    online = OnlineLearner(offline.finalize(), OnlineConfig(batch_size=16, seed=4, compute=compute), device=device)
+    online = OnlineLearner(
+        offline.finalize(), OnlineConfig(batch_size=16, seed=4, compute=compute), device=device
+    )
     on = [online.update(ds.sample(16, rng)) for _ in range(40)]
     return {
         "offline": np.array([[m[k] for k in OFFLINE_KEYS] for m in off]),
@@ -104,9 +106,15 @@ def test_the_device_is_chosen_or_refused_by_name() -> None:
         resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_auto_threads_come_from_the_cores_this_process_may_use(tmp_path: Path) -> None:
+def test_auto_threads_come_from_the_cores_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allowed = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (allowed + 0.4, 0.0, 0.0))
+    assert free_cpu_cores() == 1  # every core busy with other work: one thread
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.0, 0.0))
     cores = free_cpu_cores()
-    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert 1 <= cores <= allowed
     assert choose_threads(3) == 3
     assert choose_threads(0) == cores and choose_threads(0, share=cores + 1) == 1
     assert choose_threads(0, reserve=1) == max(1, cores - 1)
@@ -127,6 +135,21 @@ def test_cpu_batches_and_agents_are_used_in_place() -> None:
         "a": float(torch.tensor(0.1)),
         "b": 2.0,
     }
+
+
+def test_train_offline_refuses_a_missing_device_or_an_uneven_split_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from reachsafe.cli import main
+    from tests.fixtures.point_dataset import write_hdf5
+
+    write_hdf5(make_point_dataset(episodes=2, length=8, image_size=16), tmp_path / "ds.h5")
+    base = ["train", "offline", "--dataset", str(tmp_path / "ds.h5"), "--out", str(tmp_path / "run")]
+    assert main([*base, "--device", "tpu"]) == 2 and "auto, cpu, cuda or cuda:N" in caplog.text
+    assert main([*base, "--nproc", "3", "--batch-size", "8"]) == 2 and "divide --batch-size 8" in caplog.text
+    if not torch.cuda.is_available():
+        assert main([*base, "--nproc", "2", "--device", "cuda"]) == 2 and "no CUDA GPU" in caplog.text
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.gpu
@@ -160,3 +183,11 @@ def test_a_cuda_agent_exports_from_fp32_cpu_weights(tmp_path: Path) -> None:
         assert torch.equal(copy.state_dict()[name], t.cpu())
     generate_keys(tmp_path / "keys")
     build_bundle(copy, tmp_path / "bundle", 1, None, tmp_path / "keys" / "signing.key")  # parity-checked
+
+
+@pytest.mark.slow
+def test_compiled_learners_give_the_eager_losses() -> None:
+    """torch.compile fuses the encoders' kernels: the same losses up to floating-point reassociation."""
+    curves = loss_curves(torch.device("cpu"), ComputeConfig(compile=True))
+    for part, want in BEFORE.items():
+        np.testing.assert_allclose(curves[part][LOGGED], want, rtol=1e-4, err_msg=part)

@@ -57,12 +57,16 @@ class StepReplay:
         ends_chain = terminated | np.asarray(columns["truncated"], dtype=bool)[keep]
         ids = self.added + np.arange(n)
         slots = ids % self.capacity
-        if skipped == 0:  # the stream's previous step, if it is still in the ring, leads to this batch's first
+        if (
+            skipped == 0
+        ):  # the stream's previous step, if it is still in the ring, leads to this batch's first
             self._link(stream, slots[0], first_step)
         self.obs[slots] = columns["obs"][keep]
         self.action[slots] = columns["action"][keep]
         self.proposed[slots] = columns.get("proposed", columns["action"])[keep]
-        self.shielded[slots] = np.asarray(columns.get("shielded", np.zeros(n + skipped, bool)), dtype=bool)[keep]
+        self.shielded[slots] = np.asarray(columns.get("shielded", np.zeros(n + skipped, bool)), dtype=bool)[
+            keep
+        ]
         self.reward[slots] = columns["reward"][keep]
         self.cost[slots] = columns["cost"][keep]
         self.done[slots] = terminated

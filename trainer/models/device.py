@@ -13,7 +13,7 @@ import ctypes.util
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     name = name.strip().lower()
     if name == "auto":
         device = (
-            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
         )
         logger.info("device auto: %s", describe_device(device))
         return device
@@ -68,19 +70,27 @@ def describe_device(device: torch.device) -> str:
 
 def device_record(device: torch.device) -> dict[str, Any]:
     """What a run records about where it trained (checkpoints, summaries)."""
-    record: dict[str, Any] = {"device": str(device), "name": describe_device(device), "torch": torch.__version__}
+    record: dict[str, Any] = {
+        "device": str(device),
+        "name": describe_device(device),
+        "torch": torch.__version__,
+    }
     if device.type == "cpu":
         record["threads"] = torch.get_num_threads()
     return record
 
 
 def free_cpu_cores() -> int:
-    """Cores this process may run on: its CPU affinity (taskset, cpusets), capped by a cgroup CPU
-    quota (containers). ``os.cpu_count()`` counts the machine's cores, which a shared or
-    containerised trainer does not have."""
+    """Cores this process may run on and nothing else keeps busy: its CPU affinity (taskset,
+    cpusets), capped by a cgroup CPU quota (containers), less the machine's 1-minute load average
+    (rounded); at least 1. ``os.cpu_count()`` counts the machine's cores, which a shared or
+    containerised trainer does not have, and a torch thread pool larger than the idle cores makes
+    every update wait for its slowest thread."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = _cgroup_cpu_quota()
-    return max(1, min(cores, math.ceil(quota)) if quota is not None else cores)
+    allowed = min(cores, math.ceil(quota)) if quota is not None else cores
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, allowed - busy)
 
 
 def _cgroup_cpu_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
@@ -105,7 +115,11 @@ def set_threads(requested: int, share: int = 1, reserve: int = 0) -> int:
     """Apply :func:`choose_threads` to torch; returns the thread count."""
     threads = choose_threads(requested, share, reserve)
     torch.set_num_threads(threads)
-    how = f"auto: {free_cpu_cores()} free cores, {reserve} reserved, {share} process(es)" if requested == 0 else "set"
+    how = (
+        f"auto: {free_cpu_cores()} free cores, {reserve} reserved, {share} process(es)"
+        if requested == 0
+        else "set"
+    )
     logger.info("torch threads: %d (%s)", threads, how)
     return threads
 
@@ -115,9 +129,8 @@ def keep_freed_memory() -> bool:
 
     Why: autograd frees and re-allocates the same multi-megabyte activation and gradient buffers
     in every update; by default glibc serves such blocks with mmap and unmaps them on free (or
-    trims the heap), so every update page-faults them in again, and those faults cost as much as
-    the convolutions. The process's resident memory then stays at its peak. Returns False where
-    the C library is not glibc.
+    trims the heap), so every update page-faults them in again. The process's resident memory
+    then stays at its peak. Returns False where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")
     try:
@@ -140,7 +153,8 @@ def to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype | None
     """A numpy batch as a tensor on ``device``.
 
     CPU: the array's own memory (no copy). CUDA: staged in pinned host memory and copied without
-    blocking, so the copy overlaps the GPU's work and the sampler's next batch.
+    blocking the host: the copy is queued on the GPU's stream ahead of the kernels that read it,
+    while Python goes on launching them.
     """
     host = torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cpu":
@@ -155,17 +169,19 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def to_floats(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def to_floats(
+    values: Mapping[str, torch.Tensor], reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> dict[str, float]:
     """Scalar tensors as Python floats through one device → host copy (a GPU waits once per update,
-    not once per value); float64 keeps every float32 value exact."""
+    not once per value); float64 keeps every float32 value exact. ``reduce`` maps the stacked values
+    first (e.g. their mean over data-parallel processes)."""
     if not values:
         return {}
-    host = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values.values()]).tolist()
-    return dict(zip(values, host, strict=True))
+    stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values.values()])
+    return dict(zip(values, (stacked if reduce is None else reduce(stacked)).tolist(), strict=True))
 
 
 def compile_modules(*modules: nn.Module) -> None:
     """``torch.compile`` each module in place: its state dict, checkpoints and exports are unchanged."""
     for module in modules:
         module.compile()
-

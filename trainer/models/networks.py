@@ -302,6 +302,10 @@ def on_cpu(agent: Agent) -> Agent:
 
 
 def polyak(target: nn.Module, source: nn.Module, rate: float) -> None:
+    """target ← target + rate · (source − target), every parameter in one multi-tensor op (one
+    kernel launch per group on a GPU, the same per-tensor lerp on the CPU)."""
+    targets, sources = list(target.parameters()), list(source.parameters())
+    if len(targets) != len(sources):
+        raise ValueError(f"polyak: {len(targets)} target parameters, {len(sources)} source parameters")
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters(), strict=True):
-            t.lerp_(s, rate)
+        torch._foreach_lerp_(targets, sources, rate)

@@ -58,5 +58,13 @@ class Replica:
             p.grad = flat[offset : offset + n].view_as(p)
             offset += n
 
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` over the processes (one all-reduce), e.g. the scalars each logs."""
+        if self.count == 1:
+            return values
+        total = values.clone()
+        dist.all_reduce(total)
+        return total / self.count
+
 
 SINGLE = Replica()

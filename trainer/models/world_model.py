@@ -102,7 +102,10 @@ class WorldModel(nn.Module):
         """
         horizon = actions.shape[1]
         z = z0
-        totals = {k: z0.new_zeros((), dtype=torch.float64) for k in ("consistency", "reward", "cost", "continuation")}
+        totals = {
+            k: z0.new_zeros((), dtype=torch.float64)
+            for k in ("consistency", "reward", "cost", "continuation")
+        }
         loss = z0.new_zeros(())
         norm = sum(w.rho**t for t in range(horizon))
         for t in range(horizon):

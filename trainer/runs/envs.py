@@ -23,6 +23,8 @@ from gymnasium.envs.registration import load_env_creator
 
 #: the info key the trainer reads a step's cost from
 COST_KEY = "cost"
+#: ``remote:tcp://HOST:PORT[/ROBOT][?keys=DIR]``: a robot server as the env
+REMOTE_PREFIX = "remote:"
 
 
 class EnvSpecError(ValueError):
@@ -81,9 +83,21 @@ class CostInfo(gym.Wrapper):
 
 
 def make_env(env_id: str, split: str | None, seed: int, cost_key: str = COST_KEY, **kwargs: Any) -> Any:
-    """``gym.make(env_id)`` (or ``"module:EnvId"``) with the cost normalised (:class:`CostInfo`), reset once with ``seed``.
+    """``gym.make(env_id)`` (or ``"module:EnvId"``, or ``"remote:tcp://…"``) with the cost normalised
+    (:class:`CostInfo`), reset once with ``seed``.
 
     ``split`` (reachsafe's envs; None: the env's default) and ``kwargs`` go to the env's constructor."""
+    if env_id.startswith(REMOTE_PREFIX):  # a robot server (remote_env.py): the server makes the episodes
+        from reachsafe.trainer.runs.remote_env import RemoteEnv
+
+        if split is not None or kwargs:
+            raise EnvSpecError(
+                f"{env_id} is a robot server: it decides its task, split and episode length, so "
+                f"{sorted([*kwargs, *(['split'] if split else [])])} cannot be set here; set them on the server"
+            )
+        env = CostInfo(RemoteEnv.shared(env_id[len(REMOTE_PREFIX) :]), cost_key)
+        env.reset(seed=seed)
+        return env
     if env_id.startswith("reachsafe/"):
         import reachsafe.sim_bridge  # noqa: F401  (registers the reachsafe envs)
     module, sep, name = env_id.rpartition(":")

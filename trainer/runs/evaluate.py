@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,35 +167,45 @@ def evaluate_bundle(
         logger.info("shield threshold %g (manifest: %g)", threshold, bundle.manifest["shield"]["threshold"])
     policy = agent.policy(threshold if use_shield else None)
     seeds = list(seeds) if seeds else list(range(episodes))
-    try:
-        env = make_env(task, None, 0, cost_key, **_task_kwargs(task, split, palette, episode_steps))
-    except EnvSpecError as exc:
-        raise EvalError(str(exc)) from exc
+    env = _make_task(task, split, palette, episode_steps, cost_key)
     label = split if palette is None else f"{split}, {palette} palette"
     summary = EvalSummary(task=task, split=label, cost_limit=cost_limit, reward_ref=reward_ref)
     rng = np.random.default_rng(0)  # greedy selection draws nothing; kept for the signature
     try:
         for seed in seeds:
-            s = run_episode(policy, env, int(seed), agent.params.kappa_c, rng, lambda obs: frame_of(obs, obs_key))
+            s = run_episode(
+                policy, env, int(seed), agent.params.kappa_c, rng, lambda obs: frame_of(obs, obs_key)
+            )
             summary.episodes.append(
-                EpisodeResult(int(seed), s.ret, s.cost, s.length, s.goals, s.shielded, s.collision_cost, s.wall_steps)
+                EpisodeResult(
+                    int(seed), s.ret, s.cost, s.length, s.goals, s.shielded, s.collision_cost, s.wall_steps
+                )
             )
             logger.info(
-                "episode seed %d: return %.3f cost %.1f goals %d shielded %d", seed, s.ret, s.cost, s.goals, s.shielded
+                "episode seed %d: return %.3f cost %.1f goals %d shielded %d",
+                seed,
+                s.ret,
+                s.cost,
+                s.goals,
+                s.shielded,
             )
     finally:
         env.close()
     return summary
 
 
-def _task_kwargs(task: str, split: str, palette: str | None, episode_steps: int | None) -> dict[str, object]:
-    """The constructor arguments of ``task``: reachsafe's tasks take a split, a palette and an episode
-    length; any other gymnasium task only an episode length (its TimeLimit)."""
+def _make_task(task: str, split: str, palette: str | None, episode_steps: int | None, cost_key: str) -> Any:
+    """``task``'s env: reachsafe's tasks take a split, a palette and an episode length; any other
+    gymnasium task only an episode length (its TimeLimit)."""
     if task.startswith("reachsafe/"):
-        kwargs: dict[str, object] = {"split": split, "obs_mode": "image", "palette": palette}
+        kwargs: dict[str, Any] = {"obs_mode": "image", "palette": palette}
         if episode_steps is not None:
             kwargs["episode_steps"] = episode_steps
-        return kwargs
-    if palette is not None:
+    elif palette is not None:
         raise EvalError(f"--palette is for reachsafe's tasks only; {task!r} has none")
-    return {} if episode_steps is None else {"max_episode_steps": episode_steps}
+    else:
+        split, kwargs = None, {} if episode_steps is None else {"max_episode_steps": episode_steps}
+    try:
+        return make_env(task, split, 0, cost_key, **kwargs)
+    except EnvSpecError as exc:
+        raise EvalError(str(exc)) from exc

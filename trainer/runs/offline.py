@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from reachsafe.trainer.algos.offline.config import OfflineConfig
 from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
-from reachsafe.trainer.algos.shield.calibration import CalibrationSettings, ShieldCalibration, calibrate_shield
+from reachsafe.trainer.algos.shield.calibration import (
+    CalibrationSettings,
+    ShieldCalibration,
+    calibrate_shield,
+)
 from reachsafe.trainer.data.dataset import OfflineDataset
 from reachsafe.trainer.export.onnx import BundleResult, build_bundle
 from reachsafe.trainer.models.device import device_record, keep_freed_memory, set_threads

@@ -1,10 +1,12 @@
-"""`reachsafe train online`: the daemon's learner against an in-process gymnasium env (no robot).
+"""`reachsafe train online`: the daemon's learner against a gymnasium env (in-process, or a robot server).
 
 For fast experiments and ablations: the same :class:`OnlineLearner` (VPA, SAC-Lag, λ controller),
 and the robot's own selection and shield code on the torch graph outputs
 (:class:`~reachsafe.trainer.runs.rollout.ActingPolicy`), so what is trained here behaves like what
 a robot runs. Any env that reports its cost in ``info[cost_key]`` or as the safety API's 6-tuple
-works (:mod:`~reachsafe.trainer.runs.envs`); dict observations pick their image with ``obs_key``. :class:`OnlineRun` is the loop, one named method per stage of a step.
+works (:mod:`~reachsafe.trainer.runs.envs`), and so does a robot server (``remote:tcp://…``,
+:mod:`~reachsafe.trainer.runs.remote_env`); dict observations pick their image with ``obs_key``.
+:class:`OnlineRun` is the loop, one named method per stage of a step.
 
 Outputs in OUT: episodes.jsonl (one line per training episode), evals.jsonl (one line per greedy
 evaluation: every ``eval_every`` steps from step 0, and at the end), summary.json, checkpoint.pt,
@@ -33,7 +35,7 @@ from reachsafe.trainer.data.mixing import MixedSampler
 from reachsafe.trainer.data.replay import StepReplay
 from reachsafe.trainer.models.device import device_record, module_device
 from reachsafe.trainer.models.networks import Agent, save_checkpoint
-from reachsafe.trainer.runs.envs import COST_KEY, EnvSpecError, frame_of, make_env
+from reachsafe.trainer.runs.envs import COST_KEY, REMOTE_PREFIX, EnvSpecError, frame_of, make_env
 from reachsafe.trainer.runs.metrics import MetricsWriter
 from reachsafe.trainer.runs.rollout import ActingPolicy, EpisodeStats, OutputsFn, run_episode
 from reachsafe.trainer.runs.run_dir import RunDir
@@ -62,7 +64,9 @@ def torch_outputs(agent: Agent) -> OutputsFn:
     def outputs(frame: np.ndarray, noise: np.ndarray) -> AgentOutput:
         device = module_device(agent)
         with torch.no_grad():
-            outs = agent.graph_outputs(torch.as_tensor(frame[None]).to(device), torch.as_tensor(noise).to(device))
+            outs = agent.graph_outputs(
+                torch.as_tensor(frame[None]).to(device), torch.as_tensor(noise).to(device)
+            )
         return AgentOutput(*(o[0].cpu().numpy() for o in outs))
 
     return outputs
@@ -225,9 +229,13 @@ class OnlineRun:
         learner = self.learner
         row = evaluate(self.policy, self.eval_env, self.obs_key, self.eval_episodes, learner.kappa_c(),
                        10_000 + self.cfg.seed * 1_000)  # fmt: skip
-        self.evals_log.write(json.dumps({"step": t, "updates": learner.updates, "lambda": learner.lam, **row}) + "\n")
+        self.evals_log.write(
+            json.dumps({"step": t, "updates": learner.updates, "lambda": learner.lam, **row}) + "\n"
+        )
         self.evals_log.flush()
-        self.metrics.scalars({"online/eval_return": row["return_mean"], "online/eval_cost": row["cost_mean"]}, t)
+        self.metrics.scalars(
+            {"online/eval_return": row["return_mean"], "online/eval_cost": row["cost_mean"]}, t
+        )
         logger.info("eval at step %d: return %.2f cost %.1f", t, row["return_mean"], row["cost_mean"])
         return row
 
@@ -298,6 +306,11 @@ def train_online(
     step 0, before any update), on the same episode seeds each time. SIGTERM / SIGINT stop after the
     current step with a checkpoint.
     """
+    if eval_every > 0 and env_id.startswith(REMOTE_PREFIX):
+        raise EnvSpecError(
+            "--eval-every would interleave evaluation episodes with training ones on the one robot of "
+            f"{env_id}; evaluate at the end (--eval-episodes) or afterwards with `reachsafe eval`"
+        )
     loop = OnlineRun(
         run, env_id, steps, cfg, out, split=split, obs_key=obs_key, cost_key=cost_key, use_shield=use_shield, resume=resume,
         dataset_paths=dataset_paths, eval_episodes=eval_episodes, device=device,

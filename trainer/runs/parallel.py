@@ -57,7 +57,11 @@ def device_for_rank(name: str, local_rank: int, local_count: int) -> torch.devic
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return resolve_device("cpu")
     if name not in ("auto", "cuda"):
-        raise DeviceError(f"--device {name} names one GPU; {local_count} processes need --device cuda or auto")
+        raise DeviceError(
+            f"--device {name} names one GPU; {local_count} processes need --device cuda or auto"
+        )
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name}: this torch build or machine has no CUDA GPU; use --device cpu")
     if local_count > torch.cuda.device_count():
         raise DeviceError(f"{local_count} processes on this machine but {torch.cuda.device_count()} GPU(s)")
     return resolve_device(f"cuda:{local_rank}")
@@ -76,8 +80,12 @@ def join_process_group(device: str = "auto") -> Iterator[ProcessGroup]:
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend, rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None)
-    logger.info("data-parallel rank %d of %d (%s, local rank %d) on %s", rank, world, backend, local_rank, dev)
+    dist.init_process_group(
+        backend, rank=rank, world_size=world, device_id=dev if dev.type == "cuda" else None
+    )
+    logger.info(
+        "data-parallel rank %d of %d (%s, local rank %d) on %s", rank, world, backend, local_rank, dev
+    )
     try:
         yield ProcessGroup(Replica(rank, world), local_rank, local_count, dev)
     finally:

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from reachsafe.protocol.config import ConfigError
-from reachsafe.trainer.models.networks import CheckpointError, load_checkpoint
 from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.models.networks import load_checkpoint
 from reachsafe.trainer.runs.envs import COST_KEY, make_env
 from reachsafe.trainer.runs.online import acting_policy, evaluate
 

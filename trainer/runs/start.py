@@ -142,7 +142,9 @@ def start_online(
         logger.warning("--resume: no %s yet, starting from the offline checkpoint", online_checkpoint)
     agent, ckpt = load_checkpoint(online_checkpoint if resumed else offline_path)
     offline_ckpt = load_checkpoint(offline_path)[1] if resumed else ckpt
-    learner = OnlineLearner(agent, cfg, ReachabilityTarget.from_checkpoint(offline_ckpt), resolve_device(device))
+    learner = OnlineLearner(
+        agent, cfg, ReachabilityTarget.from_checkpoint(offline_ckpt), resolve_device(device)
+    )
     if resumed:
         learner.load_state_dict(ckpt["online"])
         logger.info("resumed online learning at update %d (λ %.4f)", learner.updates, learner.lam)

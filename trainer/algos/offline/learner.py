@@ -122,12 +122,17 @@ class OfflineLearner:
             return x
         n = obs.shape[0] * obs.shape[1]
         draws = draw_augmentation(
-            n * self.replica.count, obs.shape[-1], self.cfg.augment.pad, self.cfg.augment.colour, self.generator
+            n * self.replica.count,
+            obs.shape[-1],
+            self.cfg.augment.pad,
+            self.cfg.augment.colour,
+            self.generator,
         ).rows(self.replica.rows(n))
         return augment(x.reshape(n, *obs.shape[2:]), draws).reshape(obs.shape)
 
     def update(self, batch: SequenceBatch) -> dict[str, float]:
-        """One gradient step on ``batch`` (this process's rows of it); returns the scalars to log."""
+        """One gradient step on ``batch`` (this process's rows of it); returns the scalars to log
+        (with data-parallel processes, the mean of every process's)."""
         with autocast(self.device, self.cfg.compute.bf16):
             loss, metrics = self._losses(batch)
         self._step(loss)
@@ -137,7 +142,7 @@ class OfflineLearner:
         polyak(self.target_q_c, a.q_c, ema)
         polyak(self.target_q_h, a.q_h, ema)
         self.step += 1
-        return to_floats(metrics)
+        return to_floats(metrics, self.replica.mean)
 
     def _losses(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The summed loss of every network and the scalars to log (as tensors, on the device).
@@ -190,7 +195,13 @@ class OfflineLearner:
             metrics.update(imagine_metrics)
         if self.world_model is not None:
             wm_loss, wm_parts = self.world_model.loss(
-                z_seq[:, 0], z_next.reshape(b, horizon, -1), actions, rewards, costs, terminals, self.wm_weights
+                z_seq[:, 0],
+                z_next.reshape(b, horizon, -1),
+                actions,
+                rewards,
+                costs,
+                terminals,
+                self.wm_weights,
             )
             loss = loss + wm_loss
             metrics.update({f"wm/{k}": v for k, v in wm_parts.items()})
