@@ -21,8 +21,8 @@ from pathlib import Path
 import gymnasium as gym
 import h5py
 import numpy as np
-from tqdm import tqdm
 
+from reachsafe.progress import Progress
 from reachsafe.sim_bridge.policies import MIX_WEIGHTS, make_policy
 from reachsafe.sim_bridge.registration import register_envs
 
@@ -169,7 +169,7 @@ def collect(cfg: CollectConfig, out: Path, workers: int = 1, progress: bool = Tr
     cfg_json = json.dumps(asdict(cfg))
     with tempfile.TemporaryDirectory(prefix=".collect-", dir=out.parent) as tmp:
         shards = {first: os.path.join(tmp, f"shard_{first:06d}.h5") for first, _ in chunks}
-        bar = tqdm(total=cfg.episodes, unit="ep", desc=f"collect {cfg.task}", disable=not progress)
+        bar = Progress(cfg.episodes, f"collect {cfg.task}", "ep", enabled=progress)
         if workers <= 1:
             for first, count in chunks:
                 _collect_chunk(cfg_json, first, count, shards[first])

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from reachsafe.progress import Progress
 from reachsafe.trainer.algos.offline.config import OfflineConfig
 from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
 from reachsafe.trainer.algos.shield.calibration import (
@@ -129,7 +130,6 @@ def _train(
     group: ProcessGroup,
 ) -> TrainResult:
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
 
     t0 = time.monotonic()
     keep_freed_memory()
@@ -156,12 +156,8 @@ def _train(
     writer = SummaryWriter(str(run.tensorboard)) if writes else None
     recent: dict[str, list[float]] = defaultdict(list)
     last_means: dict[str, float] = {}
-    bar = tqdm(
-        total=cfg.steps,
-        initial=min(learner.step, cfg.steps),
-        disable=not (progress and writes),
-        desc="offline",
-        unit="upd",
+    bar = Progress(
+        cfg.steps, "offline", "upd", initial=min(learner.step, cfg.steps), enabled=progress and writes
     )
     try:
         while learner.step < cfg.steps:
