@@ -37,15 +37,16 @@ class EdgeConfig(Config):
     """Control loop, selection, shield, uplink and spool settings of the robot runtime."""
 
     robot_id: str = option("robot0", "Id this robot reports to the trainer (HELLO, STEPS, BUNDLE_STATUS).")
-    rate_hz: float = option(20.0, "Control rate in Hz.")
+    rate_hz: float = option(20.0, "Control rate in Hz.", gt=0.0)
     deadline_fraction: float = option(
         1.0, "A tick misses its deadline when it takes longer than this fraction of the period."
     )
-    deadline_streak: int = option(3, "Consecutive missed deadlines that make the loop brake.")
+    deadline_streak: int = option(3, "Consecutive missed deadlines that make the loop brake.", ge=1)
     signals_streak: int = option(
         5,
         "Consecutive failed task-signal reads (referee silent, link lost) after which the loop brakes until "
         "signals return: without them neither cost nor the emergency stop can be seen.",
+        ge=1,
     )
     max_frame_age: float = option(
         0.15, "A camera frame older than this many seconds is stale: brake instead of acting."
@@ -94,10 +95,12 @@ class EdgeConfig(Config):
     )
     spool_segment_bytes: int = option(8 * 1024 * 1024, "Spool segment file size before rolling over.")
     spool_fsync: bool = option(True, "fsync every spooled batch (survives power loss, not just a crash).")
-    ring_capacity: int = option(2048, "Steps held in memory between the control loop and the uplink thread.")
-    batch_size: int = option(32, "Steps per STEPS batch.")
+    ring_capacity: int = option(
+        2048, "Steps held in memory between the control loop and the uplink thread.", ge=1
+    )
+    batch_size: int = option(32, "Steps per STEPS batch.", ge=1)
     batch_max_age: float = option(0.5, "Spool a partial batch after this many seconds.")
-    max_inflight: int = option(8, "Credit: at most this many unacked batches on the wire.")
+    max_inflight: int = option(8, "Credit: at most this many unacked batches on the wire.", ge=1)
     ack_timeout: float = option(
         3.0, "Resend unacked batches (after a new HELLO) if no ACK arrives for this long."
     )
@@ -117,21 +120,6 @@ class EdgeConfig(Config):
     def validate(self) -> None:
         if not is_valid_id(self.robot_id):
             raise ConfigError(f"robot_id {self.robot_id!r} must be 1 to {MAX_ID_CHARS} printable characters")
-        if self.rate_hz <= 0:
-            raise ConfigError(f"rate_hz must be > 0, got {self.rate_hz}")
-        if (
-            min(
-                self.deadline_streak,
-                self.signals_streak,
-                self.batch_size,
-                self.max_inflight,
-                self.ring_capacity,
-            )
-            < 1
-        ):
-            raise ConfigError(
-                "deadline_streak, signals_streak, batch_size, max_inflight and ring_capacity must be >= 1"
-            )
         if self.spool_segment_bytes > self.spool_max_bytes:
             raise ConfigError(
                 f"spool_segment_bytes ({self.spool_segment_bytes}) must not exceed spool_max_bytes ({self.spool_max_bytes})"
