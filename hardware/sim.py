@@ -186,14 +186,8 @@ class SimSignals(_SimDevice, TaskSignals):
     """Acknowledged signal reads (docs/protocol.md §4.2): read ids survive reconnects, so an answer the
     server holds for this robot is confirmed or repeated, never dropped."""
 
-    def __init__(
-        self,
-        endpoint: str,
-        robot_id: str,
-        timeout_s: float = DEFAULT_SIM_TIMEOUT_S,
-        curve: ClientCurve | None = None,
-    ) -> None:
-        super().__init__(endpoint, robot_id, timeout_s, curve)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._read_id = 0  # the read to ask for: repeated until answered
         self._confirmed = -1  # the last read answered
 

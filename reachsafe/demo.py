@@ -35,7 +35,7 @@ class DemoSettings:
     offline_steps: int = 600
     episodes: int = 4  # at least this many, and on until a fine-tuned bundle is live on the robot
     rate_hz: float = 20.0
-    vpa_steps: int = 500  # of the default 2000: ~40 s here (~12 updates/s beside the robot and the sim)
+    vpa_steps: int = 500  # of the default 2000, so that online updates start while the robot drives
     warmup_steps: int = 256
     ship_every_updates: int = 20
     ship_every_s: float = 15.0

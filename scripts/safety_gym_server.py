@@ -1,6 +1,6 @@
 """Serve a Safety-Gymnasium task as a robot over reachsafe's hardware protocol (docs/robots.md).
 
-Safety-Gymnasium 1.0.0 pins gymnasium 0.28 and numpy < 2, so it lives in its own environment
+Safety-Gymnasium 1.0.0 needs gymnasium 0.28 and, through gymnasium-robotics, numpy < 1.24, so it lives in its own environment
 (``make safety-gym``: .venv-safety-gym). From reachsafe this imports only ``reachsafe.protocol`` and
 ``reachsafe.robot_server`` (numpy, msgpack), installed there without dependencies::
 
@@ -104,6 +104,10 @@ def run_task(conn: Connection, held: Any, args: argparse.Namespace) -> None:
     _log_to_stderr()
     env = make_task(args.task, args.size, args.episode_steps)
     low, high = np.asarray(env.action_space.low, np.float64), np.asarray(env.action_space.high, np.float64)
+    if len(low) >= _HELD_SLOTS:
+        raise ValueError(
+            f"{args.task}: {len(low)} action values; the held command has room for {_HELD_SLOTS - 1}"
+        )
     conn.send(("spec", len(low)))
     episode, period = 0, 1.0 / args.rate
     while True:

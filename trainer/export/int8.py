@@ -3,9 +3,7 @@
 What runs in int8 is an :class:`Int8Recipe`. The shipped one, :data:`SHIPPED_RECIPE`, quantizes the
 hidden layers of the actor and critic heads dynamically (int8 weights; each call's activations are
 quantized on the fly, so there is no calibrated range to get wrong) and keeps the convolutional
-encoders fp32: with the agent's 3–32-channel convolutions onnxruntime's fp32 kernels were as fast as
-or faster than its int8 ones, while the heads' matrix products read four times fewer weight bytes in
-int8 (measurements: docs/results/int8.md). int8 is shipped only if its shield decisions agree with
+encoders fp32 (why this split: docs/results/int8.md). int8 is shipped only if its shield decisions agree with
 fp32 on ≥ 99% of held-out frames and it is not slower on this machine; the report says what was
 measured.
 """
@@ -84,7 +82,7 @@ class Int8Recipe:
         return f"{part('encoder', self.encoder)}, {part('heads', self.heads)}, {granularity}"
 
 
-#: the fastest recipe at parity on x86 (docs/results/int8.md)
+#: the recipe export ships (why: docs/results/int8.md)
 SHIPPED_RECIPE = Int8Recipe()
 
 

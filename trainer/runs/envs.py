@@ -95,7 +95,9 @@ def make_env(env_id: str, split: str | None, seed: int, cost_key: str = COST_KEY
                 f"{env_id} is a robot server: it decides its task, split and episode length, so "
                 f"{sorted([*kwargs, *(['split'] if split else [])])} cannot be set here; set them on the server"
             )
-        env = CostInfo(RemoteEnv.shared(env_id[len(REMOTE_PREFIX) :]), cost_key)
+        env = CostInfo(
+            RemoteEnv.shared(env_id[len(REMOTE_PREFIX) :]), COST_KEY
+        )  # the server's cost, named by us
         env.reset(seed=seed)
         return env
     if env_id.startswith("reachsafe/"):

@@ -128,12 +128,9 @@ class BundleAgent:
         )
         self.params = SelectionParams.from_manifest(bundle.manifest)
 
-    def outputs(self, frame: np.ndarray, noise: np.ndarray):
-        return self.session.act(frame, noise)
-
     def policy(self, threshold: float | None) -> ActingPolicy:
         """Acting with the shield at ``threshold`` (None: the selected policy's action unshielded)."""
-        return ActingPolicy(self.outputs, self.session.action_dim, self.params.kappa_t, threshold)
+        return ActingPolicy(self.session.act, self.session.action_dim, self.params.kappa_t, threshold)
 
 
 def evaluate_bundle(

@@ -60,7 +60,7 @@ def reevaluate(
     kappa_c = cfg.expansion.kappa_c_at(float(ckpt["online"]["lagrange"]["lam"]))
     threshold = summary["shield_threshold"] if use_shield else None
     env = make_env(summary["env"], summary["split"], cfg.seed, summary.get("cost_key", COST_KEY))
-    obs_key = obs_key or summary.get("obs_key")  # the run's own (runs before it was recorded: the caller's)
+    obs_key = obs_key or summary.get("obs_key")  # the caller's, else the one the run recorded
     try:
         row = evaluate(
             acting_policy(agent, cfg, threshold), env, obs_key, episodes, kappa_c, seed_base + 1000 * cfg.seed

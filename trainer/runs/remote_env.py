@@ -48,28 +48,25 @@ class RemoteEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (int(features["action_dim"]),), np.float32)
         self.period = 1.0 / float(features["rate_hz"])
         self.episode_timeout_s = episode_timeout_s
-        self.frame_id, self.episode_over, self.started, self.steps = -1, True, False, 0
+        self.frame_id = -1
+        self.mid_episode = True  # what a server ran before we came is not ours
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        # what a server ran before we came is not ours: the first episode is the next one to start
-        mid_episode = not self.started or (not self.episode_over and self.steps > 0)
-        self.started = True
-        if mid_episode:
+        if self.mid_episode:
             logger.info("reset: braking until the server ends the running episode")
             self.robot.drive.stop()
             self._wait(lambda: self._ended(self.robot.signals.read()), "the episode's end")
         frame = self._wait(self._live_frame, "the next episode's first frame")
         self.robot.signals.read()  # the steps braked through while waiting are no episode's
-        self.frame_id, self.episode_over, self.steps = frame.frame_id, False, 0
+        self.frame_id, self.mid_episode = frame.frame_id, False
         return np.asarray(frame.image), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self.robot.drive.apply(np.asarray(action, np.float32))
         frame = self._wait(self._new_frame, "the server's next step")
         signals = self.robot.signals.read()
-        self.frame_id, self.steps = frame.frame_id, self.steps + 1
-        self.episode_over = self._ended(signals)
+        self.frame_id, self.mid_episode = frame.frame_id, not self._ended(signals)
         info = {"cost": float(signals.cost), "episode": signals.episode}
         return np.asarray(frame.image), float(signals.reward), signals.terminated, signals.truncated, info
 
