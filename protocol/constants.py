@@ -144,7 +144,7 @@ def validate_step_columns(
             raise FieldError(
                 f"steps column {name!r} is {type(arr).__name__}, expected ndarray", msg_type="steps"
             )
-        if arr.dtype != _DTYPES[name]:
+        if arr.dtype != WIRE_DTYPES[spec.dtype]:
             raise FieldError(
                 f"steps column {name!r} has dtype {arr.dtype}, expected {spec.dtype}; convert it before sending",
                 msg_type="steps",
@@ -203,8 +203,6 @@ _VALUE_RULES = [
     for c in STEP_COLUMNS.values()
     if c.dtype.startswith("float") or c.low is not None or c.high is not None
 ]
-#: Each column's numpy dtype, made once (``np.dtype(name)`` per column per batch showed in profiles).
-_DTYPES = {c.name: np.dtype(c.dtype) for c in STEP_COLUMNS.values()}
 
 
 def _reject(ok: np.ndarray, name: str, check: str, rule: str, col: np.ndarray, first_step: int) -> NoReturn:

@@ -60,7 +60,7 @@ class LogThrottle:
     A line written after a quiet spell carries "(and N more like it in the last T s)"; :meth:`flush`
     (call it about once a second) writes the latest held-back line with its count once the key's
     window has passed, so a burst that stops is still reported. At most ``max_keys`` keys are
-    tracked (a peer can make up keys); beyond that the oldest quiet ones are forgotten.
+    tracked (a peer can make up keys); beyond that the oldest is forgotten, its held-back count written.
     """
 
     def __init__(self, log: logging.Logger, every_s: float = 10.0, max_keys: int = 4096) -> None:
@@ -75,10 +75,10 @@ class LogThrottle:
             held.last = (msg, args)
             return
         self._write(msg, args, held, now)
-        if held is None and len(self._held) >= self.max_keys:
-            self.flush(now)
-            while len(self._held) >= self.max_keys:
-                del self._held[next(iter(self._held))]
+        if held is None and len(self._held) >= self.max_keys:  # forget the oldest key, reporting its count
+            oldest = self._held.pop(next(iter(self._held)))
+            if oldest.count:
+                self._write(*oldest.last, oldest, now)
         self._held[key] = _Held(now)
 
     def flush(self, now: float | None = None) -> None:
