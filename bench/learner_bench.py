@@ -39,6 +39,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from reachsafe.protocol.sockets import free_tcp_port
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +177,7 @@ class Worker:
             cwd = baseline_root
         if variant.processes > 1:
             env.update(WORLD_SIZE=str(variant.processes), LOCAL_WORLD_SIZE=str(variant.processes),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))  # fmt: skip
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_tcp_port()))  # fmt: skip
         for rank in range(variant.processes):
             log = (logdir / f"{name}-{rank}.log").open("wb")
             rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if variant.processes > 1 else env
@@ -220,14 +222,6 @@ class Worker:
                 p.kill()
         for log in self.logs:
             log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def measure_group(group: list[Variant], baseline_root: Path | None, logdir: Path) -> list[dict[str, Any]]:

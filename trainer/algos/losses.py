@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from reachsafe.trainer.models.networks import SAFE_SIGNAL
+
 
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """Mean of |τ − 1(diff < 0)|·diff².
@@ -13,9 +15,6 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """
     weight = torch.where(diff < 0, 1.0 - tau, tau)
     return (weight * diff.pow(2)).mean()
-
-
-SAFE_SIGNAL = -1.0
 
 
 def reachability_signal(cost: torch.Tensor, c_scale: float) -> torch.Tensor:
@@ -81,12 +80,6 @@ def effective_sample_share(weights: torch.Tensor) -> torch.Tensor:
 def weighted_bc_loss(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """−mean(w · log π(a|z)); the weights carry no gradient."""
     return -(weights.detach() * log_prob).mean()
-
-
-def bce_with_pos_weight(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
-    """Binary cross-entropy with positive samples up-weighted (sparse costs)."""
-    pw = torch.as_tensor(pos_weight, dtype=logits.dtype)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
 
 
 def imagined_targets(

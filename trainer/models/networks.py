@@ -18,13 +18,14 @@ from torch import nn
 
 from reachsafe.protocol.bundle import DEFAULT_PRIMITIVES
 from reachsafe.protocol.files import write_atomically
-from reachsafe.trainer.algos.losses import SAFE_SIGNAL
 from reachsafe.trainer.models import checkpoint_io
 
 GRAPH_INPUTS = ("obs", "noise")
 GRAPH_OUTPUTS = ("a_on", "a_off", "q_r", "q_c", "q_h", "candidates")
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
-# forward speed, turn rate: slow forward, reverse, spin left, spin right
+
+#: The reachability signal h outside hazards (docs/method.md §3); Q_h and V_h start at it.
+SAFE_SIGNAL = -1.0
 
 
 @dataclass

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reachsafe.trainer.algos.losses import bce_with_pos_weight
 from reachsafe.trainer.models.networks import mlp
 
 
@@ -38,6 +37,12 @@ class ImaginedRollout:
     cost_prob: torch.Tensor
     continuation_prob: torch.Tensor
     final_latent: torch.Tensor
+
+
+def bce_with_pos_weight(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Binary cross-entropy with positive samples up-weighted (sparse costs)."""
+    pw = torch.as_tensor(pos_weight, dtype=logits.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
 
 
 class WorldModel(nn.Module):

@@ -57,12 +57,12 @@ class OnlineRunResult:
     seconds: float = 0.0
 
 
-def torch_outputs(agent: Agent) -> OutputsFn:
+def graph_outputs_fn(agent: Agent) -> OutputsFn:
     """The agent graph's outputs for one frame, computed by torch (what the ONNX export computes) on
     the agent's device."""
+    device = module_device(agent)
 
     def outputs(frame: np.ndarray, noise: np.ndarray) -> AgentOutput:
-        device = module_device(agent)
         with torch.no_grad():
             outs = agent.graph_outputs(
                 torch.as_tensor(frame[None]).to(device), torch.as_tensor(noise).to(device)
@@ -75,7 +75,7 @@ def torch_outputs(agent: Agent) -> OutputsFn:
 def acting_policy(agent: Agent, cfg: OnlineConfig, shield_threshold: float | None) -> ActingPolicy:
     """How a run's agent acts: its expansion setting, κ_T, and the shield at ``shield_threshold``."""
     return ActingPolicy(
-        torch_outputs(agent),
+        graph_outputs_fn(agent),
         agent.spec.action_dim,
         cfg.expansion.kappa_t,
         shield_threshold,

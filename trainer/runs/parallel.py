@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from reachsafe.protocol.sockets import free_tcp_port
 from reachsafe.trainer.models.device import DeviceError, resolve_device
 from reachsafe.trainer.models.parallel import SINGLE, Replica
 
@@ -34,7 +34,6 @@ class ProcessGroup:
     """This process's place in a data-parallel run and its device."""
 
     replica: Replica
-    local_rank: int
     local_count: int
     device: torch.device
 
@@ -75,7 +74,7 @@ def join_process_group(device: str = "auto") -> Iterator[ProcessGroup]:
     local_count = _env_int("LOCAL_WORLD_SIZE", world)
     dev = device_for_rank(device, local_rank, local_count)
     if world == 1:
-        yield ProcessGroup(SINGLE, 0, 1, dev)
+        yield ProcessGroup(SINGLE, 1, dev)
         return
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
@@ -87,16 +86,9 @@ def join_process_group(device: str = "auto") -> Iterator[ProcessGroup]:
         "data-parallel rank %d of %d (%s, local rank %d) on %s", rank, world, backend, local_rank, dev
     )
     try:
-        yield ProcessGroup(Replica(rank, world), local_rank, local_count, dev)
+        yield ProcessGroup(Replica(rank, world), local_count, dev)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    """A TCP port on localhost that nothing listens on now (the rendezvous of spawned processes)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spawn(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
@@ -106,7 +98,7 @@ def spawn(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
     ``fn`` and ``args`` must be picklable (module-level function, plain values).
     """
     env = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}  # fmt: skip
+           "MASTER_PORT": str(free_tcp_port())}  # fmt: skip
     mp.start_processes(_rank_main, args=(env, logging.getLogger().level, fn, args), nprocs=nproc,
                        start_method="spawn")  # fmt: skip
 
