@@ -68,6 +68,11 @@ class EdgeRuntime:
         self.metrics = Metrics()
         self.state_dir = Path(cfg.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # the running parts, for a supervisor in this process (the HIL suite); set when `started` is set
+        self.loop: ControlLoop | None = None
+        self.bundles: BundleManager | None = None
+        self.uplink: Uplink | None = None
+        self.started = threading.Event()
 
     def run(
         self, stop: threading.Event, max_episodes: int | None = None, duration: float | None = None
@@ -143,6 +148,8 @@ class EdgeRuntime:
             self.trainer_endpoint,
             spool.dir,
         )
+        self.loop, self.bundles, self.uplink = loop, bundles, uplink
+        self.started.set()
         try:
             loop.run(stop, max_episodes=max_episodes, duration=duration)
         finally:

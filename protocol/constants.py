@@ -50,6 +50,14 @@ MAX_NDIM = 8
 #: ZMQ_LINGER of every socket: pending messages are dropped this long after close().
 DEFAULT_LINGER_MS = 500
 
+#: Faults a bridge injects on one simulated robot when asked with `hw_fault` (docs/protocol.md §4.3):
+#: frames stop refreshing (`camera_stall`), `hw_drive` / `hw_stop` go unanswered (`drive_timeout`),
+#: every request of the robot goes unanswered (`partition`), the robot is put before a hazard, facing
+#: it (`hazard`); `clear` ends every fault of the robot.
+FAULT_KINDS = ("camera_stall", "drive_timeout", "partition", "hazard", "clear")
+#: Longest fault a bridge accepts, in seconds.
+MAX_FAULT_S = 600.0
+
 #: msgpack extension type code that carries an ndarray.
 ARRAY_EXT_TYPE = 1
 

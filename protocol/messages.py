@@ -12,7 +12,7 @@ Arrays inside decoded messages are read-only views of the received frame; copy b
 
 Trainer link: `Hello`, `Steps`, `Ack`, `BundleMessage`, `BundleStatus`, `Heartbeat`, `ErrorMessage`.
 Hardware link: `HwHello`, `HwSpec`, `HwReadFrame`, `HwFrame`, `HwDrive`, `HwOk`, `HwStop`,
-`HwReadSignals`, `HwSignals`.
+`HwReadSignals`, `HwSignals`; the bridge's test control `HwFault`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from reachsafe.protocol.constants import (
+    FAULT_KINDS,
     INT64_MAX,
     INT64_MIN,
     MAX_ID_CHARS,
@@ -343,3 +344,17 @@ class HwSignals(Message):
     episode: int = _meta(min=0)
     step: int = _meta(min=0)
     resetting: bool = _meta()
+
+
+@_message("hw_fault")
+class HwFault(Message):
+    """Test control for a bridge started with faults allowed (``sim serve --faults``): inject ``fault``
+    (one of ``FAULT_KINDS``) on ``robot`` for ``duration_s`` seconds. ``rate``: the share of the robot's
+    requests a dropping fault leaves unanswered (1: all); ``seed`` seeds which ones, and where a hazard
+    is placed, so a fault means the same on every run. Answered ``hw_ok`` (docs/protocol.md §4.3)."""
+
+    robot: str
+    fault: str = _meta(choices=FAULT_KINDS)
+    duration_s: float = _meta()
+    rate: float = _meta()
+    seed: int = _meta(min=0)

@@ -41,6 +41,12 @@ PARTS: dict[str, Part] = {
         "package the runtime for a robot (folder or ssh)",
         "robot",
     ),
+    "hil": Part(
+        "reachsafe.edge_runtime.hil.cli",
+        "add_commands",
+        "hardware-in-the-loop acceptance scenarios, run from the robot",
+        "robot",
+    ),
     "keys": Part(
         "reachsafe.protocol.cli", "add_commands", "generate signing and CurveZMQ key pairs", "robot"
     ),

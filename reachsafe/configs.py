@@ -17,6 +17,7 @@ from reachsafe.protocol.config import Config, ConfigError
 CONFIG_KINDS: dict[str, str] = {
     "robot": "reachsafe.edge_runtime.robot_config:RobotConfig",
     "edge": "reachsafe.edge_runtime.config:EdgeConfig",
+    "hil": "reachsafe.edge_runtime.hil.config:HilConfig",
     "offline": "reachsafe.trainer.algos.offline.config:OfflineConfig",
     "online": "reachsafe.trainer.algos.online.config:OnlineConfig",
 }

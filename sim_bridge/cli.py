@@ -85,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         episode_steps=args.episode_steps,
         reset_s=args.reset_s,
         keys=args.keys,
+        faults=args.faults,
     )
     try:
         return serve(cfg)
@@ -162,6 +163,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="make every episode reset take S wall seconds, declared as `resetting` (models a slow "
         "simulator) [default: 0]",
+    )
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="take hw_fault requests: seeded fault injection for `reachsafe hil run` (docs/hil.md); "
+        "a HIL bridge only",
     )
     p.set_defaults(func=_serve)
 

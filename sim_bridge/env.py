@@ -9,6 +9,7 @@ or a wrong button, else 0. Episodes never terminate early; they truncate after `
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -39,6 +40,20 @@ GOAL_BONUS = 1.0
 BUTTON_COOLDOWN = 10  # steps after a correct press in which touching *that* button costs nothing
 SIGHT_RANGE = 6.0
 _PALETTE_STREAM = 0x9A1E77E  # second seed word of the palette generator, apart from the layouts' stream
+
+
+#: the attributes of a SafeNavEnv that make up where an episode stands (``snapshot``/``restore``)
+_EPISODE_STATE = (
+    "task_id", "split", "_layout", "_xy", "_yaw", "_velocity", "_steps", "_prev_dist", "_goals", "_seen_at",
+    "_cooldown", "_pressed", "_np_random", "_palette_rng", "_palette",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EnvSnapshot:
+    """An opaque copy of a SafeNavEnv's episode state (:meth:`SafeNavEnv.snapshot`)."""
+
+    state: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,7 @@ class SafeNavEnv(gym.Env):
 
         self.palette_jitter = palette_jitter
         self._palette_rng = np.random.default_rng()
+        self._palette = self.params.palette
         self._scene = Scene(self.params, image_size, repaintable=palette_jitter > 0)
         self._layout = sample_layout(np.random.default_rng(0), self.params)
         self._xy = np.zeros(2)
@@ -138,7 +154,8 @@ class SafeNavEnv(gym.Env):
         if self.palette_jitter > 0:
             if seed is not None:
                 self._palette_rng = np.random.default_rng([seed, _PALETTE_STREAM])
-            self._scene.repaint(jitter_palette(self.params.palette, self._palette_rng, self.palette_jitter))
+            self._palette = jitter_palette(self.params.palette, self._palette_rng, self.palette_jitter)
+            self._scene.repaint(self._palette)
         self._layout = sample_layout(self.np_random, self.params)
         self._scene.load_layout(self._layout)
         self._xy = self._layout.start_xy.astype(np.float64).copy()
@@ -221,6 +238,28 @@ class SafeNavEnv(gym.Env):
         self._xy = np.asarray(xy, dtype=np.float64).copy()
         self._yaw = float(yaw)
         self._prev_dist = float(np.linalg.norm(self._layout.goal_xy - self._xy))
+
+    def snapshot(self) -> EnvSnapshot:
+        """Everything a step depends on, copied: :meth:`restore` on this env or on another one of the
+        same task and split continues the episode exactly from here (the trainer's selection probe
+        branches an evaluation episode this way)."""
+        return EnvSnapshot(copy.deepcopy({k: getattr(self, k) for k in _EPISODE_STATE}))
+
+    def restore(self, snap: EnvSnapshot) -> Any:
+        """Continue from ``snap`` (a :meth:`snapshot` of an env of the same task and split); returns
+        the observation there."""
+        state = copy.deepcopy(snap.state)
+        if state["task_id"] != self.task_id or state["split"] != self.split:
+            raise ValueError(
+                f"a snapshot of {state['task_id']} ({state['split']}) cannot be restored into "
+                f"{self.task_id} ({self.split})"
+            )
+        for k, v in state.items():
+            setattr(self, k, v)
+        self._scene.load_layout(self._layout)
+        if self.palette_jitter > 0:
+            self._scene.repaint(self._palette)
+        return self._observe()
 
     def in_hazard(self) -> bool:
         d = np.linalg.norm(self._layout.hazards - self._xy, axis=1)

@@ -9,6 +9,8 @@ ends is reset by the server, and with ``reset_s`` > 0 the reset takes that long,
 answering meanwhile, as docs/protocol.md's timing contract asks).
 Requests are answered between steps from the same thread, so no locks are needed.
 With ``keys`` the socket uses CURVE with the robot's trainer-link keys (docs/sim.md).
+With ``faults`` the server also takes ``hw_fault`` requests, the HIL suite's seeded fault injection
+(`reachsafe.sim_bridge.faults`, docs/hil.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from reachsafe.protocol.errors import ProtocolError, TransportSecurityError
 from reachsafe.protocol.messages import (
     ErrorMessage,
     HwDrive,
+    HwFault,
     HwFrame,
     HwHello,
     HwOk,
@@ -42,6 +45,7 @@ from reachsafe.protocol.messages import (
 from reachsafe.protocol.sockets import ServerCurve, is_loopback_endpoint, server_socket
 from reachsafe.robot_server import SignalLedger, Totals
 from reachsafe.signals import stop_on_signals
+from reachsafe.sim_bridge.faults import FaultError, RobotFaults, check_fault, place_before_hazard
 from reachsafe.sim_bridge.registration import register_envs
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ class ServerConfig:
     hold_timeout_s: float = 1.0
     reset_s: float = 0.0  # wall seconds an episode reset takes, declared as `resetting`
     keys: Path | None = None  # CURVE: KEYS/trainer.key_secret, robots' keys in KEYS/robots/ or KEYS/robot.key
+    faults: bool = False  # take `hw_fault` requests (HIL fault injection); refused otherwise
 
 
 def robot_ids(n: int) -> list[str]:
@@ -92,6 +97,7 @@ class SimRobot:
     signals: SignalLedger = field(default_factory=SignalLedger)
     reset_until: float | None = None  # while set, a declared reset is under way (the world holds still)
     steps_total: int = field(default=0)
+    faults: RobotFaults = field(default_factory=RobotFaults)
 
     @property
     def resetting(self) -> bool:
@@ -108,6 +114,8 @@ class SimRobot:
         if now - self.t_command > hold_timeout_s:
             self.action[:] = 0.0
         obs, reward, terminated, truncated, info = self.env.step(self.action)
+        if self.faults.camera_stalled(now):
+            obs = None  # the camera froze: the last frame is served, ageing
         self.signals.add(Totals(float(reward), float(info["cost"]), bool(terminated), bool(truncated)))
         self.step_in_episode += 1
         self.steps_total += 1
@@ -119,7 +127,8 @@ class SimRobot:
                 self.reset_until = now + reset_s
                 self.image = obs  # served, stale and flagged `resetting`, until the reset is over
                 return
-        self._capture(obs, now)
+        if obs is not None:
+            self._capture(obs, now)
 
     def _capture(self, obs: np.ndarray, now: float) -> None:
         self.image = obs
@@ -226,6 +235,8 @@ class SimServer:
             r.action[:] = 0.0
             r.t_command = now
             return HwOk()
+        if isinstance(msg, HwFault):
+            return self._inject(msg, now)
         if isinstance(msg, HwHello):
             r = self._robot(msg.robot)
             log.info("robot %s: client connected", msg.robot)
@@ -236,6 +247,32 @@ class SimServer:
             code="unexpected_type", message=f"{msg.TYPE} is not a hardware request", ref_type=msg.TYPE
         )
 
+    def _inject(self, msg: HwFault, now: float) -> Message:
+        if not self.cfg.faults:
+            raise RequestError(
+                "faults_disabled",
+                "this sim server takes no hw_fault requests: start it with `reachsafe sim serve --faults` "
+                "(a HIL bridge only, never one that robots use for training)",
+            )
+        r = self._robot(msg.robot)
+        try:
+            check_fault(msg)
+            if msg.fault == "hazard":
+                xy, yaw, i = place_before_hazard(r.env, np.random.default_rng(msg.seed))
+                detail = f"placed at ({xy[0]:.2f}, {xy[1]:.2f}) facing hazard {i}"
+            else:
+                r.faults.inject(msg, now)
+                detail = f"for {msg.duration_s:g} s, rate {msg.rate:g}"
+        except FaultError as exc:
+            raise RequestError("bad_fault", str(exc)) from None
+        log.warning("fault %s on %s (seed %d): %s", msg.fault, msg.robot, msg.seed, detail)
+        return HwOk()
+
+    def _drops(self, msg: Message) -> bool:
+        """A request an injected fault leaves unanswered (a robot named in it, not an `hw_fault`)."""
+        r = self.robots.get(getattr(msg, "robot", ""))
+        return r is not None and not isinstance(msg, HwFault) and r.faults.drops(msg, time.monotonic())
+
     def _serve_pending(self) -> None:
         while True:
             try:
@@ -243,7 +280,10 @@ class SimServer:
             except zmq.Again:
                 return
             try:
-                reply = self.handle(decode(payload))
+                msg = decode(payload)
+                if self._drops(msg):
+                    continue
+                reply = self.handle(msg)
             except ProtocolError as e:
                 self.errors += 1
                 log.warning("bad request: %s", e)

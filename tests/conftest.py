@@ -95,7 +95,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny offline run (16×16 frames, 10 updates, bundle v1) for daemon tests; trained once per session."""
-    from reachsafe.trainer.algos.offline.config import NetworkConfig, OfflineConfig, WorldModelConfig
+    from reachsafe.trainer.algos.offline.config import NetworkConfig, OfflineConfig
     from reachsafe.trainer.data.dataset import load_dataset
     from reachsafe.trainer.runs.offline import train_offline
     from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
@@ -106,7 +106,6 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         steps=10,
         batch_size=16,
         network=NetworkConfig(latent_dim=16, hidden_dim=32, cnn_channels=8),
-        world_model=WorldModelConfig(enabled=False),
     )
     train_offline(
         load_dataset(root / "ds.h5"), root / "run", cfg, keys_dir=None, resume=False, progress=False

@@ -209,7 +209,15 @@ def _add_online_verb(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--no-expansion", action="store_true", help="ablation: act with π_on only (no policy set)")
     p.add_argument("--no-shield", action="store_true", help="ablation: no reachability shield")
     p.add_argument(
-        "--lagrangian", choices=["adaptive", "pid", "fixed"], help="λ controller [default: adaptive]"
+        "--no-world-model",
+        action="store_true",
+        help="ablation: model-free SAC-Lag, selection by the critics (the world model neither learns nor is used)",
+    )
+    p.add_argument(
+        "--lagrangian",
+        choices=["bounded", "marvel", "pid", "fixed"],
+        help="λ controller (docs/method.md §10): bounded = PID + bounded gain adaptation per episode, "
+        "marvel = Marvel's released adaptive PID, pid = OmniSafe's PID, fixed = constant λ [default: bounded]",
     )
     p.add_argument("--eval-episodes", type=int, default=5, help="greedy episodes at the end [default: 5]")
     p.add_argument(
@@ -236,6 +244,8 @@ def _run_train_online(args: argparse.Namespace) -> int:
         cfg = cfg.replace(vpa=cfg.vpa.replace(enabled=False))
     if args.no_expansion:
         cfg = cfg.replace(expansion=cfg.expansion.replace(enabled=False))
+    if args.no_world_model:
+        cfg = cfg.replace(world_model=cfg.world_model.replace(enabled=False))
     if args.lagrangian:
         cfg = cfg.replace(lagrange=cfg.lagrange.replace(mode=args.lagrangian))
     result = train_online(

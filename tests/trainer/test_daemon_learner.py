@@ -29,7 +29,9 @@ OBS = (8, 8, 3)
 
 def small_learner(**cfg: object) -> OnlineLearner:
     torch.manual_seed(0)
-    agent = Agent(AgentSpec(obs_shape=OBS, action_dim=2, latent_dim=8, hidden_dim=16, cnn_channels=4))
+    agent = Agent(
+        AgentSpec(obs_shape=OBS, action_dim=2, latent_dim=8, hidden_dim=16, cnn_channels=4, world_model=True)
+    )
     return OnlineLearner(agent, OnlineConfig(batch_size=8, **cfg))
 
 

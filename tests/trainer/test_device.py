@@ -13,7 +13,7 @@ import torch
 from reachsafe.trainer.algos.config import ComputeConfig
 from reachsafe.trainer.algos.offline.config import ImagineConfig, NetworkConfig, OfflineConfig
 from reachsafe.trainer.algos.offline.learner import OfflineLearner, agent_spec_for
-from reachsafe.trainer.algos.online.config import OnlineConfig
+from reachsafe.trainer.algos.online.config import OnlineConfig, OnlineWorldModelConfig
 from reachsafe.trainer.algos.online.learner import OnlineLearner
 from reachsafe.trainer.models.device import (
     DeviceError,
@@ -71,7 +71,11 @@ def loss_curves(device: torch.device, compute: ComputeConfig | None = None) -> d
     off = [offline.update(ds.sample_sequences(8, offline.horizon, rng)) for _ in range(40)]
     torch.manual_seed(4)
     online = OnlineLearner(
-        offline.finalize(), OnlineConfig(batch_size=16, seed=4, compute=compute), device=device
+        offline.finalize(),
+        OnlineConfig(
+            batch_size=16, seed=4, compute=compute, world_model=OnlineWorldModelConfig(enabled=False)
+        ),
+        device=device,
     )
     on = [online.update(ds.sample(16, rng)) for _ in range(40)]
     return {

@@ -177,16 +177,22 @@ def test_imagined_cost_probability_undoes_the_positive_weighting():
     """BCE with pos_weight w has optimal logit ln(w·p/(1−p)); a logit of exactly ln w is p = 0.5."""
     import math
 
-    from reachsafe.trainer.models.world_model import WorldModel
+    from reachsafe.trainer.models.world_model import WorldModel, upgrade_world_model_state
 
     wm = WorldModel(latent_dim=4, action_dim=2, hidden_dim=8)
     last = [m for m in wm.cost.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.zero_()
         last.bias.fill_(math.log(10.0))
-    rollout = wm.imagine(
-        torch.zeros(3, 4), lambda z: torch.zeros(z.shape[0], 2), horizon=2, cost_pos_weight=10.0
-    )
-    assert torch.allclose(rollout.cost_prob, torch.full((3, 2), 0.5))
     raw = wm.imagine(torch.zeros(3, 4), lambda z: torch.zeros(z.shape[0], 2), horizon=2)
     assert torch.allclose(raw.cost_prob, torch.full((3, 2), 10 / 11))
+    wm.weigh_cost_positives(10.0)
+    rollout = wm.imagine(torch.zeros(3, 4), lambda z: torch.zeros(z.shape[0], 2), horizon=2)
+    assert torch.allclose(rollout.cost_prob, torch.full((3, 2), 0.5))
+    # the offset travels with the weights; a state saved before it existed gets it from the config
+    old = {k: v for k, v in wm.state_dict().items() if k != "cost_logit_offset"}
+    fresh = WorldModel(latent_dim=4, action_dim=2, hidden_dim=8)
+    fresh.load_state_dict(upgrade_world_model_state(old, 10.0))
+    assert torch.allclose(
+        fresh.imagine(torch.zeros(3, 4), lambda z: torch.zeros(3, 2), 2).cost_prob, torch.full((3, 2), 0.5)
+    )

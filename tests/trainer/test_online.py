@@ -13,7 +13,12 @@ import torch
 
 from reachsafe.edge_runtime.select import selection_probabilities
 from reachsafe.trainer.algos.losses import expectile_loss, hj_target, reachability_signal
-from reachsafe.trainer.algos.online.config import OnlineConfig, ReplayConfig, VPAConfig
+from reachsafe.trainer.algos.online.config import (
+    OnlineConfig,
+    OnlineWorldModelConfig,
+    ReplayConfig,
+    VPAConfig,
+)
 from reachsafe.trainer.algos.online.learner import OnlineLearner, ReachabilityTarget
 from reachsafe.trainer.data.dataset import Batch, load_dataset
 from reachsafe.trainer.data.mixing import MixedSampler
@@ -24,10 +29,12 @@ from reachsafe.trainer.runs.reeval import ReevalError, reevaluate
 from reachsafe.trainer.runs.start import shield_for_ship
 from tests.fixtures.point_dataset import make_point_dataset, write_hdf5
 
+MODEL_FREE = OnlineWorldModelConfig(enabled=False)
+
 
 def small_agent(seed: int = 0) -> Agent:
     torch.manual_seed(seed)
-    return Agent(AgentSpec(obs_shape=(2,), action_dim=2, latent_dim=8, hidden_dim=32))
+    return Agent(AgentSpec(obs_shape=(2,), action_dim=2, latent_dim=8, hidden_dim=32, world_model=True))
 
 
 def test_each_policy_is_scored_at_its_own_action_and_selection_follows_the_formula() -> None:
@@ -88,7 +95,7 @@ def test_online_q_h_learns_the_offline_runs_reachability_target() -> None:
 
 def test_actor_loss_is_normalised_by_one_plus_lambda() -> None:
     agent = small_agent()
-    learner = OnlineLearner(agent, OnlineConfig(autotune_alpha=False, alpha_init=0.2))
+    learner = OnlineLearner(agent, OnlineConfig(autotune_alpha=False, alpha_init=0.2, world_model=MODEL_FREE))
     learner.lagrange.lam = 3.0
     batch = make_point_dataset(episodes=2, length=16).sample(16, np.random.default_rng(0))
     with torch.no_grad():
@@ -100,6 +107,83 @@ def test_actor_loss_is_normalised_by_one_plus_lambda() -> None:
         expected = ((0.2 * logp - q_r + 3.0 * q_c) / 4.0).mean().item()
     torch.manual_seed(7)
     assert learner.actor_step(batch)["online/loss_actor"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_imagined_actor_loss_follows_pi_on_through_the_world_model() -> None:
+    """(−R + λC)/(1 + λ) + w_h·mean_t max(0, Q_h) over an H-step imagined rollout, recomputed by hand."""
+    agent = small_agent()
+    horizon, gamma, alpha, lam, w_h = 3, 0.9, 0.2, 2.0, 0.5
+    cfg = OnlineConfig(gamma=gamma, autotune_alpha=False, alpha_init=alpha, anchor_weight=0.0,
+                       world_model=OnlineWorldModelConfig(imagine_horizon=horizon, reach_weight=w_h))  # fmt: skip
+    learner = OnlineLearner(agent, cfg)
+    learner.lagrange.lam = lam
+    batch = make_point_dataset(episodes=2, length=16).sample(16, np.random.default_rng(0))
+    wm = agent.world_model
+    with torch.no_grad():
+        torch.manual_seed(7)
+        z = agent.encoder(torch.as_tensor(batch.obs))
+        ret_r, ret_c, infeasible, disc = 0.0, 0.0, 0.0, torch.ones(16)
+        for _ in range(horizon):
+            a, logp = agent.actor_on.sample(z)
+            infeasible = infeasible + agent.qh_max(z, a).clamp_min(0)
+            z, r, c_logit, cont_logit = wm.step(z, a)
+            ret_r = ret_r + disc * (r - alpha * logp)
+            ret_c = ret_c + disc * wm.cost_prob(c_logit)
+            disc = disc * gamma * torch.sigmoid(cont_logit)
+        a, logp = agent.actor_on.sample(z)
+        ret_r = ret_r + disc * (agent.q_r(z, a).min(-1).values - alpha * logp)
+        ret_c = ret_c + disc * agent.q_c(z, a).max(-1).values
+        expected = ((-ret_r + lam * ret_c) / (1 + lam)).mean() + w_h * (infeasible / horizon).mean()
+    before = {k: v.clone() for k, v in wm.state_dict().items()}
+    torch.manual_seed(7)
+    m = learner.actor_step(batch)
+    assert m["online/loss_actor"] == pytest.approx(expected.item(), rel=1e-5)
+    assert m["online/imagine_return"] == pytest.approx(ret_r.mean().item(), rel=1e-5)
+    # the actor's loss moves π_on only: the world model and the critics keep their weights and gradients
+    assert all(torch.equal(before[k], v) for k, v in wm.state_dict().items())
+    assert all(p.grad is None for p in wm.parameters())
+
+
+def test_the_world_model_learns_the_batches_transitions_online() -> None:
+    agent = small_agent()
+    learner = OnlineLearner(agent, OnlineConfig(lr_critic=1e-3, world_model=OnlineWorldModelConfig(lr=3e-3)))
+    assert learner.encoder_frozen  # the latent space stays π_off's and the model's
+    ds = make_point_dataset(episodes=4, length=16)
+    rng = np.random.default_rng(0)
+    first = learner.update(ds.sample(64, rng))
+    for _ in range(200):
+        last = learner.update(ds.sample(64, rng))
+    assert last["wm/reward"] < 0.5 * first["wm/reward"]
+    assert last["wm/consistency"] < first["wm/consistency"]
+    assert learner.state_dict()["opt_world_model"] is not None
+
+
+def test_selection_scores_each_policy_by_an_imagined_rollout_of_itself() -> None:
+    agent = small_agent()
+    agent.spec.selection_horizon, agent.spec.selection_gamma = 2, 0.9
+    with torch.no_grad():
+        for p in agent.actor_on.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        obs, zero = torch.randn(4, 2), torch.zeros(4, 2)
+        a_on, a_off, q_r, q_c, *_ = agent.graph_outputs(obs, zero)
+        wm, z0 = agent.world_model, agent.encoder(obs)
+        for col, (actor, a0) in enumerate(((agent.actor_on, a_on), (agent.actor_off, a_off))):
+            z, a, r_sum, c_sum, disc = z0, a0, 0.0, 0.0, 1.0
+            for _ in range(2):
+                z, r, c_logit, cont_logit = wm.step(z, a)
+                r_sum, c_sum = r_sum + disc * r, c_sum + disc * wm.cost_prob(c_logit)
+                disc = disc * 0.9 * torch.sigmoid(cont_logit)
+                a = actor(z, zero)
+            assert torch.allclose(q_r[:, col], r_sum + disc * agent.q_r(z, a).min(-1).values, atol=1e-6)
+            assert torch.allclose(q_c[:, col], c_sum + disc * agent.q_c(z, a).max(-1).values, atol=1e-6)
+
+
+def test_an_offline_run_without_world_model_needs_the_model_free_ablation() -> None:
+    agent = Agent(AgentSpec(obs_shape=(2,), action_dim=2, latent_dim=8, hidden_dim=32))
+    with pytest.raises(ValueError, match="--no-world-model"):
+        OnlineLearner(agent, OnlineConfig())
+    assert OnlineLearner(agent, OnlineConfig(world_model=MODEL_FREE)).world_model is None
+    assert agent.spec.selection_horizon == 0
 
 
 def test_the_anchor_pulls_pi_on_toward_pi_offs_mean_action() -> None:

@@ -45,7 +45,7 @@ def test_the_config_rejects_an_inconsistent_budget_and_a_negative_rate() -> None
 
 def _learner(**kw) -> OnlineLearner:
     cfg = OnlineConfig(lagrange=LagrangeConfig(cost_limit=10.0), shield=OnlineShieldConfig(**kw))
-    return OnlineLearner(Agent(AgentSpec(obs_shape=(4,), action_dim=2)), cfg)
+    return OnlineLearner(Agent(AgentSpec(obs_shape=(4,), action_dim=2, world_model=True)), cfg)
 
 
 def test_each_finished_episode_moves_lambda_and_the_budget_and_a_checkpoint_keeps_both() -> None:

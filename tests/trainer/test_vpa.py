@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reachsafe.trainer.algos.online.config import OnlineConfig, VPAConfig
+from reachsafe.trainer.algos.online.config import OnlineConfig, OnlineWorldModelConfig, VPAConfig
 from reachsafe.trainer.algos.online.learner import OnlineLearner
 from reachsafe.trainer.algos.online.vpa import ValuePreAligner
 from reachsafe.trainer.data.dataset import OfflineDataset
@@ -64,7 +64,7 @@ def test_vpa_aligns_q_r_with_monte_carlo_returns_of_pi_off() -> None:
     agent.actor_on.load_state_dict(agent.actor_off.state_dict())  # π_on starts as π_off
     train, _ = rollouts(agent, 60, seed=1)
     held_out, mc = rollouts(agent, 20, seed=2)
-    cfg = OnlineConfig(gamma=GAMMA, alpha_init=1e-4, autotune_alpha=False, lr_critic=1e-3, learn_qh=False,
+    cfg = OnlineConfig(gamma=GAMMA, alpha_init=1e-4, autotune_alpha=False, lr_critic=1e-3, learn_qh=False, world_model=OnlineWorldModelConfig(enabled=False),
                        vpa=VPAConfig(steps=600, batch_size=128))  # fmt: skip
     learner = OnlineLearner(agent, cfg)
     before = q_r_error(agent, held_out, mc)

@@ -2,7 +2,9 @@
 
 The agent holds two policies: π_off (frozen after offline training, with its own encoder) and π_on
 (trained online, sharing the critics' encoder). Critics: twin Q_r, twin Q_c, V_r, V_c, an ensemble
-of Q_h (max over members) and V_h.
+of Q_h (max over members) and V_h. With ``AgentSpec.world_model`` it also carries the latent world
+model, and with ``selection_horizon`` > 0 the graph scores each policy by an imagined rollout
+(docs/method.md §7).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from torch import nn
 from reachsafe.protocol.bundle import DEFAULT_PRIMITIVES
 from reachsafe.protocol.files import write_atomically
 from reachsafe.trainer.models import checkpoint_io
+from reachsafe.trainer.models.device import module_device
+from reachsafe.trainer.models.layers import mlp
+from reachsafe.trainer.models.world_model import WorldModel
 
 GRAPH_INPUTS = ("obs", "noise")
 GRAPH_OUTPUTS = ("a_on", "a_off", "q_r", "q_c", "q_h", "candidates")
@@ -39,6 +44,11 @@ class AgentSpec:
     cnn_channels: int = 16
     n_qh: int = 2
     primitives: tuple[tuple[float, ...], ...] = field(default_factory=lambda: DEFAULT_PRIMITIVES)
+    world_model: bool = False  # the agent carries the latent world model (its weights travel with it)
+    selection_horizon: int = (
+        0  # > 0 (with the world model): imagined policy-selection scores, that many steps
+    )
+    selection_gamma: float = 0.99  # the discount of those scores
 
     def __post_init__(self) -> None:
         self.obs_shape = tuple(int(d) for d in self.obs_shape)
@@ -64,16 +74,6 @@ class AgentSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AgentSpec:
         return cls(**d)
-
-
-def mlp(inp: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    dim = inp
-    for _ in range(layers):
-        mods += [nn.Linear(dim, hidden), nn.ReLU()]
-        dim = hidden
-    mods.append(nn.Linear(dim, out))
-    return nn.Sequential(*mods)
 
 
 class ImageEncoder(nn.Module):
@@ -212,6 +212,7 @@ class Agent(nn.Module):
         # π_on ← π_off (its encoder too): the start of online fine-tuning
         self.actor_on.load_state_dict(self.actor_off.state_dict())
         self.encoder.load_state_dict(self.encoder_off.state_dict())
+        self.world_model = WorldModel(L, A, Hd) if spec.world_model else None
 
     def freeze_offline_policy_from(self, encoder: nn.Module, actor: nn.Module) -> None:
         """π_off ← the trained (encoder, actor); π_on starts as a copy of it."""
@@ -236,14 +237,51 @@ class Agent(nn.Module):
         # π_off proposes its mean: its σ was fitted to mixed-quality data (often near LOG_STD_MAX), so a
         # sample is close to a random action; exploration comes from π_on's sample alone
         a_off = self.actor_off(z_off, torch.zeros_like(noise))
-        both = torch.stack([a_on, a_off], dim=1)  # [B, 2, A]
-        z2 = z.unsqueeze(1).expand(-1, 2, -1)
-        q_r = self.q_r(z2, both).min(dim=-1).values
-        q_c = self.q_c(z2, both).max(dim=-1).values
+        if self.spec.selection_horizon > 0 and self.world_model is not None:
+            q_r, q_c = self.imagined_scores(z, a_on, a_off)
+        else:
+            both = torch.stack([a_on, a_off], dim=1)  # [B, 2, A]
+            z2 = z.unsqueeze(1).expand(-1, 2, -1)
+            q_r = self.q_r(z2, both).min(dim=-1).values
+            q_c = self.q_c(z2, both).max(dim=-1).values
         cands = self.candidates(a_on, a_off)
         zc = z.unsqueeze(1).expand(-1, cands.shape[1], -1)
         q_h = self.qh_max(zc, cands)
         return a_on, a_off, q_r, q_c, q_h, cands
+
+    def imagined_scores(
+        self, z: torch.Tensor, a_on: torch.Tensor, a_off: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each policy scored by an imagined rollout of itself: [B, 2] reward and cost values.
+
+        From z, policy i takes its proposal a_i, then its own mean action for H − 1 more steps in the
+        world model; its score is the discounted imagined reward (cost probability) of those H steps
+        plus the discounted min-Q_r (max-Q_c) at the last latent and the policy's next mean action,
+        with γ scaled by the continuation probabilities. π_off reads the shared latent: the encoder
+        is not trained while the world model is (docs/method.md §7, §13), so it stays π_off's.
+        """
+        wm = self.world_model
+        assert wm is not None
+        actors = (self.actor_on, self.actor_off)
+        zt, a = torch.stack([z, z]), torch.stack([a_on, a_off])  # [2, B, ...]: policy first
+        zero = torch.zeros_like(a_on)
+
+        def means(latents: torch.Tensor) -> torch.Tensor:
+            return torch.stack([actor(latents[i], zero) for i, actor in enumerate(actors)])
+
+        ret_r, ret_c = zt.new_zeros(zt.shape[:2]), zt.new_zeros(zt.shape[:2])
+        disc = zt.new_ones(zt.shape[:2])
+        for t in range(self.spec.selection_horizon):
+            if t > 0:
+                a = means(zt)
+            zt, r_hat, c_logit, cont_logit = wm.step(zt, a)
+            ret_r = ret_r + disc * r_hat
+            ret_c = ret_c + disc * wm.cost_prob(c_logit)
+            disc = disc * self.spec.selection_gamma * torch.sigmoid(cont_logit)
+        a = means(zt)
+        ret_r = ret_r + disc * self.q_r(zt, a).min(dim=-1).values
+        ret_c = ret_c + disc * self.q_c(zt, a).max(dim=-1).values
+        return ret_r.transpose(0, 1), ret_c.transpose(0, 1)
 
 
 class AgentGraph(nn.Module):
@@ -279,7 +317,8 @@ def load_checkpoint(path: str | Path) -> tuple[Agent, dict[str, Any]]:
     path = Path(path)
     try:
         ckpt = checkpoint_io.loads(path.read_bytes())
-        agent = Agent(AgentSpec.from_dict(ckpt["spec"]))
+        with torch.random.fork_rng(devices=[]):  # loading draws no numbers a run would have drawn
+            agent = Agent(AgentSpec.from_dict(ckpt["spec"]))
         agent.load_state_dict(ckpt["agent"])
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}; train first (`reachsafe train offline`)") from None
@@ -289,6 +328,17 @@ def load_checkpoint(path: str | Path) -> tuple[Agent, dict[str, Any]]:
             "resume from an earlier checkpoints/step_*.pt or retrain"
         ) from None
     return agent, ckpt
+
+
+def with_world_model(agent: Agent, world_model_state: dict[str, torch.Tensor]) -> Agent:
+    """A copy of ``agent`` that carries a world model with these weights (offline runs written before
+    the agent carried its world model kept it in the learner's state)."""
+    spec = AgentSpec.from_dict({**agent.spec.to_dict(), "world_model": True})
+    with torch.random.fork_rng(devices=[]):
+        upgraded = Agent(spec)
+    state = {**agent.state_dict(), **{f"world_model.{k}": v for k, v in world_model_state.items()}}
+    upgraded.load_state_dict(state)
+    return upgraded.to(module_device(agent))
 
 
 def on_cpu(agent: Agent) -> Agent:

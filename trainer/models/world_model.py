@@ -3,7 +3,8 @@
 Trained on real sequences with a multi-step latent consistency loss against a target encoder; its
 losses flow into the encoder and shape the latent space the critics and actor read. It also rolls
 forward under a policy (:meth:`WorldModel.imagine`) for the offline learner's imagined value and
-reachability targets.
+reachability targets; online it keeps learning one-step transitions and π_on and the policy selection
+imagine through it (docs/method.md §13).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reachsafe.trainer.models.networks import mlp
+from reachsafe.trainer.models.layers import mlp
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,28 @@ def bce_with_pos_weight(logits: torch.Tensor, target: torch.Tensor, pos_weight: 
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
 
 
+def upgrade_world_model_state(
+    state: dict[str, torch.Tensor], cost_pos_weight: float
+) -> dict[str, torch.Tensor]:
+    """A world model's weights as this version stores them (older states lack the cost-logit offset)."""
+    if "cost_logit_offset" in state:
+        return state
+    return {**state, "cost_logit_offset": torch.tensor(math.log(cost_pos_weight))}
+
+
 class WorldModel(nn.Module):
-    def __init__(self, latent_dim: int, action_dim: int, hidden_dim: int) -> None:
+    """ẑ' = f(z, a) with reward, cost-probability and continuation heads.
+
+    The cost head is trained with positives up-weighted by ``cost_pos_weight`` (w), whose optimal
+    logit is ln(w·p/(1−p)); the buffer ``cost_logit_offset`` = ln w travels with the weights, so
+    :meth:`cost_prob` (σ(logit − ln w)) is the real probability wherever the model is loaded.
+    """
+
+    def __init__(
+        self, latent_dim: int, action_dim: int, hidden_dim: int, cost_pos_weight: float = 1.0
+    ) -> None:
         super().__init__()
+        self.register_buffer("cost_logit_offset", torch.tensor(math.log(cost_pos_weight)))
         self.dynamics = nn.Sequential(
             mlp(latent_dim + action_dim, hidden_dim, latent_dim), nn.LayerNorm(latent_dim)
         )
@@ -65,25 +85,24 @@ class WorldModel(nn.Module):
             self.continuation(x).squeeze(-1),
         )
 
-    def imagine(
-        self,
-        z0: torch.Tensor,
-        policy: Callable[[torch.Tensor], torch.Tensor],
-        horizon: int,
-        cost_pos_weight: float = 1.0,
-    ) -> ImaginedRollout:
-        """Roll ``horizon`` steps from z0 [B, L], acting with a_t = policy(ẑ_t).
+    def weigh_cost_positives(self, cost_pos_weight: float) -> None:
+        """Train (and read) the cost head with positives up-weighted by ``cost_pos_weight``."""
+        self.cost_logit_offset.fill_(math.log(cost_pos_weight))
 
-        The cost head is trained with positives up-weighted by ``cost_pos_weight`` (w), whose optimal
-        logit is ln(w·p/(1−p)); σ(logit − ln w) undoes that, so ``cost_prob`` is the real probability.
-        """
+    def cost_prob(self, cost_logit: torch.Tensor) -> torch.Tensor:
+        """P(c > 0) from the cost head's logit."""
+        return torch.sigmoid(cost_logit - self.cost_logit_offset)
+
+    def imagine(
+        self, z0: torch.Tensor, policy: Callable[[torch.Tensor], torch.Tensor], horizon: int
+    ) -> ImaginedRollout:
+        """Roll ``horizon`` steps from z0 [B, L], acting with a_t = policy(ẑ_t)."""
         z = z0
         rewards, costs, conts = [], [], []
-        offset = math.log(cost_pos_weight)
         for _ in range(horizon):
             z, r_hat, c_logit, cont_logit = self.step(z, policy(z))
             rewards.append(r_hat)
-            costs.append(torch.sigmoid(c_logit - offset))
+            costs.append(self.cost_prob(c_logit))
             conts.append(torch.sigmoid(cont_logit))
         return ImaginedRollout(
             torch.stack(rewards, 1), torch.stack(costs, 1), torch.stack(conts, 1), final_latent=z

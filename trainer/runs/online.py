@@ -10,7 +10,9 @@ works (:mod:`~reachsafe.trainer.runs.envs`), and so does a robot server (``remot
 
 Outputs in OUT: episodes.jsonl (one line per training episode), evals.jsonl (one line per greedy
 evaluation: every ``eval_every`` steps from step 0, and at the end), summary.json, checkpoint.pt,
-tb/ (TensorBoard). SIGTERM / SIGINT stop after the current step with a checkpoint.
+tb/ (TensorBoard), vpa_check.json (``vpa.check_episodes`` > 0: the critics against π_off's
+Monte-Carlo values before and after VPA, :mod:`~reachsafe.trainer.runs.value_check`). SIGTERM / SIGINT
+stop after the current step with a checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from reachsafe.trainer.runs.envs import COST_KEY, REMOTE_PREFIX, EnvSpecError, f
 from reachsafe.trainer.runs.metrics import MetricsWriter
 from reachsafe.trainer.runs.rollout import ActingPolicy, EpisodeStats, OutputsFn, run_episode
 from reachsafe.trainer.runs.run_dir import RunDir
+from reachsafe.trainer.runs.selection_probe import SelectionProbe, can_branch
 from reachsafe.trainer.runs.start import shield_for_ship, start_online
+from reachsafe.trainer.runs.value_check import critic_fit, horizon_steps, lengthened_env, roll_out_pi_off
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +88,30 @@ def acting_policy(agent: Agent, cfg: OnlineConfig, shield_threshold: float | Non
 
 
 def evaluate(
-    policy: ActingPolicy, env: Any, obs_key: str | None, episodes: int, kappa_c: float, seed: int
+    policy: ActingPolicy,
+    env: Any,
+    obs_key: str | None,
+    episodes: int,
+    kappa_c: float,
+    seed: int,
+    probe: SelectionProbe | None = None,
 ) -> dict[str, float]:
     """Greedy episodes (selection in eval mode, zero noise, shield on as configured) from episode seeds
-    ``seed``, ``seed + 1``, …"""
+    ``seed``, ``seed + 1``, …; with ``probe``, its ``selection/…`` statistics of these episodes too."""
     rng = np.random.default_rng(seed)
+    hook = None
+    if probe is not None:
+        probe.reset()
+        hook = lambda env, frame, t: probe(env, frame, t, kappa_c)  # noqa: E731
     stats = [
-        run_episode(policy, env, seed + i, kappa_c, rng, lambda obs: frame_of(obs, obs_key))
+        run_episode(policy, env, seed + i, kappa_c, rng, lambda obs: frame_of(obs, obs_key), before_step=hook)
         for i in range(episodes)
     ]
     rets, costs = [s.ret for s in stats], [s.cost for s in stats]
     return {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)),
-            "cost_mean": float(np.mean(costs)), "cost_std": float(np.std(costs)), "episodes": episodes}  # fmt: skip
+            "cost_mean": float(np.mean(costs)), "cost_std": float(np.std(costs)), "episodes": episodes,
+            "offline_share": float(np.mean([s.rate(s.offline) for s in stats])),
+            **(probe.summary() if probe is not None else {})}  # fmt: skip
 
 
 class OnlineRun:
@@ -136,10 +152,26 @@ class OnlineRun:
         self.replay = StepReplay(min(cfg.replay.capacity, max(steps, 2)), spec.obs_shape, spec.action_dim)
         self.sampler = MixedSampler(dataset, self.replay, cfg.replay.offline_ratio)
         self.metrics = MetricsWriter(out / "tb")
+        check_path = out / "vpa_check.json"
+        self.vpa_check = json.loads(check_path.read_text()) if self.resumed and check_path.is_file() else None
         if cfg.vpa.enabled and dataset is not None and not self.resumed:
+            rollouts, checks = None, {}
+            if cfg.vpa.check_episodes > 0:  # π_off's values, on episode seeds no other rollout uses
+                check_env = lengthened_env(env_id, split, 0, cost_key, horizon_steps(cfg.gamma))
+                rollouts = roll_out_pi_off(self.agent, check_env, cfg.vpa.check_episodes, cfg.gamma,
+                                           20_000 + cfg.seed * 1_000, obs_key)  # fmt: skip
+                check_env.close()
+                checks["before"] = critic_fit(self.agent, rollouts)
             t0 = time.monotonic()
             self.metrics.scalars(ValuePreAligner(self.learner, dataset, cfg.vpa).run(self.rng), 0)
             logger.info("VPA took %.1f s", time.monotonic() - t0)
+            if rollouts is not None:
+                checks["after"] = critic_fit(self.agent, rollouts)
+                for phase, check in checks.items():
+                    logger.info("value check %s VPA: %s", phase, check.describe())
+                    self.metrics.scalars({f"vpa_check/{k}_{phase}": v for k, v in check.scalars().items()}, 0)
+                self.vpa_check = {"vpa_steps": cfg.vpa.steps, **{p: c.to_dict() for p, c in checks.items()}}
+                write_json_atomically(check_path, self.vpa_check, indent=1)
         self.env = make_env(env_id, split, cfg.seed + int(state.get("episodes", 0)), cost_key)
         self.policy = acting_policy(self.agent, cfg, None)
         self.shield_now = (
@@ -148,6 +180,7 @@ class OnlineRun:
             else None
         )
         self.eval_env = make_env(env_id, split, cfg.seed, cost_key) if eval_episodes > 0 else None
+        self.probe = self._selection_probe(env_id, split, cost_key, use_shield)
         self.evals_log = (out / "evals.jsonl").open("a")
         self.result = OnlineRunResult(
             out, 0, int(state.get("episodes", 0)), cumulative_cost=float(state.get("cumulative_cost", 0.0))
@@ -160,6 +193,22 @@ class OnlineRun:
         self.recalibrate_shield(self.start_step)
         self.episode = EpisodeStats()
         self.last_cost = 0.0
+
+    def _selection_probe(
+        self, env_id: str, split: str | None, cost_key: str, use_shield: bool
+    ) -> SelectionProbe | None:
+        """The probe of every evaluation's selection (with expansion, ``expansion.probe_every`` > 0 and
+        an env that can branch)."""
+        cfg = self.cfg
+        if self.eval_env is None or not cfg.expansion.enabled or cfg.expansion.probe_every == 0:
+            return None
+        if not can_branch(self.eval_env):
+            logger.info("%s cannot copy its state: evaluations do not probe the policy selection", env_id)
+            return None
+        return SelectionProbe(
+            self.policy, make_env(env_id, split, cfg.seed, cost_key), self.obs_key, cfg.gamma,
+            cfg.expansion.probe_horizon, cfg.expansion.probe_every,
+        )  # fmt: skip
 
     # ----- the stages of a step -----------------------------------------------------------------
     def act(self, t: int) -> None:
@@ -228,15 +277,23 @@ class OnlineRun:
         assert self.eval_env is not None
         learner = self.learner
         row = evaluate(self.policy, self.eval_env, self.obs_key, self.eval_episodes, learner.kappa_c(),
-                       10_000 + self.cfg.seed * 1_000)  # fmt: skip
+                       10_000 + self.cfg.seed * 1_000, self.probe)  # fmt: skip
         self.evals_log.write(
             json.dumps({"step": t, "updates": learner.updates, "lambda": learner.lam, **row}) + "\n"
         )
         self.evals_log.flush()
-        self.metrics.scalars(
-            {"online/eval_return": row["return_mean"], "online/eval_cost": row["cost_mean"]}, t
-        )
+        self.metrics.scalars({
+            "online/eval_return": row["return_mean"], "online/eval_cost": row["cost_mean"],
+            **{k: v for k, v in row.items() if k.startswith("selection/")},
+        }, t)  # fmt: skip
         logger.info("eval at step %d: return %.2f cost %.1f", t, row["return_mean"], row["cost_mean"])
+        if "selection/points" in row:
+            logger.info(
+                "selection at step %d: π_on on %.0f%% of %d probed steps, right by outcome %.2f (return %.2f, "
+                "cost %.2f), mean score gap %.3g", t, 100 * row["selection/online_share"],
+                row["selection/points"], row["selection/right_by_outcome"], row["selection/right_by_return"],
+                row["selection/right_by_cost"], row["selection/score_gap"],
+            )  # fmt: skip
         return row
 
     def checkpoint(self, t: int) -> None:
@@ -266,6 +323,8 @@ class OnlineRun:
         self.env.close()
         if self.eval_env is not None:
             self.eval_env.close()
+        if self.probe is not None:
+            self.probe.branch_env.close()
         self.metrics.close()
         write_json_atomically(self.out / "summary.json", self.summary(), indent=1)
         return result
@@ -278,7 +337,8 @@ class OnlineRun:
             "seconds": r.seconds, "cumulative_cost": r.cumulative_cost, "shield_threshold": r.shield_threshold,
             "return_last10": float(np.mean(r.returns[-10:])) if r.returns else None,
             "cost_last10": float(np.mean(r.costs[-10:])) if r.costs else None,
-            "final_eval": r.final_eval, "config": self.cfg.to_dict(), "compute": device_record(self.learner.device),
+            "final_eval": r.final_eval, "vpa_check": self.vpa_check,
+            "config": self.cfg.to_dict(), "compute": device_record(self.learner.device),
         }  # fmt: skip
 
 

@@ -24,6 +24,8 @@ from reachsafe.protocol.constants import POLICY_ONLINE
 OutputsFn = Callable[[np.ndarray, np.ndarray], AgentOutput]
 #: an env observation -> the frame the agent sees (dict observations: the image key)
 FrameFn = Callable[[Any], np.ndarray]
+#: (env, frame, step index) before each step of an episode, e.g. to branch it from there
+StepHook = Callable[[Any, np.ndarray, int], None]
 
 
 class Acted(NamedTuple):
@@ -106,12 +108,16 @@ def run_episode(
     rng: np.random.Generator,
     frame_of: FrameFn = np.asarray,
     greedy: bool = True,
+    before_step: StepHook | None = None,
 ) -> EpisodeStats:
     """One whole episode of ``env`` from ``reset(seed=seed)``."""
     obs, _ = env.reset(seed=seed)
     stats, done, in_violation = EpisodeStats(), False, False
     while not done:
-        acted = policy.act(frame_of(obs), rng, kappa_c, greedy, in_violation)
+        frame = frame_of(obs)
+        if before_step is not None:
+            before_step(env, frame, stats.length)
+        acted = policy.act(frame, rng, kappa_c, greedy, in_violation)
         obs, reward, terminated, truncated, info = env.step(acted.action)
         in_violation = stats.add(acted, reward, info) > 0
         done = terminated or truncated

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from reachsafe.trainer.algos.offline.config import offline_config_from_checkpoint
 from reachsafe.trainer.algos.online.config import OnlineConfig
 from reachsafe.trainer.algos.online.learner import OnlineLearner, ReachabilityTarget
 from reachsafe.trainer.algos.shield.budget import ShieldBudget
@@ -25,7 +26,8 @@ from reachsafe.trainer.data.dataset import OfflineDataset, load_datasets
 from reachsafe.trainer.data.replay import StepReplay
 from reachsafe.trainer.export.onnx import checkpoint_shield
 from reachsafe.trainer.models.device import keep_freed_memory, resolve_device, set_threads
-from reachsafe.trainer.models.networks import Agent, load_checkpoint
+from reachsafe.trainer.models.networks import Agent, load_checkpoint, with_world_model
+from reachsafe.trainer.models.world_model import upgrade_world_model_state
 from reachsafe.trainer.runs.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -142,8 +144,17 @@ def start_online(
         logger.warning("--resume: no %s yet, starting from the offline checkpoint", online_checkpoint)
     agent, ckpt = load_checkpoint(online_checkpoint if resumed else offline_path)
     offline_ckpt = load_checkpoint(offline_path)[1] if resumed else ckpt
+    offline_cfg = offline_config_from_checkpoint(offline_ckpt)
+    old_world_model = ckpt.get("learner", {}).get("world_model")
+    if agent.world_model is None and old_world_model is not None:  # written before agents carried it
+        cost_pos_weight = offline_cfg.world_model.cost_pos_weight
+        agent = with_world_model(agent, upgrade_world_model_state(old_world_model, cost_pos_weight))
     learner = OnlineLearner(
-        agent, cfg, ReachabilityTarget.from_checkpoint(offline_ckpt), resolve_device(device)
+        agent,
+        cfg,
+        ReachabilityTarget.from_checkpoint(offline_ckpt),
+        resolve_device(device),
+        offline_cfg.world_model.loss_weights(),
     )
     if resumed:
         learner.load_state_dict(ckpt["online"])

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from reachsafe.protocol.bundle import DEFAULT_KAPPA_C, DEFAULT_KAPPA_T, DEFAULT_PRIMITIVES
 from reachsafe.protocol.config import Config, option
 from reachsafe.trainer.algos.config import ComputeConfig
+
+if TYPE_CHECKING:  # configs stay importable without torch (`--help` of a part whose extra is missing)
+    from reachsafe.trainer.models.world_model import WorldModelLossWeights
 
 
 @dataclass
@@ -54,6 +57,19 @@ class WorldModelConfig(Config):
     cost_pos_weight: float = option(
         10.0, "Up-weighting of positive (c > 0) samples in the cost head.", gt=0.0
     )
+
+    def loss_weights(self) -> WorldModelLossWeights:
+        """The loss weights of :meth:`WorldModel.loss` (offline, and online where it keeps learning)."""
+        from reachsafe.trainer.models.world_model import WorldModelLossWeights
+
+        return WorldModelLossWeights(
+            consistency=self.consistency_coef,
+            reward=self.reward_coef,
+            cost=self.cost_coef,
+            continuation=self.continue_coef,
+            rho=self.rho,
+            cost_pos_weight=self.cost_pos_weight,
+        )
 
 
 @dataclass

@@ -39,7 +39,7 @@ from reachsafe.trainer.data.dataset import OfflineDataset, SequenceBatch
 from reachsafe.trainer.models.device import autocast, compile_modules, to_device, to_floats
 from reachsafe.trainer.models.networks import Agent, AgentSpec, polyak
 from reachsafe.trainer.models.parallel import SINGLE, Replica
-from reachsafe.trainer.models.world_model import WorldModel, WorldModelLossWeights
+from reachsafe.trainer.models.world_model import WorldModel, upgrade_world_model_state
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def agent_spec_for(dataset: OfflineDataset, cfg: OfflineConfig) -> AgentSpec:
         cnn_channels=cfg.network.cnn_channels,
         n_qh=cfg.network.n_qh,
         primitives=tuple(tuple(p) for p in cfg.primitives),
+        world_model=cfg.world_model.enabled,
     )
 
 
@@ -78,11 +79,9 @@ class OfflineLearner:
         torch.manual_seed(cfg.seed)
         self.agent = Agent(spec).to(self.device)
         a = self.agent
-        self.world_model = (
-            WorldModel(spec.latent_dim, spec.action_dim, spec.hidden_dim).to(self.device)
-            if cfg.world_model.enabled
-            else None
-        )
+        self.world_model = a.world_model
+        if self.world_model is not None:
+            self.world_model.weigh_cost_positives(cfg.world_model.cost_pos_weight)
         self.target_encoder = copy.deepcopy(a.encoder).requires_grad_(False)
         self.target_q_r = copy.deepcopy(a.q_r).requires_grad_(False)
         self.target_q_c = copy.deepcopy(a.q_c).requires_grad_(False)
@@ -93,14 +92,7 @@ class OfflineLearner:
         self.params = [p for m in [*critic_modules, a.actor_on] for p in m.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.wm_weights = WorldModelLossWeights(
-            consistency=cfg.world_model.consistency_coef,
-            reward=cfg.world_model.reward_coef,
-            cost=cfg.world_model.cost_coef,
-            continuation=cfg.world_model.continue_coef,
-            rho=cfg.world_model.rho,
-            cost_pos_weight=cfg.world_model.cost_pos_weight,
-        )
+        self.wm_weights = cfg.world_model.loss_weights()
         self.step = 0
         if cfg.compute.compile:
             compile_modules(a.encoder, self.target_encoder)
@@ -258,7 +250,7 @@ class OfflineLearner:
             return a.actor_on(z, self._draw(noise, z.shape[0]).to(self.device, non_blocking=True))
 
         with torch.no_grad():
-            rollout = world_model.imagine(zd, policy, cfg.imagine.horizon, self.wm_weights.cost_pos_weight)
+            rollout = world_model.imagine(zd, policy, cfg.imagine.horizon)
             end = rollout.final_latent
             y_r, y_c, y_h = imagined_targets(
                 rollout.rewards,
@@ -350,11 +342,21 @@ class OfflineLearner:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
         }
-        if self.world_model is not None:
-            state["world_model"] = self.world_model.state_dict()
         return state
 
     def load_state_dict(self, agent_state: dict[str, Any], state: dict[str, Any]) -> None:
+        """``state["world_model"]``: a run written before the agent carried its world model."""
+        if "world_model" in state:
+            old = upgrade_world_model_state(state["world_model"], self.cfg.world_model.cost_pos_weight)
+            agent_state = {**agent_state, **{f"world_model.{k}": v for k, v in old.items()}}
+        if self.world_model is None and any(k.startswith("world_model.") for k in agent_state):
+            raise ValueError(
+                "checkpoint has a world model but the config disables it; resume without --no-world-model"
+            )
+        if self.world_model is not None and not any(k.startswith("world_model.") for k in agent_state):
+            raise ValueError(
+                "checkpoint has no world model but the config enables it; resume with --no-world-model"
+            )
         self.agent.load_state_dict(agent_state)
         self.step = int(state["learner_step"])
         self.target_encoder.load_state_dict(state["target_encoder"])
@@ -363,12 +365,6 @@ class OfflineLearner:
         self.target_q_h.load_state_dict(state["target_q_h"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        if self.world_model is not None:
-            if "world_model" not in state:
-                raise ValueError(
-                    "checkpoint has no world model but the config enables it; resume with --no-world-model"
-                )
-            self.world_model.load_state_dict(state["world_model"])
 
 
 def _ensemble_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,13 @@ class VPAConfig(Config):
     steps: int = option(2000, "Critic updates on the offline data that align Q_r, Q_c with π_off.", ge=0)
     batch_size: int = option(128, "Batch size of the alignment updates.", ge=1)
     log_every: int = option(250, "Log the alignment losses every this many steps.", ge=1)
+    check_episodes: int = option(
+        0,
+        "train online: π_off episodes (its mean action, unshielded, each 3/(1 − γ) steps longer than usual; "
+        "seeds 20000 + 1000·seed + i) on which Q_r and Q_c are compared with their Monte-Carlo returns before "
+        "and after VPA, into OUT/vpa_check.json (0 = no check).",
+        ge=0,
+    )
 
 
 @dataclass
@@ -28,6 +35,13 @@ class ExpansionConfig(Config):
         DEFAULT_KAPPA_C, "Weight κ_c of Q_c in the selection score Q_r − κ_c·Q_c.", ge=0.0
     )
     kappa_c_from_lambda: bool = option(False, "Use the current λ as κ_c instead of the fixed value.")
+    probe_every: int = option(
+        25,
+        "train online: at every evaluation, branch the greedy episodes every this many steps to check the "
+        "selection against both policies' measured outcomes (0 = no probe; envs that can copy their state).",
+        ge=0,
+    )
+    probe_horizon: int = option(20, "Steps each policy acts alone in a probe branch.", ge=1)
 
     def kappa_c_at(self, lam: float) -> float:
         """κ_c of the selection score while the Lagrange multiplier is ``lam``."""
@@ -110,6 +124,33 @@ class DaemonConfig(Config):
 
 
 @dataclass
+class OnlineWorldModelConfig(Config):
+    """The offline run's latent world model, kept learning online and imagined through (docs/method.md §13)."""
+
+    enabled: bool = option(
+        True,
+        "Keep training the offline run's world model on every batch; π_on learns from imagined rollouts and "
+        "the selection scores each policy by one. Off: model-free SAC-Lag and critic scores (the ablation).",
+    )
+    lr: float = option(3e-4, "Adam learning rate of the world model online.", gt=0.0)
+    imagine_horizon: int = option(
+        5, "Length H of π_on's imagined rollouts from the batch's latents, in steps.", ge=1
+    )
+    selection_horizon: int = option(
+        5,
+        "Length of the imagined rollout that scores each policy for selection, in steps (0 = the critics at "
+        "the two proposals).",
+        ge=0,
+    )
+    reach_weight: float = option(
+        1.0,
+        "Weight of Σ_t max(0, Q_h(ẑ_t, a_t)) over the imagined steps (mean per step) in π_on's loss: the "
+        "reachability constraint on imagined actions.",
+        ge=0.0,
+    )
+
+
+@dataclass
 class OnlineConfig(Config):
     """Online fine-tuning: SAC-Lag for π_on (top-level fields), its data, the shield, λ, VPA, expansion."""
 
@@ -142,7 +183,8 @@ class OnlineConfig(Config):
     lr_encoder: float | None = option(
         None,
         "Learning rate of the shared image/state encoder online (critic losses train it); 0 freezes it at "
-        "the offline features π_on was trained on; unset = lr_critic.",
+        "the offline features π_on, π_off and the world model read; unset = 0 with the world model, else "
+        "lr_critic.",
         ge=0.0,
     )
     lr_alpha: float = option(1e-3, "Learning rate of log α.", gt=0.0)
@@ -173,6 +215,9 @@ class OnlineConfig(Config):
     lagrange: LagrangeConfig = option(default_factory=LagrangeConfig, help="λ controller.")
     vpa: VPAConfig = option(default_factory=VPAConfig, help="Value Pre-Alignment.")
     expansion: ExpansionConfig = option(default_factory=ExpansionConfig, help="Safe policy expansion.")
+    world_model: OnlineWorldModelConfig = option(
+        default_factory=OnlineWorldModelConfig, help="The world model online."
+    )
     daemon: DaemonConfig = option(default_factory=DaemonConfig, help="Bundle shipping of the daemon.")
     compute: ComputeConfig = option(default_factory=ComputeConfig, help="bf16 autocast and torch.compile.")
     torch_threads: int = option(
