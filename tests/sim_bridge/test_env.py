@@ -358,3 +358,38 @@ def test_policies_span_the_reward_cost_plane() -> None:
     assert min(totals["careful"][0], totals["reckless"][0]) > totals["random"][0]
     assert set(POLICIES) >= {"careful", "reckless", "noisy", "random", "mixed"}
     env.close()
+
+
+@pytest.mark.parametrize("task", ["reachsafe/SafeGoal1-v0", "reachsafe/SafeButton1-v0"])
+def test_a_snapshot_restored_into_another_env_continues_the_episode_exactly(task: str) -> None:
+    a = SafeNavEnv(task, split="unseen", obs_mode="both", image_size=32, palette_jitter=0.3)
+    b = SafeNavEnv(task, split="unseen", obs_mode="both", image_size=32, palette_jitter=0.3)
+    rng = np.random.default_rng(0)
+    try:
+        a.reset(seed=5)
+        b.reset(seed=99)  # another layout and palette: everything must come from the snapshot
+        for action in rng.uniform(-1, 1, (60, 2)):
+            a.step(action)
+        restored = b.restore(a.snapshot())
+        np.testing.assert_array_equal(restored["image"], a._observe()["image"])
+        for action in rng.uniform(-1, 1, (200, 2)):
+            (oa, ra, _, ta, ia), (ob, rb, _, tb, ib) = a.step(action), b.step(action)
+            np.testing.assert_array_equal(oa["image"], ob["image"])
+            np.testing.assert_array_equal(oa["state"], ob["state"])
+            assert (ra, ta, ia) == (rb, tb, ib)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_snapshot_of_another_split_is_refused() -> None:
+    a = SafeNavEnv("reachsafe/SafeGoal1-v0", split="train", image_size=16)
+    b = SafeNavEnv("reachsafe/SafeGoal1-v0", split="unseen", image_size=16)
+    try:
+        a.reset(seed=0)
+        b.reset(seed=0)
+        with pytest.raises(ValueError, match="cannot be restored"):
+            b.restore(a.snapshot())
+    finally:
+        a.close()
+        b.close()

@@ -35,7 +35,8 @@ def test_two_gloo_processes_give_the_one_process_run(tmp_path: Path) -> None:
     assert two["step"] == one["step"] == CFG.steps
     for name, want in one["agent"].items():
         torch.testing.assert_close(two["agent"][name], want, rtol=1e-4, atol=1e-5, msg=name)
-    for part in ("target_encoder", "target_q_h", "world_model"):
+    assert any(name.startswith("world_model.") for name in one["agent"])  # checked with the agent above
+    for part in ("target_encoder", "target_q_h"):
         for name, want in one["learner"][part].items():
             torch.testing.assert_close(two["learner"][part][name], want, rtol=1e-4, atol=1e-5)
     # the random streams stayed in step: a resumed run continues on any number of processes

@@ -105,7 +105,7 @@ def test_dict_observations_need_the_image_key() -> None:
 def _offline_run(tmp_path: Path) -> Path:
     write_hdf5(make_point_dataset(episodes=4, length=20), tmp_path / "ds.h5")
     torch.manual_seed(0)
-    agent = Agent(AgentSpec(obs_shape=(2,), action_dim=2, latent_dim=8, hidden_dim=32))
+    agent = Agent(AgentSpec(obs_shape=(2,), action_dim=2, latent_dim=8, hidden_dim=32, world_model=True))
     save_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", agent, 0,
                     extra={"dataset": {"source": str(tmp_path / "ds.h5")}})  # fmt: skip
     return tmp_path / "run"

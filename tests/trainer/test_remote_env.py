@@ -82,7 +82,11 @@ def test_train_online_on_a_robot_server(remote: str, tmp_path: Path) -> None:
     same client); evaluations in between would interleave with training episodes on the one robot."""
     write_hdf5(make_point_dataset(episodes=2, length=10, image_size=64), tmp_path / "ds.h5")
     torch.manual_seed(0)
-    agent = Agent(AgentSpec(obs_shape=(64, 64, 3), action_dim=2, latent_dim=8, hidden_dim=16, cnn_channels=4))
+    agent = Agent(
+        AgentSpec(
+            obs_shape=(64, 64, 3), action_dim=2, latent_dim=8, hidden_dim=16, cnn_channels=4, world_model=True
+        )
+    )
     save_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", agent, 0,
                     extra={"dataset": {"source": str(tmp_path / "ds.h5")}})  # fmt: skip
     cfg = OnlineConfig(batch_size=4, replay=ReplayConfig(warmup_steps=100), vpa=VPAConfig(enabled=False))
