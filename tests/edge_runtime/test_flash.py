@@ -19,6 +19,7 @@ from reachsafe.cli import main
 from reachsafe.edge_runtime.robot_config import RobotConfig, load_robot_config
 from reachsafe.protocol.keys import generate_keys, load_signing_key
 from tests.fixtures.edge_support import make_test_bundle
+from tests.fixtures.flashed import install_flashed, robot_env
 
 
 def robot_yaml(tmp_path, **sections) -> Path:
@@ -140,21 +141,8 @@ def test_install_in_a_fresh_venv_runs_the_runtime_against_the_sim_server(tmp_pat
     out = tmp_path / "deploy"
     assert flash_dir(out, cfg, bundle, keys) == 0
     prefix = tmp_path / "opt"
-    env = {
-        **os.environ,
-        "REACHSAFE_PREFIX": str(prefix),
-        "REACHSAFE_SYSTEMD": "0",
-        "REACHSAFE_SYSTEM_SITE": "0",
-    }
-    env.pop("VIRTUAL_ENV", None)
-    env["PYTHON"] = sys.executable
-    result = subprocess.run(
-        ["sh", str(out / "install.sh")], env=env, capture_output=True, text=True, timeout=900
-    )
-    if result.returncode != 0 and "No matching distribution" in result.stderr + result.stdout:
-        pytest.skip(f"no package index reachable for the robot's dependencies: {result.stderr[-300:]}")
-    assert result.returncode == 0, result.stdout + result.stderr
-    py = prefix / "venv" / "bin" / "python"
+    py = install_flashed(out, prefix) / "python"
+    env = robot_env(prefix)
     installed = {
         p["name"].lower()
         for p in json.loads(subprocess.check_output([py, "-m", "pip", "list", "--format=json"]))

@@ -30,6 +30,7 @@ from reachsafe.sim_bridge.server import ServerConfig, running
 from scripts.hil_bundles import make_hil_bundles
 from tests.edge_runtime.test_flash import flash_dir, robot_yaml
 from tests.fixtures.edge_support import StubTrainer, make_test_bundle
+from tests.fixtures.flashed import install_flashed
 
 #: The scenarios `make test` runs (about 25 s); the rest need longer phases or a relay.
 FAST = ["nominal", "camera_stall", "estop", "tampered_bundle", "nonfinite_rollback", "sim_partition"]
@@ -315,21 +316,7 @@ def test_the_whole_suite_passes_from_a_flashed_package_without_torch(
     b.swap, b.nonfinite = make_hil_bundles(b.start, b.workstation, tmp_path / "b" / "hil")
     deploy, prefix = tmp_path / "deploy", tmp_path / "opt"
     assert flash_dir(deploy, robot_yaml(tmp_path), b.start, b.workstation) == 0
-    env = {
-        **os.environ,
-        "REACHSAFE_PREFIX": str(prefix),
-        "REACHSAFE_SYSTEMD": "0",
-        "REACHSAFE_SYSTEM_SITE": "0",
-    }
-    env.pop("VIRTUAL_ENV", None)
-    env["PYTHON"] = sys.executable
-    res = subprocess.run(
-        ["sh", str(deploy / "install.sh")], env=env, capture_output=True, text=True, timeout=900
-    )
-    if res.returncode != 0 and "No matching distribution" in res.stderr + res.stdout:
-        pytest.skip(f"no package index reachable for the robot's dependencies: {res.stderr[-300:]}")
-    assert res.returncode == 0, res.stdout + res.stderr
-    venv = prefix / "venv" / "bin"
+    venv = install_flashed(deploy, prefix)
     installed = {
         p["name"].lower()
         for p in json.loads(subprocess.check_output([venv / "python", "-m", "pip", "list", "--format=json"]))
