@@ -158,10 +158,11 @@ def hazard(s: Session) -> None:
     with s.window("before the hazard") as w:
         s.bridge.inject("hazard", 0.0, s.seed)
         s.wait(s.cfg.fault_s + s.cfg.recover_s)
-    s.check(
-        "shield intervenes",
-        w.delta("edge/interventions") > 0,
-        f"{int(w.delta('edge/interventions'))} interventions in {int(w.delta('steps'))} steps",
+    interventions, cost = int(w.delta("edge/interventions")), w.delta("cost")
+    s.check(  # a policy that steers clear by itself needs no shield; one that drives in must be stopped
+        "shield intervenes or the policy keeps clear",
+        interventions > 0 or cost == 0,
+        f"{interventions} interventions in {int(w.delta('steps'))} steps, cost {cost:g}",
     )
     s.check(
         "cost within the limit",
@@ -206,7 +207,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("camera_stall", "stale frames make the robot brake, and it drives on when frames are fresh", _bridge_fault("camera_stall", ("stale_frame",))),
         Scenario("drive_timeout", "an unanswered drive brakes the robot, which drives on when the drive answers", _bridge_fault("drive_timeout", ("drive_error", "deadline_streak", "watchdog"))),
         Scenario("estop", "no command moves the robot while the emergency stop is held; it drives on after", estop),
-        Scenario("hazard", "put before a hazard, the shield intervenes and the episode's cost stays within the limit", hazard),
+        Scenario("hazard", "put before a hazard, the robot keeps clear (by itself or through the shield) and the episode's cost stays within the limit", hazard),
         Scenario("tampered_bundle", "a bundle with an altered manifest or graph is refused; the running one stays", tampered_bundle, needs=("swap_bundle",)),
         Scenario("nonfinite_rollback", "a bundle whose outputs go non-finite is braked on and rolled back automatically", nonfinite_rollback, needs=("nonfinite_bundle",)),
         Scenario("sim_partition", "the robot brakes while the bridge is unreachable and drives on, every step delivered, once it answers", _bridge_fault("partition", ("camera_error", "signals_lost", "drive_error", "deadline_streak", "watchdog"))),

@@ -139,26 +139,32 @@ def test_the_fast_scenarios_pass_and_write_their_report(bench: Bench, tmp_path: 
 
 def test_broken_parts_fail_the_run_and_the_report_names_them(bench: Bench, tmp_path: Path) -> None:
     """Two deliberately broken parts: a "non-finite" bundle that is fine (nothing to brake on or roll
-    back) and the shield turned off (nothing intervenes before the hazard); exit status 1."""
+    back) and the shield turned off under a policy that drives straight ahead (nothing stops it before the
+    hazard); exit status 1."""
     b, out = bench.bundles, tmp_path / "out"
+    sk = load_signing_key(b.workstation / "signing.key")
+    ahead = make_test_bundle(tmp_path / "ahead", sk, 1, a_on_bias=(3.0, 0.0), a_off_bias=(3.0, 0.0), **GRAPH)
     args = [
         *("--bridge", bench.bridge, "--trainer", bench.trainer.endpoint, "--keys", str(b.keys)),
-        *("--bundle", str(b.start), "--nonfinite-bundle", str(b.swap), "--out", str(out)),
+        *("--bundle", str(ahead), "--nonfinite-bundle", str(b.swap), "--out", str(out)),
         *("--scenarios", "[nonfinite_rollback, hazard, nominal]", "--settle-s", "0.5", "--fault-s", "1"),
         *("--recover-s", "1", "--wait-s", "2", "--edge.rollback.min-steps", "20", "--edge.spool-fsync", "false"),
         *("--edge.shield-enabled", "false"),
     ]  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-m", "reachsafe", "hil", "run", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # a bridge of its own: on the module's, an episode may end (and the robot be reset) inside the window
+    with running(ServerConfig(bind=f"tcp://127.0.0.1:{free_tcp_port()}", faults=True)) as srv:
+        args[1] = f"sim:{srv.endpoint}/robot0?timeout_s=0.1"
+        res = subprocess.run(
+            [sys.executable, "-m", "reachsafe", "hil", "run", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert res.returncode == 1, res.stdout + res.stderr[-3000:]
     assert "[1/3] nonfinite_rollback: failed" in res.stdout and "[2/3] hazard: failed" in res.stdout
     assert "FAILED nonfinite_rollback: brakes on non-finite outputs: brakes none" in res.stdout
-    assert "FAILED hazard: shield intervenes: 0 interventions" in res.stdout
+    assert "FAILED hazard: shield intervenes or the policy keeps clear: 0 interventions" in res.stdout
     assert "FAILED: 1 passed, 2 failed" in res.stdout
     data = json.loads((out / "report.json").read_text())
     assert not data["passed"]
