@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from reachsafe.edge_runtime.select import select
+from reachsafe.protocol.constants import POLICY_ONLINE
 from reachsafe.trainer.runs.envs import frame_of
 from reachsafe.trainer.runs.rollout import ActingPolicy
 
@@ -43,6 +45,7 @@ class ProbePoint:
     ret: tuple[float, float]  # discounted branch return
     cost: tuple[float, float]  # discounted branch cost
     outcome: tuple[float, float]  # discounted Σ (r − κ_c c)
+    picked_online: bool  # what eval-mode selection chose here
 
 
 @dataclass
@@ -68,12 +71,13 @@ class SelectionProbe:
         out = self.policy.outputs(frame, np.zeros((1, self.policy.action_dim), np.float32))
         q_r = (float(out.q_r[0]), float(out.q_r[1]))
         q_c = (float(out.q_c[0]), float(out.q_c[1]))
+        picked = select(out, "eval", self.policy.kappa_t, kappa_c, np.random.default_rng(0))
         snap = env.unwrapped.snapshot()
         branches = [self._branch(snap, index, kappa_c) for index in (0, 1)]
         self.points.append(ProbePoint(
             q_r, q_c, (q_r[0] - kappa_c * q_c[0], q_r[1] - kappa_c * q_c[1]),
             (branches[0][0], branches[1][0]), (branches[0][1], branches[1][1]),
-            (branches[0][2], branches[1][2]),
+            (branches[0][2], branches[1][2]), picked.policy == POLICY_ONLINE,
         ))  # fmt: skip
 
     def _branch(self, snap: Any, index: int, kappa_c: float) -> tuple[float, float, float]:
@@ -101,7 +105,7 @@ class SelectionProbe:
         q_r, q_c = np.array([p.q_r for p in self.points]), np.array([p.q_c for p in self.points])
         ret, cost = np.array([p.ret for p in self.points]), np.array([p.cost for p in self.points])
         outcome = np.array([p.outcome for p in self.points])
-        picks_online = score[:, 0] >= score[:, 1]  # eval-mode selection: ties go to the online policy
+        picks_online = np.array([p.picked_online for p in self.points])
         return {
             "selection/points": float(len(self.points)),
             "selection/online_share": float(picks_online.mean()),
